@@ -1,0 +1,35 @@
+# Two commands for users: `make demo` and `make test`. Both build .venv first when needed.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= outputs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench lock clean
+
+venv: $(STAMP)
+
+# Rebuilt when the lock file or setup.py changes (stale) or when .venv is missing.
+$(STAMP): constraints.txt setup.py
+	@PYBIN=$$(tools/find_python.sh) || exit 1; \
+	if [[ ! -x $(PY) ]]; then echo "creating $(VENV) with $$PYBIN"; "$$PYBIN" -m venv $(VENV) || exit 1; fi
+	$(PY) -m pip install --quiet --upgrade "pip==24.0"
+	$(PY) -m pip install --quiet --progress-bar off -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m kdem_tf.demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+# Regenerate the lock from the current environment (see BUILD.md).
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable --exclude kdem-tf | sort > constraints.txt
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,331 @@
+"""Beam preprocessing: a raw SYSU-MM01 or RegDB folder → sharded TFRecords, one set per split.
+
+    python -m kdem_tf.data.preprocess --dataset sysu --data-root DIR --output DIR \
+        [--trial N] [--image-size 288x144] [--num-shards N] [Beam pipeline options]
+
+Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated,
+resized once to the target size and re-encoded as JPEG into a `tf.train.Example`
+of `kdem_tf.data.schema`. Unreadable images are skipped and reported, never fatal.
+
+Output layout (written to OUTPUT.tmp-*, renamed to OUTPUT when complete)::
+
+    OUTPUT/<split>/<split>-00000-of-00004.tfrecord.gz
+    OUTPUT/summary.json      counts per split and modality, skipped files, settings
+    OUTPUT/_SUCCESS          written last: a folder without it is incomplete
+
+Shard contents are deterministic: a record's shard is a stable hash of its path
+and records are sorted by path inside a shard, so re-runs give identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from kdem_tf.data import datasets, schema
+
+DEFAULT_IMAGE_SIZE = (288, 144)
+JPEG_QUALITY = 95
+SUCCESS_MARKER = "_SUCCESS"
+SUMMARY_FILE = "summary.json"
+
+
+# ----------------------------------------------------------------------------- split planning
+
+
+def plan_splits(dataset: str, data_root: str, trial: int = 1) -> Dict[str, List[datasets.ImageRecord]]:
+    """Lists every image of every split. Layout errors raise `DatasetError` before Beam starts.
+
+    SYSU: train (train ∪ val ids), query (infrared test pool), gallery (visible test pool).
+    RegDB: train, test_visible, test_thermal of the given trial.
+    """
+    if dataset == "sysu":
+        query, gallery = datasets.sysu_test_records(data_root)
+        splits = {"train": datasets.sysu_train_records(data_root), "query": query, "gallery": gallery}
+    elif dataset == "regdb":
+        train = datasets.regdb_records(data_root, "train", trial)
+        test = datasets.regdb_records(data_root, "test", trial)
+        splits = {"train": train[schema.VISIBLE] + train[schema.INFRARED],
+                  "test_visible": test[schema.VISIBLE], "test_thermal": test[schema.INFRARED]}
+    else:
+        raise datasets.DatasetError(f"--dataset must be 'sysu' or 'regdb', got {dataset!r}")
+    train_ids = datasets.identities(splits["train"])
+    for name, records in splits.items():
+        if not records:
+            raise datasets.DatasetError(f"{data_root}: split {name!r} has no images")
+        shared = train_ids & datasets.identities(records) if name != "train" else set()
+        if shared:
+            raise datasets.DatasetError(f"{data_root}: ids {sorted(shared)[:10]} are in both train and {name}")
+    return splits
+
+
+def shard_of(path: str, num_shards: int) -> int:
+    """Stable shard index of a record (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.md5(path.encode()).digest()[:8], "little") % num_shards
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}/{split}-{index:05d}-of-{num_shards:05d}.tfrecord.gz"
+
+
+# ----------------------------------------------------------------------------- per-image work
+
+
+def encode_image(data: bytes, image_size: Tuple[int, int]) -> bytes:
+    """Decodes any PIL-readable image, converts to RGB, resizes to (H, W), re-encodes as JPEG."""
+    from PIL import Image  # imported in the worker
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # truncated files fail here, not later in training
+        rgb = image.convert("RGB")
+    height, width = image_size
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.BILINEAR)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+class EncodeRecord(beam.DoFn):
+    """(split, ImageRecord) → (shard key, (path, serialized Example)), or a `skipped` output."""
+
+    SKIPPED = "skipped"
+
+    def __init__(self, data_root: str, image_size: Tuple[int, int], num_shards: Dict[str, int]):
+        self._data_root = data_root
+        self._image_size = image_size
+        self._num_shards = num_shards
+
+    def process(self, element):
+        split, record = element
+        full_path = datasets.join(self._data_root, record.path)
+        try:
+            with FileSystems.open(full_path, compression_type="uncompressed") as f:
+                raw = f.read()
+            encoded = encode_image(raw, self._image_size)
+        except Exception as error:  # any unreadable or corrupt file is reported, not fatal
+            yield beam.pvalue.TaggedOutput(self.SKIPPED, (record.path, f"{type(error).__name__}: {error}"))
+            return
+        example = schema.make_example(
+            image=encoded, person_id=record.person_id, label=record.label, camera=record.camera,
+            modality=record.modality, split=split, path=record.path,
+            height=self._image_size[0], width=self._image_size[1])
+        key = (split, shard_of(record.path, self._num_shards[split]))
+        yield key, (record.path, record.modality, example.SerializeToString())
+
+
+class WriteShard(beam.DoFn):
+    """Writes one shard (records sorted by path) and yields its counts per modality."""
+
+    def __init__(self, output_dir: str, num_shards: Dict[str, int]):
+        self._output_dir = output_dir
+        self._num_shards = num_shards
+
+    def process(self, element):
+        import tensorflow as tf  # imported in the worker
+
+        (split, index), items = element
+        items = sorted(items)
+        path = datasets.join(self._output_dir, shard_name(split, index, self._num_shards[split]))
+        counts = Counter()
+        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+            for _, modality, serialized in items:
+                writer.write(serialized)
+                counts[modality] += 1
+        yield split, dict(counts)
+
+
+def _empty_shards(output_dir: str, num_shards: Dict[str, int], written: Iterable[Tuple[str, int]]) -> None:
+    """Writes the shards that got no record, so every split has its full, named set."""
+    import tensorflow as tf
+
+    written = set(written)
+    for split, n in num_shards.items():
+        for index in range(n):
+            if (split, index) not in written:
+                with tf.io.TFRecordWriter(datasets.join(output_dir, shard_name(split, index, n)), options="GZIP"):
+                    pass
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def default_num_shards(count: int) -> int:
+    """About 2,000 images (~20 MB at 288x144) per shard, at least 1."""
+    return max(1, min(64, -(-count // 2000)))
+
+
+def local_pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
+    """Beam options with the runner set explicitly.
+
+    Without an explicit runner Beam's DirectRunner may try to download the Prism
+    binary, which fails offline. Default: the portable FnApiRunner in
+    multi-process mode with one worker per core. Any `--runner=...` in argv wins
+    (FlinkRunner, SparkRunner, DataflowRunner: see README).
+    """
+    argv = list(argv)
+    if not any(a.startswith("--runner") for a in argv):
+        argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                f"--direct_num_workers={os.cpu_count() or 1}"] + argv
+    return PipelineOptions(argv)
+
+
+def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str, output_dir: str,
+                   image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE, num_shards: Optional[int] = None,
+                   pipeline_options: Optional[PipelineOptions] = None, overwrite: bool = False,
+                   settings: Optional[dict] = None) -> dict:
+    """Runs the Beam job and atomically publishes `output_dir`. Returns the summary dict."""
+    if tf_exists(datasets.join(output_dir, SUCCESS_MARKER)) and not overwrite:
+        raise FileExistsError(f"{output_dir}: already holds a complete preprocessing output (use --overwrite)")
+    shards = {split: num_shards or default_num_shards(len(records)) for split, records in splits.items()}
+    staging = f"{output_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    import tensorflow as tf
+
+    for split in splits:
+        tf.io.gfile.makedirs(datasets.join(staging, split))
+    elements = [(split, record) for split, records in splits.items() for record in records]
+    started = time.time()
+    options = pipeline_options or local_pipeline_options()
+    with beam.Pipeline(options=options) as pipeline:
+        encoded = (pipeline
+                   | "ListImages" >> beam.Create(elements, reshuffle=True)
+                   | "Encode" >> beam.ParDo(EncodeRecord(data_root, image_size, shards))
+                   .with_outputs(EncodeRecord.SKIPPED, main="examples"))
+        written = (encoded.examples
+                   | "GroupByShard" >> beam.GroupByKey()
+                   | "WriteShards" >> beam.ParDo(WriteShard(staging, shards)))
+        _ = (written | "CountsToJson" >> beam.Map(json.dumps)
+             | "WriteCounts" >> beam.io.WriteToText(datasets.join(staging, "_counts/counts"), shard_name_template="-SS-of-NN"))
+        _ = (encoded[EncodeRecord.SKIPPED] | "SkippedToJson" >> beam.Map(json.dumps)
+             | "WriteSkipped" >> beam.io.WriteToText(datasets.join(staging, "_counts/skipped"), shard_name_template="-SS-of-NN"))
+    seconds = time.time() - started
+
+    summary = _summarise(staging, splits, shards, seconds, image_size, settings or {})
+    written_shards = {tuple(s) for s in summary.pop("_written")}
+    _empty_shards(staging, shards, written_shards)
+    with tf.io.gfile.GFile(datasets.join(staging, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(datasets.join(staging, SUCCESS_MARKER), "w") as f:
+        f.write("ok\n")
+    _publish(staging, output_dir)
+    return summary
+
+
+def tf_exists(path: str) -> bool:
+    import tensorflow as tf
+    return tf.io.gfile.exists(path)
+
+
+def _summarise(staging, splits, shards, seconds, image_size, settings) -> dict:
+    import tensorflow as tf
+
+    counts: Dict[str, Counter] = {split: Counter() for split in splits}
+    written = []
+    for path in tf.io.gfile.glob(datasets.join(staging, "_counts/counts-*")):
+        with tf.io.gfile.GFile(path) as f:
+            for line in f:
+                split, by_modality = json.loads(line)
+                counts[split].update(by_modality)
+    skipped = []
+    for path in tf.io.gfile.glob(datasets.join(staging, "_counts/skipped-*")):
+        with tf.io.gfile.GFile(path) as f:
+            skipped += [json.loads(line) for line in f]
+    tf.io.gfile.rmtree(datasets.join(staging, "_counts"))
+    for split, n in shards.items():
+        for index in range(n):
+            if tf.io.gfile.exists(datasets.join(staging, shard_name(split, index, n))):
+                written.append((split, index))
+    total = sum(sum(c.values()) for c in counts.values())
+    return {
+        "splits": {split: {"images": sum(c.values()), "by_modality": dict(sorted(c.items())),
+                           "identities": len(datasets.identities(splits[split])),
+                           "num_shards": shards[split]} for split, c in counts.items()},
+        "images_written": total,
+        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
+        "seconds": round(seconds, 2),
+        "images_per_second": round((total + len(skipped)) / max(seconds, 1e-9), 1),
+        "image_size": list(image_size),
+        "settings": settings,
+        "_written": written,
+    }
+
+
+def _publish(staging: str, output_dir: str) -> None:
+    """Renames the finished staging folder into place; an old output is replaced only now."""
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(output_dir):
+        trash = f"{output_dir.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
+        tf.io.gfile.rename(output_dir, trash)
+        tf.io.gfile.rename(staging, output_dir)
+        tf.io.gfile.rmtree(trash)
+    else:
+        parent = os.path.dirname(output_dir.rstrip("/"))
+        if parent:
+            tf.io.gfile.makedirs(parent)
+        tf.io.gfile.rename(staging, output_dir)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'split':<14}{'images':>8}{'visible':>9}{'infrared':>10}{'ids':>6}{'shards':>8}"]
+    for split, s in summary["splits"].items():
+        m = s["by_modality"]
+        lines.append(f"{split:<14}{s['images']:>8}{m.get('visible', 0):>9}{m.get('infrared', 0):>10}"
+                     f"{s['identities']:>6}{s['num_shards']:>8}")
+    lines.append(f"written {summary['images_written']} images in {summary['seconds']:.1f} s "
+                 f"({summary['images_per_second']:.1f} images/s), skipped {len(summary['skipped'])}")
+    for item in summary["skipped"][:20]:
+        lines.append(f"  skipped {item['path']}: {item['reason']}")
+    if len(summary["skipped"]) > 20:
+        lines.append(f"  ... and {len(summary['skipped']) - 20} more (see summary.json)")
+    return "\n".join(lines)
+
+
+def parse_image_size(text: str) -> Tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 288x144, got {text!r}")
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return height, width
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Unrecognised flags are passed to Beam (e.g. --runner=FlinkRunner).")
+    parser.add_argument("--dataset", required=True, choices=["sysu", "regdb"])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--trial", type=int, default=1, help="RegDB trial 1..10")
+    parser.add_argument("--image-size", type=parse_image_size, default=DEFAULT_IMAGE_SIZE, help="HxW, default 288x144")
+    parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        splits = plan_splits(args.dataset, args.data_root, args.trial)
+        summary = run_preprocess(
+            splits, args.data_root, args.output, args.image_size, args.num_shards,
+            local_pipeline_options(beam_args), args.overwrite,
+            settings={"dataset": args.dataset, "data_root": args.data_root, "trial": args.trial})
+    except (datasets.DatasetError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"output: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The one TFRecord schema of kdem-tf.
+
+Every image is one `tf.train.Example` with the features below. The Beam writer
+(`preprocess.py`), the tf.data parser (`input_pipeline.py`), the TFX components
+and serving all use this module, so a field is named and typed in one place.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+VISIBLE = "visible"
+INFRARED = "infrared"
+MODALITIES = (VISIBLE, INFRARED)
+MODALITY_INDEX = {VISIBLE: 0, INFRARED: 1}
+
+# Split names written by preprocessing. SYSU writes `query` (infrared test pool)
+# and `gallery` (visible test pool); RegDB writes `test_visible` and `test_thermal`.
+TRAIN = "train"
+SYSU_SPLITS = (TRAIN, "query", "gallery")
+REGDB_SPLITS = (TRAIN, "test_visible", "test_thermal")
+
+IMAGE = "image"            # encoded JPEG bytes, resized once by preprocessing
+PERSON_ID = "person_id"    # the dataset's own identity number
+LABEL = "label"            # contiguous training label from 0; -1 outside the train split
+CAMERA = "camera"          # camera number (SYSU 1..6; RegDB 1 visible, 2 thermal)
+MODALITY = "modality"      # "visible" or "infrared"
+SPLIT = "split"            # one of the split names above
+PATH = "path"              # source path relative to the data root, e.g. "cam3/0001/0001.jpg"
+HEIGHT = "height"
+WIDTH = "width"
+
+FEATURE_SPEC = {
+    IMAGE: tf.io.FixedLenFeature([], tf.string),
+    PERSON_ID: tf.io.FixedLenFeature([], tf.int64),
+    LABEL: tf.io.FixedLenFeature([], tf.int64),
+    CAMERA: tf.io.FixedLenFeature([], tf.int64),
+    MODALITY: tf.io.FixedLenFeature([], tf.string),
+    SPLIT: tf.io.FixedLenFeature([], tf.string),
+    PATH: tf.io.FixedLenFeature([], tf.string),
+    HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    WIDTH: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def make_example(*, image: bytes, person_id: int, label: int, camera: int, modality: str,
+                 split: str, path: str, height: int, width: int) -> tf.train.Example:
+    """Builds one schema-conformant `tf.train.Example`."""
+    if modality not in MODALITIES:
+        raise ValueError(f"{path}: modality must be one of {MODALITIES}, got {modality!r}")
+    return tf.train.Example(features=tf.train.Features(feature={
+        IMAGE: _bytes(image),
+        PERSON_ID: _int(person_id),
+        LABEL: _int(label),
+        CAMERA: _int(camera),
+        MODALITY: _bytes(modality.encode()),
+        SPLIT: _bytes(split.encode()),
+        PATH: _bytes(path.encode()),
+        HEIGHT: _int(height),
+        WIDTH: _int(width),
+    }))
+
+
+def parse_example(serialized: tf.Tensor) -> dict:
+    """Parses one serialized Example (scalar string tensor) into a dict of tensors."""
+    return tf.io.parse_single_example(serialized, FEATURE_SPEC)
+
+
+def parse_examples(serialized: tf.Tensor) -> dict:
+    """Parses a batch of serialized Examples ([N] string tensor)."""
+    return tf.io.parse_example(serialized, FEATURE_SPEC)
+
+
+def split_file_pattern(root: str, split: str) -> str:
+    """Glob for the shards of one split under a preprocessing output folder."""
+    return f"{root.rstrip('/')}/{split}/{split}-*.tfrecord.gz"

@@ -1,0 +1,28 @@
+"""kdem-tf: the KDEM method for visible-infrared person re-identification in TensorFlow/Keras 3."""
+from setuptools import find_packages, setup
+
+setup(
+    name="kdem-tf",
+    version="0.1.0",
+    description="Knowledge-driven Enhanced Module (KDEM) for visible-infrared person ReID, with Beam, TFX and serving",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["kdem_tf", "kdem_tf.*", "pipeline", "pipeline.*", "serving", "serving.*", "benchmarks"]),
+    install_requires=[
+        "tensorflow==2.16.2",
+        "keras>=3.12,<3.13",
+        "tfx==1.16.0",
+        "apache-beam",  # the version TFX 1.16 resolves; pinned in constraints.txt
+        "scann==1.3.2",
+        "tensorflow-serving-api>=2.16,<2.17",
+        "dill",
+        "numpy<2",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "fastapi",
+        "uvicorn",
+        "requests",
+    ],
+    extras_require={"dev": ["pytest", "pytest-timeout", "httpx"]},
+)
