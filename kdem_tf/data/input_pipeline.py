@@ -45,11 +45,11 @@ class SplitArrays:
 
 
 def list_shards(tfrecord_dir: str, split: str) -> list:
-    files = sorted(tf.io.gfile.glob(schema.split_file_pattern(tfrecord_dir, split)))
+    patterns = schema.split_file_patterns(tfrecord_dir, split)
+    files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise InputError(f"{tfrecord_dir}: no TFRecord shards for split {split!r} "
-                         f"(expected {schema.split_file_pattern(tfrecord_dir, split)}); "
-                         f"run `python -m kdem_tf.data.preprocess` first")
+                         f"(expected {patterns[0]}); run `python -m kdem_tf.data.preprocess` first")
     return files
 
 

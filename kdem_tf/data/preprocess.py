@@ -75,8 +75,8 @@ def shard_of(path: str, num_shards: int) -> int:
     return int.from_bytes(hashlib.md5(path.encode()).digest()[:8], "little") % num_shards
 
 
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}/{split}-{index:05d}-of-{num_shards:05d}.tfrecord.gz"
+def shard_name(split: str, index: int, num_shards: int, tfx_layout: bool = False) -> str:
+    return f"{schema.split_dir(split, tfx_layout)}/{split}-{index:05d}-of-{num_shards:05d}.tfrecord.gz"
 
 
 # ----------------------------------------------------------------------------- per-image work
@@ -122,22 +122,23 @@ class EncodeRecord(beam.DoFn):
             modality=record.modality, split=split, path=record.path,
             height=self._image_size[0], width=self._image_size[1])
         key = (split, shard_of(record.path, self._num_shards[split]))
-        yield key, (record.path, record.modality, example.SerializeToString())
+        yield key, (record.path, record.modality, example.SerializeToString(deterministic=True))
 
 
 class WriteShard(beam.DoFn):
     """Writes one shard (records sorted by path) and yields its counts per modality."""
 
-    def __init__(self, output_dir: str, num_shards: Dict[str, int]):
+    def __init__(self, output_dir: str, num_shards: Dict[str, int], tfx_layout: bool):
         self._output_dir = output_dir
         self._num_shards = num_shards
+        self._tfx_layout = tfx_layout
 
     def process(self, element):
         import tensorflow as tf  # imported in the worker
 
         (split, index), items = element
         items = sorted(items)
-        path = datasets.join(self._output_dir, shard_name(split, index, self._num_shards[split]))
+        path = datasets.join(self._output_dir, shard_name(split, index, self._num_shards[split], self._tfx_layout))
         counts = Counter()
         with tf.io.TFRecordWriter(path, options="GZIP") as writer:
             for _, modality, serialized in items:
@@ -146,7 +147,8 @@ class WriteShard(beam.DoFn):
         yield split, dict(counts)
 
 
-def _empty_shards(output_dir: str, num_shards: Dict[str, int], written: Iterable[Tuple[str, int]]) -> None:
+def _empty_shards(output_dir: str, num_shards: Dict[str, int], written: Iterable[Tuple[str, int]],
+                  tfx_layout: bool) -> None:
     """Writes the shards that got no record, so every split has its full, named set."""
     import tensorflow as tf
 
@@ -154,7 +156,8 @@ def _empty_shards(output_dir: str, num_shards: Dict[str, int], written: Iterable
     for split, n in num_shards.items():
         for index in range(n):
             if (split, index) not in written:
-                with tf.io.TFRecordWriter(datasets.join(output_dir, shard_name(split, index, n)), options="GZIP"):
+                with tf.io.TFRecordWriter(datasets.join(output_dir, shard_name(split, index, n, tfx_layout)),
+                                         options="GZIP"):
                     pass
 
 
@@ -184,8 +187,11 @@ def local_pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
 def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str, output_dir: str,
                    image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE, num_shards: Optional[int] = None,
                    pipeline_options: Optional[PipelineOptions] = None, overwrite: bool = False,
-                   settings: Optional[dict] = None) -> dict:
-    """Runs the Beam job and atomically publishes `output_dir`. Returns the summary dict."""
+                   settings: Optional[dict] = None, tfx_layout: bool = False) -> dict:
+    """Runs the Beam job and atomically publishes `output_dir`. Returns the summary dict.
+
+    `tfx_layout` names split folders `Split-<split>` as a TFX Examples artifact expects.
+    """
     if tf_exists(datasets.join(output_dir, SUCCESS_MARKER)) and not overwrite:
         raise FileExistsError(f"{output_dir}: already holds a complete preprocessing output (use --overwrite)")
     shards = {split: num_shards or default_num_shards(len(records)) for split, records in splits.items()}
@@ -193,7 +199,7 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
     import tensorflow as tf
 
     for split in splits:
-        tf.io.gfile.makedirs(datasets.join(staging, split))
+        tf.io.gfile.makedirs(datasets.join(staging, schema.split_dir(split, tfx_layout)))
     elements = [(split, record) for split, records in splits.items() for record in records]
     started = time.time()
     options = pipeline_options or local_pipeline_options()
@@ -204,16 +210,16 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
                    .with_outputs(EncodeRecord.SKIPPED, main="examples"))
         written = (encoded.examples
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShards" >> beam.ParDo(WriteShard(staging, shards)))
+                   | "WriteShards" >> beam.ParDo(WriteShard(staging, shards, tfx_layout)))
         _ = (written | "CountsToJson" >> beam.Map(json.dumps)
              | "WriteCounts" >> beam.io.WriteToText(datasets.join(staging, "_counts/counts"), shard_name_template="-SS-of-NN"))
         _ = (encoded[EncodeRecord.SKIPPED] | "SkippedToJson" >> beam.Map(json.dumps)
              | "WriteSkipped" >> beam.io.WriteToText(datasets.join(staging, "_counts/skipped"), shard_name_template="-SS-of-NN"))
     seconds = time.time() - started
 
-    summary = _summarise(staging, splits, shards, seconds, image_size, settings or {})
+    summary = _summarise(staging, splits, shards, seconds, image_size, settings or {}, tfx_layout)
     written_shards = {tuple(s) for s in summary.pop("_written")}
-    _empty_shards(staging, shards, written_shards)
+    _empty_shards(staging, shards, written_shards, tfx_layout)
     with tf.io.gfile.GFile(datasets.join(staging, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     with tf.io.gfile.GFile(datasets.join(staging, SUCCESS_MARKER), "w") as f:
@@ -227,7 +233,7 @@ def tf_exists(path: str) -> bool:
     return tf.io.gfile.exists(path)
 
 
-def _summarise(staging, splits, shards, seconds, image_size, settings) -> dict:
+def _summarise(staging, splits, shards, seconds, image_size, settings, tfx_layout) -> dict:
     import tensorflow as tf
 
     counts: Dict[str, Counter] = {split: Counter() for split in splits}
@@ -244,7 +250,7 @@ def _summarise(staging, splits, shards, seconds, image_size, settings) -> dict:
     tf.io.gfile.rmtree(datasets.join(staging, "_counts"))
     for split, n in shards.items():
         for index in range(n):
-            if tf.io.gfile.exists(datasets.join(staging, shard_name(split, index, n))):
+            if tf.io.gfile.exists(datasets.join(staging, shard_name(split, index, n, tfx_layout))):
                 written.append((split, index))
     total = sum(sum(c.values()) for c in counts.values())
     return {

@@ -78,6 +78,12 @@ def parse_examples(serialized: tf.Tensor) -> dict:
     return tf.io.parse_example(serialized, FEATURE_SPEC)
 
 
-def split_file_pattern(root: str, split: str) -> str:
-    """Glob for the shards of one split under a preprocessing output folder."""
-    return f"{root.rstrip('/')}/{split}/{split}-*.tfrecord.gz"
+def split_dir(split: str, tfx_layout: bool = False) -> str:
+    """Folder of one split: `<split>` in our layout, `Split-<split>` inside a TFX Examples artifact."""
+    return f"Split-{split}" if tfx_layout else split
+
+
+def split_file_patterns(root: str, split: str) -> list:
+    """Globs that match the shards of one split, in our layout or a TFX Examples artifact's."""
+    root = root.rstrip("/")
+    return [f"{root}/{split_dir(split, layout)}/{split}-*.tfrecord.gz" for layout in (False, True)]

@@ -1,0 +1,192 @@
+"""Training configuration: frozen dataclasses, loaded from YAML and overridden by flags.
+
+The config stops at the edge: `kdem_tf.train` reads it and passes plain values on.
+Every run writes its resolved config to `RUN_DIR/config.yaml`.
+
+Defaults are the paper's and AGW's (preset "paper"); preset "demo" learns the
+synthetic dataset on a CPU in minutes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    image_size: Tuple[int, int] = (288, 144)   # (H, W), AGW
+    num_identities: int = 8                    # P
+    num_instances: int = 4                     # K images per modality per identity
+    random_erasing: float = 0.5
+    channel_augmentation: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    non_local: bool = True
+    gem: bool = True
+    bn_neck: bool = True
+    shared_fc: bool = True                     # Eq. 5 writes one FC for both modalities
+    fc_units: int = 256
+    mlp_units: Tuple[int, ...] = (128,)
+    last_stride: int = 1
+    backbone_weights: str = "imagenet"         # "imagenet", a weights file, or "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    ablation: str = "full"                     # baseline | kdem | kdem_div | kdem_con | full (Table 3)
+    id_weight: float = 1.0                     # λ1
+    wrt_weight: float = 1.0                    # λ2
+    div_weight: float = 1.0                    # λ3
+    con_weight: float = 0.1                    # λ4
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    base_lr: float = 0.1                       # new layers
+    backbone_lr: float = 0.01                  # pretrained backbone
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 10
+    milestones: Tuple[int, ...] = (20, 50)
+    epochs: int = 80
+    steps_per_epoch: Optional[int] = None      # None: the sampler's epoch (AGW)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    seed: int = 0
+    eval_every: int = 10                       # epochs; 0 disables
+    mixed_precision: str = "auto"              # auto | float32 | mixed_bfloat16 | mixed_float16
+    jit_compile: str = "auto"                  # auto | on | off
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {},
+    # Small images, random init, short schedule: learns the synthetic data on a CPU.
+    "demo": {
+        "data": {"image_size": (64, 32), "num_identities": 4, "num_instances": 2},
+        "model": {"backbone_weights": "none"},
+        "optim": {"base_lr": 0.05, "backbone_lr": 0.05, "warmup_epochs": 2, "milestones": (12, 16),
+                  "epochs": 18, "steps_per_epoch": 20},
+        "eval_every": 6,
+    },
+    # For tests: a handful of steps.
+    "tiny": {
+        "data": {"image_size": (64, 32), "num_identities": 2, "num_instances": 2},
+        "model": {"backbone_weights": "none"},
+        "optim": {"warmup_epochs": 1, "milestones": (2,), "epochs": 2, "steps_per_epoch": 2},
+        "eval_every": 0,
+    },
+}
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig}
+
+
+class ConfigError(ValueError):
+    """An unknown key, a bad value or an unknown preset; the message names it."""
+
+
+def _coerce(cls, name: str, value: Any, where: str) -> Any:
+    """Converts YAML/flag values to the field's type (lists → tuples, "64x32" → (64, 32))."""
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[name]
+    if isinstance(default, tuple) or name in ("milestones", "mlp_units", "image_size"):
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+        return tuple(int(v) for v in value)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+            return value.lower() in ("true", "1", "yes", "on")
+        return bool(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, int) or (default is None and name == "steps_per_epoch"):
+        return None if value in (None, "none", "None") else int(value)
+    return value
+
+
+def _apply(config: TrainConfig, overrides: Dict[str, Any], where: str) -> TrainConfig:
+    top = {}
+    for key, value in overrides.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: section {key!r} must be a mapping")
+            cls = _SECTIONS[key]
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = set(value) - names
+            if unknown:
+                raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} in section {key!r}; known: {sorted(names)}")
+            section = getattr(config, key)
+            top[key] = dataclasses.replace(section, **{k: _coerce(cls, k, v, f"{where}: {key}.{k}") for k, v in value.items()})
+        elif key in {f.name for f in dataclasses.fields(TrainConfig)}:
+            top[key] = _coerce(TrainConfig, key, value, f"{where}: {key}") if key != "mixed_precision" and key != "jit_compile" else str(value)
+        else:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+    return dataclasses.replace(config, **top)
+
+
+def load_config(preset: str = "paper", path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """preset → YAML file → `section.key=value` overrides, each layer over the last."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    config = _apply(TrainConfig(), PRESETS[preset], f"preset {preset}")
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        config = _apply(config, data, path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, value = item.split("=", 1)
+        parts = dotted.split(".")
+        nested: Dict[str, Any] = {parts[-1]: yaml.safe_load(value) if value else value}
+        for part in reversed(parts[:-1]):
+            nested = {part: nested}
+        config = _apply(config, nested, f"--set {item}")
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    from kdem_tf.model.trainer import ABLATION_ROWS  # one list of Table 3 rows
+
+    if config.loss.ablation not in ABLATION_ROWS:
+        raise ConfigError(f"loss.ablation must be one of {sorted(ABLATION_ROWS)}, got {config.loss.ablation!r}")
+    if config.mixed_precision not in ("auto", "float32", "mixed_bfloat16", "mixed_float16"):
+        raise ConfigError(f"mixed_precision: unknown policy {config.mixed_precision!r}")
+    if config.jit_compile not in ("auto", "on", "off"):
+        raise ConfigError(f"jit_compile must be auto, on or off, got {config.jit_compile!r}")
+    if min(config.data.image_size) < 32:
+        raise ConfigError(f"data.image_size {config.data.image_size} is below 32 pixels")
+    if config.optim.epochs < 1:
+        raise ConfigError("optim.epochs must be at least 1")
+
+
+def to_dict(config: TrainConfig) -> Dict[str, Any]:
+    def plain(value):
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+    return {k: ({kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v))
+            for k, v in dataclasses.asdict(config).items()}
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def from_yaml_text(text: str) -> TrainConfig:
+    """Reloads a config written by `to_yaml` (a run folder's config.yaml)."""
+    return _apply(TrainConfig(), yaml.safe_load(text), "config.yaml")

@@ -1,0 +1,261 @@
+"""Train KDEM: `python -m kdem_tf.train --dataset sysu --data TFRECORD_DIR --out RUN_DIR`.
+
+One custom loop serves every `tf.distribute` strategy: `MirroredStrategy` over the
+local devices by default and `MultiWorkerMirroredStrategy` when `TF_CONFIG` is set
+(Keras 3 `fit()` fails under multi-worker, keras-team/keras#20585). Each replica
+gets a whole P×K batch, so triplets are mined within a replica.
+
+Run folder::
+
+    RUN_DIR/config.yaml            the resolved config
+    RUN_DIR/run_info.json          dataset, num_classes, image_size, embedding_dim, steps
+    RUN_DIR/history.jsonl          one line of metrics per epoch (and evaluation results)
+    RUN_DIR/checkpoints/           epoch-NNNN/ folders + latest.json (written atomically)
+    RUN_DIR/logs/                  TensorBoard
+    RUN_DIR/inference_model.keras  the inference model, saved at the end
+    RUN_DIR/influence_factors.npy  mi_v of the final model on training pairs
+
+Kill it at any point and start the same command again: it resumes from the last
+complete checkpoint and finishes the schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from kdem_tf import config as config_lib
+from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
+                                 make_strategy, latest_checkpoint, save_checkpoint, read_json)
+
+
+def _build(config, num_classes: int, strategy):
+    """Builds model, trainer and optimizer under the strategy's scope."""
+    import keras
+    from kdem_tf.model.model import build_kdem_models
+    from kdem_tf.model.optim import build_optimizer
+    from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
+
+    row = ABLATION_ROWS[config.loss.ablation]
+    weights = None if config.model.backbone_weights in ("none", "", None) else config.model.backbone_weights
+    with strategy.scope():
+        train_model, inference_model = build_kdem_models(
+            num_classes=num_classes, image_size=config.data.image_size, kdem=row["kdem"],
+            non_local=config.model.non_local, gem=config.model.gem, bn_neck=config.model.bn_neck,
+            shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
+            last_stride=config.model.last_stride, backbone_weights=weights)
+        return train_model, inference_model, KDEMTrainer, row, build_optimizer, keras
+
+
+def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: str,
+          max_steps: Optional[int] = None, log_dir: Optional[str] = None, verbose: int = 1) -> dict:
+    """Trains (or resumes) a run. Returns a summary dict (steps, epochs, last metrics, paths).
+
+    Args:
+        config: the resolved TrainConfig.
+        dataset: "sysu" or "regdb" (recorded; selects the evaluation protocol).
+        data_dir: preprocessing output (our layout or a TFX Examples artifact uri).
+        run_dir: the run folder (created; resumed when it holds checkpoints).
+        max_steps: cap on total optimizer steps (TFX TrainArgs.num_steps); None: the schedule.
+        log_dir: TensorBoard folder (default RUN_DIR/logs).
+    """
+    import tensorflow as tf
+    import keras
+    from kdem_tf.data import input_pipeline
+
+    os.makedirs(run_dir, exist_ok=True)
+    log_dir = log_dir or os.path.join(run_dir, "logs")
+    keras.utils.set_random_seed(config.seed)
+    policy = choose_mixed_precision(config.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    strategy = make_strategy()
+    replicas = strategy.num_replicas_in_sync
+    is_chief = _is_chief(strategy)
+
+    split = input_pipeline.load_split(data_dir, "train")
+    num_classes = input_pipeline.num_classes(split)
+    info_path = os.path.join(run_dir, "run_info.json")
+    previous = read_json(info_path)
+    if previous and previous.get("num_classes") != num_classes:
+        raise TrainingError(f"{run_dir}: the run was started with {previous.get('num_classes')} classes but "
+                            f"{data_dir} has {num_classes}; use a new --out folder for different data")
+    train_model, inference_model, KDEMTrainer, row, build_optimizer, _ = _build(config, num_classes, strategy)
+
+    probe, sampler = input_pipeline.train_dataset(split, config.data.image_size, config.data.num_identities,
+                                                  config.data.num_instances, replicas, config.seed)
+    steps_per_epoch = config.optim.steps_per_epoch or sampler.batches_per_epoch
+    total_steps = config.optim.epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, int(max_steps))
+    with strategy.scope():
+        setup = build_optimizer(base_lr=config.optim.base_lr, backbone_lr=config.optim.backbone_lr,
+                                momentum=config.optim.momentum, nesterov=config.optim.nesterov,
+                                weight_decay=config.optim.weight_decay, warmup_epochs=config.optim.warmup_epochs,
+                                milestones=config.optim.milestones, steps_per_epoch=steps_per_epoch)
+        trainer = KDEMTrainer(train_model, loss_weights=(config.loss.id_weight, config.loss.wrt_weight,
+                                                         config.loss.div_weight, config.loss.con_weight),
+                              use_diversity_loss=row["use_diversity_loss"],
+                              use_consistency_loss=row["use_consistency_loss"],
+                              backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
+        trainer.compile(optimizer=setup.optimizer, jit_compile=choose_jit(config.jit_compile))
+        setup.optimizer.build(trainer.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=train_model, optimizer=setup.optimizer)
+
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    start_epoch = 0
+    latest = latest_checkpoint(ckpt_dir)
+    if latest:
+        checkpoint.read(latest["prefix"]).assert_existing_objects_matched()
+        start_epoch = latest["epoch"]
+        if verbose:
+            print(f"resumed from {latest['prefix']} (epoch {start_epoch}, step {int(setup.optimizer.iterations.numpy())})")
+    if is_chief:
+        atomic_write_text(os.path.join(run_dir, "config.yaml"), config_lib.to_yaml(config))
+        atomic_write_text(info_path, json.dumps({
+            "dataset": dataset, "data_dir": data_dir, "num_classes": num_classes,
+            "image_size": list(config.data.image_size), "embedding_dim": int(inference_model.output["embedding"].shape[-1]),
+            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "replicas": replicas,
+            "mixed_precision": policy, "ablation": config.loss.ablation}, indent=2))
+
+    dataset_tf, _ = input_pipeline.train_dataset(
+        split, config.data.image_size, config.data.num_identities, config.data.num_instances, replicas,
+        config.seed, start_epoch=start_epoch, erasing=config.data.random_erasing,
+        channel_augmentation=config.data.channel_augmentation)
+    del probe
+    iterator = iter(strategy.experimental_distribute_dataset(dataset_tf))
+
+    @tf.function(jit_compile=False)
+    def distributed_step(it):
+        results = strategy.run(trainer.train_step, args=(next(it),))
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in results.items()}
+
+    writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
+    history_path = os.path.join(run_dir, "history.jsonl")
+    metrics = {}
+    step = int(setup.optimizer.iterations.numpy())
+    epoch = start_epoch
+    while step < total_steps:
+        for tracker in trainer.metrics:
+            tracker.reset_state()
+        steps_now = min(steps_per_epoch, total_steps - step)
+        bar = keras.utils.Progbar(steps_now, stateful_metrics=None, verbose=verbose,
+                                  unit_name="step") if verbose else None
+        if verbose:
+            print(f"epoch {epoch + 1}/{config.optim.epochs}")
+        started = time.time()
+        for _ in range(steps_now):
+            metrics = {k: float(v) for k, v in distributed_step(iterator).items()}
+            if not np.isfinite(metrics["loss"]):
+                raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch + 1}); "
+                                    f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
+                                    f"check the data, or resume from {ckpt_dir}")
+            step += 1
+            if bar:
+                bar.update(min(bar.target, (step - 1) % steps_per_epoch + 1), values=[
+                    (k, metrics[k]) for k in ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
+                    if k in metrics])
+        epoch += 1
+        seconds = time.time() - started
+        lr = float(setup.optimizer.learning_rate) if not callable(setup.optimizer.learning_rate) else \
+            float(setup.optimizer.learning_rate(setup.optimizer.iterations))
+        record = {"epoch": epoch, "step": step, "seconds": round(seconds, 2), "lr": lr, **metrics}
+        with writer.as_default(step=step):
+            for k, v in metrics.items():
+                tf.summary.scalar(f"train/{k}", v)
+            tf.summary.scalar("train/learning_rate", lr)
+        if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
+            record["eval"] = _evaluate(inference_model, dataset, data_dir, config.data.image_size, verbose)
+            with writer.as_default(step=step):
+                for k, v in record["eval"].items():
+                    if isinstance(v, (int, float)):
+                        tf.summary.scalar(f"eval/{k}", v)
+        save_checkpoint(checkpoint, ckpt_dir, epoch, is_chief)
+        if is_chief:
+            with open(history_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    writer.flush()
+
+    if is_chief:
+        _save_inference_model(inference_model, os.path.join(run_dir, "inference_model.keras"))
+        if "influence_factors" in train_model.output:
+            np.save(os.path.join(run_dir, "influence_factors.npy"), _influence_factors(train_model, dataset_tf))
+    return {"run_dir": run_dir, "steps": step, "epochs": epoch, "metrics": metrics, "num_classes": num_classes,
+            "replicas": replicas, "mixed_precision": policy}
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def _save_inference_model(model, path: str) -> None:
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
+    values = []
+    for inputs, _ in dataset.take(batches):
+        values.append(train_model(inputs, training=False)["influence_factors"].numpy()[:, 0])
+    return np.concatenate(values)
+
+
+def _evaluate(inference_model, dataset: str, data_dir: str, image_size, verbose: int) -> dict:
+    from kdem_tf.eval_tfrecords import evaluate_model_on_tfrecords
+
+    result = evaluate_model_on_tfrecords(inference_model, dataset, data_dir, image_size)
+    if verbose:
+        print("eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Train KDEM on preprocessed TFRecords.")
+    parser.add_argument("--dataset", required=True, choices=["sysu", "regdb"])
+    parser.add_argument("--data", required=True, help="preprocessing output folder (kdem_tf.data.preprocess)")
+    parser.add_argument("--out", required=True, help="run folder (resumed when it holds checkpoints)")
+    parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS))
+    parser.add_argument("--config", help="YAML file over the preset")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value, e.g. --set optim.epochs=40 (repeatable)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--ablation", choices=["baseline", "kdem", "kdem_div", "kdem_con", "full"])
+    parser.add_argument("--backbone-weights", help='"imagenet" (download), a ResNet-50 weights file, or "none"')
+    parser.add_argument("--mixed-precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
+    if args.ablation:
+        overrides.append(f"loss.ablation={args.ablation}")
+    if args.backbone_weights:
+        overrides.append(f"model.backbone_weights={args.backbone_weights}")
+    if args.mixed_precision:
+        overrides.append(f"mixed_precision={args.mixed_precision}")
+    try:
+        config = config_lib.load_config(args.preset, args.config, overrides)
+        if config.model.backbone_weights not in ("imagenet", "none") and not os.path.exists(config.model.backbone_weights):
+            raise TrainingError(f"--backbone-weights {config.model.backbone_weights}: no such file")
+        summary = train(config, args.dataset, args.data, args.out, args.max_steps, verbose=0 if args.quiet else 1)
+    except (config_lib.ConfigError, TrainingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # InputError and DatasetError subclass ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

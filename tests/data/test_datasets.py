@@ -1,0 +1,122 @@
+"""Dataset readers: real layouts read right, broken layouts give errors that name the file and line."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from kdem_tf.data import datasets as ds
+from kdem_tf.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def sysu_root(tmp_path_factory):
+    return synthetic.generate_sysu(str(tmp_path_factory.mktemp("sysu") / "SYSU-MM01"), identities=8,
+                                   images_per_camera=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def regdb_root(tmp_path_factory):
+    return synthetic.generate_regdb(str(tmp_path_factory.mktemp("regdb") / "RegDB"), identities=6,
+                                    images_per_camera=3, progress=False)
+
+
+def _copy(root, tmp_path):
+    target = str(tmp_path / "copy")
+    shutil.copytree(root, target)
+    return target
+
+
+def test_sysu_train_uses_train_and_val_ids_with_contiguous_labels(sysu_root):
+    train = ds.sysu_train_records(sysu_root)
+    ids = ds.read_sysu_ids(sysu_root, "train") + ds.read_sysu_ids(sysu_root, "val")
+    assert ds.identities(train) == set(ids)
+    label_of = {r.person_id: r.label for r in train}
+    assert sorted(label_of.values()) == list(range(len(ids)))
+    assert all(label_of[p] < label_of[q] for p, q in zip(sorted(ids), sorted(ids)[1:]))
+    for r in train:
+        assert r.modality == ("infrared" if r.camera in (3, 6) else "visible")
+        assert r.path.startswith(f"cam{r.camera}/{r.person_id:04d}/")
+
+
+def test_sysu_test_pools_split_by_modality(sysu_root):
+    query, gallery = ds.sysu_test_records(sysu_root)
+    test_ids = set(ds.read_sysu_ids(sysu_root, "test"))
+    assert ds.identities(query) == test_ids == ds.identities(gallery)
+    assert {r.camera for r in query} <= {3, 6} and {r.camera for r in gallery} <= {1, 2, 4, 5}
+    assert all(r.label == -1 for r in query + gallery)
+    assert not test_ids & ds.identities(ds.sysu_train_records(sysu_root))
+
+
+def test_sysu_missing_split_file_is_named(sysu_root, tmp_path):
+    root = _copy(sysu_root, tmp_path)
+    os.remove(os.path.join(root, "exp", "val_id.txt"))
+    with pytest.raises(ds.DatasetError, match=r"exp/val_id\.txt: missing split file"):
+        ds.sysu_train_records(root)
+
+
+def test_sysu_missing_camera_folder_is_named(sysu_root, tmp_path):
+    root = _copy(sysu_root, tmp_path)
+    shutil.rmtree(os.path.join(root, "cam5"))
+    with pytest.raises(ds.DatasetError, match=r"cam5: missing SYSU-MM01 camera cam5 folder"):
+        ds.sysu_test_records(root)
+
+
+def test_sysu_malformed_id_is_named(sysu_root, tmp_path):
+    root = _copy(sysu_root, tmp_path)
+    with open(os.path.join(root, "exp", "test_id.txt"), "w") as f:
+        f.write("1,2,x3\n")
+    with pytest.raises(ds.DatasetError, match=r"test_id\.txt:1: malformed id 'x3'"):
+        ds.sysu_test_records(root)
+
+
+def test_sysu_listed_but_absent_id_is_named(sysu_root, tmp_path):
+    root = _copy(sysu_root, tmp_path)
+    with open(os.path.join(root, "exp", "test_id.txt")) as f:
+        ids = f.read().strip()
+    with open(os.path.join(root, "exp", "test_id.txt"), "w") as f:
+        f.write(ids + ",9999\n")
+    with pytest.raises(ds.DatasetError, match=r"test_id\.txt: id 9999 is listed but has no images"):
+        ds.sysu_test_records(root)
+
+
+def test_regdb_records_per_trial(regdb_root):
+    train = ds.regdb_records(regdb_root, "train", 1)
+    test = ds.regdb_records(regdb_root, "test", 1)
+    assert {r.camera for r in train["visible"]} == {1} and {r.camera for r in train["infrared"]} == {2}
+    assert sorted({r.label for r in train["visible"]}) == list(range(3))
+    assert not ds.identities(train["visible"]) & ds.identities(test["visible"])
+    assert all(r.path.startswith("Visible/") for r in test["visible"])
+    # Trials differ in their split of identities.
+    assert any(ds.identities(ds.regdb_records(regdb_root, "train", t)["visible"]) != ds.identities(train["visible"])
+               for t in range(2, 11))
+
+
+def test_regdb_malformed_line_is_named_with_line_number(regdb_root, tmp_path):
+    root = _copy(regdb_root, tmp_path)
+    path = os.path.join(root, "idx", "test_thermal_2.txt")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    lines[2] = lines[2].split()[0]  # label missing
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(ds.DatasetError, match=r"test_thermal_2\.txt:3: malformed line"):
+        ds.regdb_records(root, "test", 2)
+
+
+def test_regdb_listed_image_missing_is_named(regdb_root, tmp_path):
+    root = _copy(regdb_root, tmp_path)
+    rel = ds.read_regdb_list(root, "train", "visible", 1)[0][0]
+    os.remove(os.path.join(root, rel))
+    with pytest.raises(ds.DatasetError, match=rf"train_visible_1\.txt:1: listed image {rel} does not exist"):
+        ds.regdb_records(root, "train", 1)
+
+
+def test_regdb_missing_trial_file_and_bad_trial(regdb_root, tmp_path):
+    root = _copy(regdb_root, tmp_path)
+    os.remove(os.path.join(root, "idx", "train_thermal_4.txt"))
+    with pytest.raises(ds.DatasetError, match=r"idx/train_thermal_4\.txt: missing split file"):
+        ds.regdb_records(root, "train", 4)
+    with pytest.raises(ds.DatasetError, match="trial must be 1..10"):
+        ds.regdb_records(root, "train", 11)
