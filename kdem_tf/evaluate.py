@@ -1,0 +1,344 @@
+"""`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB cross-modal evaluation of a model or of features.
+
+    python -m kdem_tf.evaluate --dataset sysu --data-root data/SYSU-MM01 --features feats.npz \
+        --mode all --output metrics.json --plots reports/eval
+
+Features (`--features F.npz`): `paths` (str [N], relative to the data root exactly as
+in the dataset, e.g. "cam3/0001/0001.jpg", "Thermal/1/x.bmp") and `features`
+(float [N, D]); per-trial sets as `paths_trial{t}` / `features_trial{t}` (used for
+trial t when present, else the shared pair). A model (`--model`) is a TensorFlow
+SavedModel embedder, see `embed_images`. Bad input exits with status 2 and one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from kdem_tf import evaluation as ev
+
+MONTAGE_QUERIES = 8
+MONTAGE_TOP_K = 10
+
+
+class FeatureTable:
+    """Features by dataset-relative path. features: [N, D] float64, finite; paths unique."""
+
+    def __init__(self, paths: Sequence[str], features: np.ndarray, source: str):
+        self.source = source
+        self.features = ev.check_features(features, source)
+        self.paths = [_normalise_path(p.decode() if isinstance(p, bytes) else str(p)) for p in paths]
+        if len(self.paths) != len(self.features):
+            raise ev.EvaluationError(f"{source}: {len(self.paths)} paths but {len(self.features)} feature rows")
+        self.index = {p: i for i, p in enumerate(self.paths)}
+        if len(self.index) != len(self.paths):
+            seen: set = set()
+            dup = [p for p in self.paths if p in seen or seen.add(p)]
+            raise ev.EvaluationError(f"{source}: {len(dup)} duplicate paths, first {dup[0]!r}")
+
+    def lookup(self, paths: Sequence[str], what: str) -> np.ndarray:
+        """[len(paths), D] rows of the given paths; names the first missing path and the count."""
+        missing = [p for p in paths if p not in self.index]
+        if missing:
+            raise ev.EvaluationError(f"{self.source}: {len(missing)} of {len(paths)} {what} paths have no "
+                                     f"features, first {missing[0]!r} (paths are relative to the data root)")
+        return self.features[[self.index[p] for p in paths]]
+
+
+def _normalise_path(path: str) -> str:
+    path = path.replace("\\", "/")
+    return path[2:] if path.startswith("./") else path
+
+
+def load_feature_tables(npz_path: str) -> Dict[Optional[int], FeatureTable]:
+    """Reads a features .npz → {None: shared table, t: table of trial t}."""
+    try:
+        data = np.load(npz_path, allow_pickle=False)
+        arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise ev.EvaluationError(f"{npz_path}: features file not found") from None
+    except ValueError as e:  # object arrays need pickle, which we refuse
+        raise ev.EvaluationError(f"{npz_path}: unreadable ({e}); store paths as np.array(paths, dtype=str)") from None
+    except OSError as e:
+        raise ev.EvaluationError(f"{npz_path}: not a .npz file ({e})") from None
+    tables = {}
+    for key in arrays:
+        if not key.startswith("features"):
+            continue
+        suffix = key[len("features"):]
+        if suffix and not (suffix.startswith("_trial") and suffix[6:].isdigit()):
+            continue
+        trial = int(suffix[6:]) if suffix else None
+        paths_key = "paths" + suffix
+        if paths_key not in arrays:
+            raise ev.EvaluationError(f"{npz_path}: has {key!r} but no {paths_key!r}")
+        tables[trial] = FeatureTable(arrays[paths_key].reshape(-1), arrays[key], f"{npz_path}[{key}]")
+    if not tables:
+        raise ev.EvaluationError(f"{npz_path}: no 'features' array (expected 'paths' and 'features', "
+                                 f"or 'paths_trial{{t}}' and 'features_trial{{t}}'); found {sorted(arrays)}")
+    dims = {t.features.shape[1] for t in tables.values()}
+    if len(dims) > 1:
+        raise ev.EvaluationError(f"{npz_path}: feature sets have different dims {sorted(dims)}")
+    return tables
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def resolve_saved_model(model_path: str) -> str:
+    """The SavedModel folder of `model_path`: itself, or RUN/export/ or RUN/inference_model/
+    of a training run folder (in each, the folder itself or its highest numbered version)."""
+    import tensorflow as tf
+
+    base = model_path.rstrip("/")
+    for folder in (base, f"{base}/export", f"{base}/inference_model"):
+        if tf.io.gfile.exists(f"{folder}/saved_model.pb"):
+            return folder
+        if tf.io.gfile.isdir(folder):
+            versions = sorted((int(v.strip("/")) for v in tf.io.gfile.listdir(folder) if v.strip("/").isdigit()),
+                              reverse=True)
+            for v in versions:
+                if tf.io.gfile.exists(f"{folder}/{v}/saved_model.pb"):
+                    return f"{folder}/{v}"
+    raise ev.EvaluationError(f"{model_path}: no SavedModel (saved_model.pb) there, nor in export/ or "
+                             f"inference_model/ below it (or a numbered version folder inside those)")
+
+
+def embed_images(model_path: str, data_root: str, records: Sequence, image_size: Optional[Tuple[int, int]] = None,
+                 batch_size: int = 64) -> np.ndarray:
+    """Embeds dataset images with an exported kdem-tf embedder.
+
+    Contract of the model: a TF SavedModel (or a run folder, see `resolve_saved_model`)
+    whose `serving_default` signature takes `image_bytes` (tf.string [N], encoded
+    JPEG/PNG/BMP file contents) and `modality` (tf.string [N], "visible" or "infrared")
+    and returns `embedding` (float [N, D]). Decoding, resizing and normalisation happen
+    inside the model.
+
+    Args:
+        records: [N] (relative_path, modality) pairs, or objects with .path and .modality.
+        image_size: None sends the file bytes unchanged; (height, width) first resizes with
+            PIL (bilinear) and sends lossless PNG bytes, for models that expect a fixed size.
+        batch_size: images per signature call.
+    Returns:
+        [N, D] float32 embeddings in the order of `records`.
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    pairs = [(r.path, r.modality) if hasattr(r, "path") else (r[0], r[1]) for r in records]
+    if not pairs:
+        raise ev.EvaluationError("embed_images: no images to embed")
+    folder = resolve_saved_model(model_path)
+    signature = tf.saved_model.load(folder).signatures.get("serving_default")
+    if signature is None:
+        raise ev.EvaluationError(f"{folder}: SavedModel has no 'serving_default' signature")
+    out = []
+    with tqdm(total=len(pairs), desc="embedding", unit="img", file=sys.stderr) as bar:
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start:start + batch_size]
+            images = [_read_image_bytes(data_root, path, image_size) for path, _ in batch]
+            result = signature(image_bytes=tf.constant(images, tf.string),
+                               modality=tf.constant([m for _, m in batch], tf.string))
+            if "embedding" not in result:
+                raise ev.EvaluationError(f"{folder}: serving_default returns {sorted(result)}, not 'embedding'")
+            emb = np.asarray(result["embedding"])
+            if emb.ndim != 2 or len(emb) != len(batch):
+                raise ev.EvaluationError(f"{folder}: embedding shape {emb.shape}, expected [{len(batch)}, D]")
+            out.append(emb.astype(np.float32))
+            bar.update(len(batch))
+    return np.concatenate(out)
+
+
+def _read_image_bytes(data_root: str, rel_path: str, image_size: Optional[Tuple[int, int]]) -> bytes:
+    import io
+    import tensorflow as tf
+
+    full = os.path.join(data_root, rel_path) if "://" not in data_root else f"{data_root.rstrip('/')}/{rel_path}"
+    try:
+        with tf.io.gfile.GFile(full, "rb") as f:
+            raw = f.read()
+    except tf.errors.NotFoundError:
+        raise ev.EvaluationError(f"{full}: image not found") from None
+    if image_size is None:
+        return raw
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").resize((image_size[1], image_size[0]), Image.BILINEAR).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _features_provider(args, trials: List[ev.Trial]):
+    """Returns features_for(trial) -> (query [Q, D], gallery [G, D]) for --features or --model."""
+    if args.features:
+        tables = load_feature_tables(args.features)
+
+        def from_npz(trial: ev.Trial):
+            table = tables.get(trial.trial, tables.get(None))
+            if table is None:
+                raise ev.EvaluationError(f"{args.features}: no features for trial {trial.trial} (neither "
+                                         f"'features_trial{trial.trial}' nor 'features')")
+            return (table.lookup(trial.query.paths, f"trial {trial.trial} query"),
+                    table.lookup(trial.gallery.paths, f"trial {trial.trial} gallery"))
+        return from_npz
+
+    size = tuple(args.image_size) if args.image_size else None
+
+    def records(trial_list):
+        seen = {}
+        for t in trial_list:
+            for split in (t.query, t.gallery):
+                for p in split.paths:
+                    seen.setdefault(p, split.modality)
+        return list(seen.items())
+
+    def table_for(model: str, trial_list) -> FeatureTable:
+        recs = records(trial_list)
+        feats = embed_images(model, args.data_root, recs, size, args.batch_size)
+        return FeatureTable([p for p, _ in recs], feats, model)
+
+    per_trial = "{trial}" in args.model  # e.g. RegDB: one trained model per trial
+    shared = None if per_trial else table_for(args.model, trials)
+
+    def from_model(trial: ev.Trial):
+        table = table_for(args.model.format(trial=trial.trial), [trial]) if per_trial else shared
+        return table.lookup(trial.query.paths, "query"), table.lookup(trial.gallery.paths, "gallery")
+    return from_model
+
+
+def _title(args) -> str:
+    if args.dataset == "sysu":
+        shot = "multi-shot" if args.multi_shot else "single-shot"
+        return f"SYSU-MM01 {args.mode}-search {shot}"
+    return "RegDB " + ("visible to thermal" if args.direction == "v2i" else "thermal to visible")
+
+
+def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
+    """The paper-style table: one row per trial and the mean, values in percent."""
+    cols = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+    names = ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP")
+    head = f"{'Trial':<7}" + "".join(f"{n:>9}" for n in names)
+    lines = [title, "-" * len(head), head, "-" * len(head)]
+    for i, (name, m) in enumerate(rows):
+        if i == len(rows) - 1:
+            lines.append("-" * len(head))
+        lines.append(f"{name:<7}" + "".join(f"{m[c]:>9.2f}" for c in cols))
+    return "\n".join(lines)
+
+
+def ranked_gallery(q_feats, g_feats, q_camids, g_camids, protocol: str, distance: str = "cosine",
+                   k: int = 10) -> List[np.ndarray]:
+    """Top-k gallery indices per query, as the metric ranks them (SYSU cam3 queries skip cam2)."""
+    out = []
+    for start, dist in ev.distance_chunks(q_feats, g_feats, distance):
+        for row, order in enumerate(np.argsort(dist, axis=1)):
+            if protocol == "sysu" and q_camids[start + row] == 3:
+                order = order[np.asarray(g_camids)[order] != 2]
+            out.append(order[:k])
+    return out
+
+
+def _plots(args, trial: ev.Trial, features_for, results, cmc_mean: np.ndarray) -> None:
+    from kdem_tf import plots
+
+    os.makedirs(args.plots, exist_ok=True)
+    curves = [r.cmc * 100.0 for r in results] if len(results) > 1 else None
+    plots.plot_cmc(cmc_mean * 100.0, os.path.join(args.plots, "cmc.png"),
+                   f"{_title(args)}, {len(results)} trial(s), {args.distance}", curves)
+    q_feats, g_feats = features_for(trial)
+    picks = np.unique(np.linspace(0, len(trial.query.paths) - 1, MONTAGE_QUERIES).round().astype(int))
+    ranked = ranked_gallery(q_feats[picks], g_feats, trial.query.cams[picks], trial.gallery.cams,
+                               args.dataset, args.distance, MONTAGE_TOP_K)
+    plots.retrieval_montage(
+        args.data_root, [trial.query.paths[i] for i in picks],
+        [f"id {trial.query.pids[i]} cam {trial.query.cams[i]}" for i in picks],
+        [[trial.gallery.paths[j] for j in order] for order in ranked],
+        [[bool(trial.gallery.pids[j] == trial.query.pids[i]) for j in order] for i, order in zip(picks, ranked)],
+        os.path.join(args.plots, "montage.png"),
+        title=f"{_title(args)}, trial {trial.trial}: query, then top-{MONTAGE_TOP_K} (green = same id)")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m kdem_tf.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, choices=("sysu", "regdb"))
+    p.add_argument("--data-root", required=True, help="dataset root in its published layout")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="SavedModel embedder or run folder; '{trial}' in it = one model per trial")
+    src.add_argument("--features", help=".npz with 'paths' and 'features' (or '*_trial{t}')")
+    p.add_argument("--mode", choices=tuple(ev.SYSU_GALLERY_CAMERAS), default="all", help="SYSU search mode")
+    p.add_argument("--multi-shot", action="store_true", help="SYSU: 10 gallery images per id and camera")
+    p.add_argument("--direction", choices=ev.REGDB_DIRECTIONS, default="v2i", help="RegDB query -> gallery")
+    p.add_argument("--trials", type=int, default=10, help="SYSU draws 0..N-1 / RegDB splits 1..N (max 10)")
+    p.add_argument("--distance", choices=ev.DISTANCES, default="cosine")
+    p.add_argument("--output", help="write metrics JSON here")
+    p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
+    p.add_argument("--batch-size", type=int, default=64, help="--model: images per call")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="--model: resize before sending")
+    args = p.parse_args(argv)
+    if not 1 <= args.trials <= 10:
+        p.error("--trials must be 1..10")
+    if args.dataset == "regdb" and (args.multi_shot or args.mode != "all"):
+        p.error("--mode and --multi-shot are SYSU options")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluates, prints the table, writes JSON / plots; returns the metrics dict."""
+    if args.dataset == "sysu":
+        trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot)
+        settings = {"mode": args.mode, "multi_shot": args.multi_shot}
+    else:
+        trials = ev.regdb_trials(args.data_root, args.trials, args.direction)
+        settings = {"direction": args.direction}
+    features_for = _features_provider(args, trials)
+    results = ev.run_trials(trials, features_for, args.dataset, args.distance)
+    cmc, mAP, mINP = ev.average_trials(results)
+    mean = ev.summary(cmc, mAP, mINP)
+    per_trial = [dict(trial=r.trial, query_count=r.num_query, gallery_size=r.num_gallery,
+                      **ev.summary(r.cmc, r.mAP, r.mINP)) for r in results]
+    counts = sorted({r.num_query for r in results})
+    metrics = dict(mean, cmc=[float(v) * 100.0 for v in cmc], per_trial=per_trial, dataset=args.dataset,
+                   **settings, trials=[r.trial for r in results], num_trials=len(results),
+                   query_count=counts[0] if len(counts) == 1 else [r.num_query for r in results],
+                   gallery_sizes=[r.num_gallery for r in results], distance=args.distance,
+                   source=args.model or args.features, data_root=args.data_root)
+    rows = [(str(r["trial"]), r) for r in per_trial] + [("Mean", mean)]
+    sizes = sorted(set(metrics["gallery_sizes"]))
+    gallery = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    header = (f"{_title(args)} | {len(results)} trial(s) | query {metrics['query_count']} "
+              f"{trials[0].query.modality} | gallery {gallery} {trials[0].gallery.modality} | {args.distance}")
+    print(format_table(header, rows))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(metrics, f, indent=2)
+    if args.plots:
+        _plots(args, trials[0], features_for, results, cmc)
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    # TF is imported for file access (and --model); its start-up log lines and a
+    # google-api-core version notice would bury the table and the one-line errors
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core")
+    try:
+        run(args)
+    except ev.EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

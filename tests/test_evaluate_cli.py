@@ -1,0 +1,231 @@
+"""End-to-end `python -m kdem_tf.evaluate` on tiny SYSU-MM01 and RegDB trees built in tmp_path."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdem_tf import evaluate as cli
+from tests.test_evaluation import (agw_eval_regdb, agw_eval_sysu, agw_process_gallery_sysu, make_regdb,
+                                   make_sysu)
+
+pytest.importorskip("tensorflow")  # the dataset readers use tf.io.gfile
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def identity_features(paths, pid_of, dim=24, noise=1.1, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(64, dim))
+    return np.stack([centres[pid_of(p) % 64] + noise * rng.normal(size=dim) for p in paths]).astype(np.float32)
+
+
+def image_paths(root: Path, pattern: str):
+    return sorted(str(p.relative_to(root)) for p in root.rglob(pattern))
+
+
+@pytest.fixture(scope="module")
+def sysu(tmp_path_factory):
+    root = make_sysu(tmp_path_factory.mktemp("sysu") / "SYSU", test_ids=tuple(range(1, 25, 2)), per_camera=3)
+    paths = image_paths(root, "*.jpg")
+    feats = identity_features(paths, lambda p: int(p.split("/")[1]))
+    np.savez(root.parent / "feats.npz", paths=np.array(paths), features=feats)
+    return root, dict(zip(paths, feats.astype(np.float64)))
+
+
+@pytest.fixture(scope="module")
+def regdb(tmp_path_factory):
+    root = make_regdb(tmp_path_factory.mktemp("regdb") / "RegDB", ids=24, per_id=2, trials=(1, 2))
+    paths = image_paths(root, "*.bmp")
+    arrays = {}
+    for t in (1, 2):  # one feature set per trial, as a per-trial RegDB model would give
+        arrays[f"paths_trial{t}"] = np.array(paths)
+        arrays[f"features_trial{t}"] = identity_features(paths, lambda p: int(p.split("/")[1]), seed=t)
+    np.savez(root.parent / "feats.npz", **arrays)
+    return root, arrays
+
+
+def run_cli(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def check_png(path: Path) -> None:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def test_sysu_features_end_to_end_matches_agw(sysu, tmp_path, capsys):
+    root, feature_of = sysu
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--features", root.parent / "feats.npz",
+                               "--mode", "indoor", "--trials", 4, "--output", out / "m.json", "--plots", out], capsys)
+    assert code == 0
+    metrics = json.loads((out / "m.json").read_text())
+    assert "Rank-1" in stdout and "mINP" in stdout and "Mean" in stdout
+    # AGW's test.py pipeline on the same features: query loop, seeded gallery draws, -matmul distances
+    q_paths = [f"cam{c}/{p:04d}/{n}" for p in range(1, 25, 2) for c in (3, 6)
+               for n in sorted(os.listdir(root / f"cam{c}/{p:04d}"))]
+    qf = np.stack([feature_of[p] for p in q_paths])
+    qf /= np.linalg.norm(qf, axis=1, keepdims=True)
+    total = None
+    for trial in range(4):
+        g_paths = agw_process_gallery_sysu(str(root), "indoor", trial)
+        gf = np.stack([feature_of[p] for p in g_paths])
+        gf /= np.linalg.norm(gf, axis=1, keepdims=True)
+        cmc, mAP, mINP = agw_eval_sysu(-np.matmul(qf, np.transpose(gf)),
+                                       np.array([int(p[5:9]) for p in q_paths]), np.array([int(p[5:9]) for p in g_paths]),
+                                       np.array([int(p[3]) for p in q_paths]), np.array([int(p[3]) for p in g_paths]))
+        assert metrics["per_trial"][trial]["mAP"] == float(mAP) * 100
+        assert metrics["per_trial"][trial]["gallery_size"] == len(g_paths)
+        total = (cmc, mAP, mINP) if total is None else (total[0] + cmc, total[1] + mAP, total[2] + mINP)
+    assert metrics["rank1"] == float(total[0][0] / 4) * 100 and metrics["rank10"] == float(total[0][9] / 4) * 100
+    assert metrics["mAP"] == float(total[1] / 4) * 100 and metrics["mINP"] == float(total[2] / 4) * 100
+    assert set(KEYS) <= set(metrics) and set(KEYS) <= set(metrics["per_trial"][0])
+    assert (metrics["dataset"], metrics["mode"], metrics["trials"]) == ("sysu", "indoor", [0, 1, 2, 3])
+    assert metrics["query_count"] == len(q_paths) and metrics["distance"] == "cosine"
+    check_png(out / "cmc.png")
+    check_png(out / "montage.png")
+
+
+def test_regdb_per_trial_features_i2v(regdb, tmp_path, capsys):
+    root, arrays = regdb
+    code, stdout, _ = run_cli(["--dataset", "regdb", "--data-root", root, "--features", root.parent / "feats.npz",
+                               "--direction", "i2v", "--trials", 2, "--distance", "euclidean",
+                               "--output", tmp_path / "m.json", "--plots", tmp_path], capsys)
+    assert code == 0 and "RegDB thermal to visible" in stdout
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for t in (1, 2):
+        index = {p: i for i, p in enumerate(arrays[f"paths_trial{t}"])}
+        feats = arrays[f"features_trial{t}"].astype(np.float64)
+        lists = {n: [line.split() for line in (root / f"idx/test_{n}_{t}.txt").read_text().splitlines()]
+                 for n in ("visible", "thermal")}
+        qf = feats[[index[p] for p, _ in lists["thermal"]]]
+        gf = feats[[index[p] for p, _ in lists["visible"]]]
+        dist = np.linalg.norm(qf[:, None] - gf[None], axis=2)
+        cmc, mAP, _ = agw_eval_regdb(dist, np.array([int(l) for _, l in lists["thermal"]]),
+                                     np.array([int(l) for _, l in lists["visible"]]))
+        assert metrics["per_trial"][t - 1]["rank1"] == pytest.approx(float(cmc[0]) * 100, abs=1e-9)
+        assert metrics["per_trial"][t - 1]["mAP"] == pytest.approx(float(mAP) * 100, abs=1e-9)
+    assert metrics["direction"] == "i2v" and metrics["trials"] == [1, 2] and metrics["gallery_sizes"] == [48, 48]
+    check_png(tmp_path / "cmc.png")
+    check_png(tmp_path / "montage.png")
+
+
+def build_embedder(path: Path) -> None:
+    """A real SavedModel with the embedder contract: mean RGB of the resized image + modality flag."""
+    import tensorflow as tf
+
+    class Embedder(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
+                                      tf.TensorSpec([None], tf.string, name="modality")])
+        def serve(self, image_bytes, modality):
+            def one(data):
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+                return tf.reduce_mean(tf.image.resize(tf.cast(image, tf.float32), (16, 8)), axis=[0, 1])
+            rgb = tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([3], tf.float32))
+            flag = tf.cast(tf.equal(modality, "infrared"), tf.float32)[:, None] * 10.0
+            return {"embedding": tf.concat([rgb, flag], axis=1)}
+
+    module = Embedder()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def test_model_run_folder_end_to_end(sysu, tmp_path, capsys):
+    root, _ = sysu
+    build_embedder(tmp_path / "run" / "export" / "3")
+    records = [("cam1/0001/0001.jpg", "visible"), ("cam3/0003/0002.jpg", "infrared")]
+    emb = cli.embed_images(str(tmp_path / "run"), str(root), records, image_size=None, batch_size=1)
+    for (path, _), row in zip(records, emb):
+        np.testing.assert_allclose(row[:3], np.asarray(Image.open(root / path).convert("RGB"), float).mean((0, 1)), atol=3.0)
+    assert emb.shape == (2, 4) and emb[1, 3] == 10.0 and emb[0, 3] == 0.0
+    code, stdout, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--model", tmp_path / "run", "--trials", 2,
+                               "--batch-size", 16, "--output", tmp_path / "m.json"], capsys)
+    assert code == 0 and json.loads((tmp_path / "m.json").read_text())["source"] == str(tmp_path / "run")
+    with pytest.raises(cli.ev.EvaluationError, match="no SavedModel"):
+        cli.resolve_saved_model(str(tmp_path))
+
+
+def test_model_per_trial_regdb(regdb, tmp_path, capsys):
+    root, _ = regdb
+    for t in (1, 2):  # RegDB trains one model per trial: '{trial}' in --model picks it
+        build_embedder(tmp_path / f"run_t{t}" / "inference_model")
+    code, stdout, _ = run_cli(["--dataset", "regdb", "--data-root", root, "--model", tmp_path / "run_t{trial}",
+                               "--trials", 2, "--output", tmp_path / "m.json"], capsys)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert code == 0 and metrics["trials"] == [1, 2] and metrics["query_count"] == 48
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan", "rows", "missing", "duplicate", "dims", "no_features"])
+def test_bad_features_exit_2_with_one_line(case, sysu, tmp_path, capsys):
+    root, feature_of = sysu
+    paths = np.array(sorted(feature_of))
+    feats = np.stack([feature_of[p] for p in paths])
+    arrays = {"paths": paths, "features": feats}
+    expect = {"nan": "1 feature rows hold NaN or inf", "rows": "paths but", "missing": "5 of 96 trial 0 query",
+              "duplicate": "1 duplicate paths", "dims": "different dims", "no_features": "no 'features'"}[case]
+    if case == "nan":
+        feats[5, 2] = np.inf
+    elif case == "rows":
+        arrays["paths"] = paths[:-1]
+    elif case == "missing":
+        keep = np.array([not p.startswith("cam6/0005/") for p in paths])
+        arrays = {"paths": paths[keep], "features": feats[keep]}
+    elif case == "duplicate":
+        arrays["paths"] = np.concatenate([paths[:-1], paths[:1]])
+    elif case == "dims":
+        arrays["features_trial0"], arrays["paths_trial0"] = feats[:, :5], paths
+    else:
+        arrays = {"paths": paths, "embeddings": feats}
+    npz = write_npz(tmp_path / "bad.npz", **arrays)
+    code, _, err = run_cli(["--dataset", "sysu", "--data-root", root, "--features", npz, "--trials", 1], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and expect in err, err
+    if case == "missing":
+        assert "'cam6/0005/0001.jpg'" in err and "query" in err
+
+
+def test_protocol_errors_exit_2(regdb, tmp_path, capsys):
+    root, _ = regdb
+    npz = root.parent / "feats.npz"
+    code, _, err = run_cli(["--dataset", "regdb", "--data-root", root, "--features", npz, "--trials", 3], capsys)
+    assert code == 2 and "trial 3" in err and "test_visible_3.txt" in err and err.count("\n") == 1
+    empty = tmp_path / "SYSU"  # test ids with infrared images only: the gallery is empty
+    for cam in range(1, 7):
+        (empty / f"cam{cam}").mkdir(parents=True)
+    for cam in (3, 6):
+        Image.new("RGB", (8, 16)).save(_mkdir(empty / f"cam{cam}/0001") / "0001.jpg")
+    (empty / "exp").mkdir()
+    (empty / "exp/test_id.txt").write_text("1\n")
+    code, _, err = run_cli(["--dataset", "sysu", "--data-root", empty, "--features", npz, "--trials", 1], capsys)
+    assert code == 2 and "empty SYSU gallery" in err
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_module_entry_point_reports_one_line(sysu, tmp_path):
+    root, _ = sysu
+    bad = write_npz(tmp_path / "bad.npz", paths=np.array(["cam3/0001/0001.jpg"]), features=np.ones((1, 4)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's default environment
+    proc = subprocess.run([sys.executable, "-m", "kdem_tf.evaluate", "--dataset", "sysu", "--data-root", str(root),
+                           "--features", str(bad), "--trials", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "have no features" in proc.stderr
