@@ -53,7 +53,8 @@ def _build(config, num_classes: int, strategy):
 
 
 def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: str,
-          max_steps: Optional[int] = None, log_dir: Optional[str] = None, verbose: int = 1) -> dict:
+          max_steps: Optional[int] = None, log_dir: Optional[str] = None, verbose: int = 1,
+          return_models: bool = False) -> dict:
     """Trains (or resumes) a run. Returns a summary dict (steps, epochs, last metrics, paths).
 
     Args:
@@ -63,6 +64,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         run_dir: the run folder (created; resumed when it holds checkpoints).
         max_steps: cap on total optimizer steps (TFX TrainArgs.num_steps); None: the schedule.
         log_dir: TensorBoard folder (default RUN_DIR/logs).
+        return_models: add "train_model" and "inference_model" to the result.
     """
     import tensorflow as tf
     import keras
@@ -86,8 +88,8 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
     train_model, inference_model, KDEMTrainer, row, build_optimizer, _ = _build(config, num_classes, strategy)
 
-    probe, sampler = input_pipeline.train_dataset(split, config.data.image_size, config.data.num_identities,
-                                                  config.data.num_instances, replicas, config.seed)
+    sampler = input_pipeline.IdentitySampler(split.labels, split.modalities, config.data.num_identities,
+                                             config.data.num_instances, config.seed)
     steps_per_epoch = config.optim.steps_per_epoch or sampler.batches_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch
     if max_steps is not None:
@@ -122,17 +124,17 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "replicas": replicas,
             "mixed_precision": policy, "ablation": config.loss.ablation}, indent=2))
 
-    dataset_tf, _ = input_pipeline.train_dataset(
-        split, config.data.image_size, config.data.num_identities, config.data.num_instances, replicas,
-        config.seed, start_epoch=start_epoch, erasing=config.data.random_erasing,
-        channel_augmentation=config.data.channel_augmentation)
-    del probe
-    iterator = iter(strategy.experimental_distribute_dataset(dataset_tf))
+    def replica_dataset(context):
+        # One whole P×K batch per element; each input pipeline draws its own batches.
+        pipeline_seed = config.seed + 1000 * context.input_pipeline_id
+        dataset, _ = input_pipeline.train_dataset(
+            split, config.data.image_size, config.data.num_identities, config.data.num_instances, 1,
+            pipeline_seed, start_epoch=start_epoch, erasing=config.data.random_erasing,
+            channel_augmentation=config.data.channel_augmentation)
+        return dataset
 
-    @tf.function(jit_compile=False)
-    def distributed_step(it):
-        results = strategy.run(trainer.train_step, args=(next(it),))
-        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in results.items()}
+    iterator = iter(strategy.distribute_datasets_from_function(replica_dataset))
+    distributed_step = make_distributed_step(strategy, trainer)
 
     writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
     history_path = os.path.join(run_dir, "history.jsonl")
@@ -143,13 +145,14 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         for tracker in trainer.metrics:
             tracker.reset_state()
         steps_now = min(steps_per_epoch, total_steps - step)
-        bar = keras.utils.Progbar(steps_now, stateful_metrics=None, verbose=verbose,
-                                  unit_name="step") if verbose else None
+        # The trainer's metrics are running means already: show them as they are.
+        bar = keras.utils.Progbar(steps_now, stateful_metrics=[m.name for m in trainer.metrics],
+                                  verbose=verbose, unit_name="step") if verbose else None
         if verbose:
             print(f"epoch {epoch + 1}/{config.optim.epochs}")
         started = time.time()
         for _ in range(steps_now):
-            metrics = {k: float(v) for k, v in distributed_step(iterator).items()}
+            metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
             if not np.isfinite(metrics["loss"]):
                 raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch + 1}); "
                                     f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
@@ -183,9 +186,29 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     if is_chief:
         _save_inference_model(inference_model, os.path.join(run_dir, "inference_model.keras"))
         if "influence_factors" in train_model.output:
-            np.save(os.path.join(run_dir, "influence_factors.npy"), _influence_factors(train_model, dataset_tf))
-    return {"run_dir": run_dir, "steps": step, "epochs": epoch, "metrics": metrics, "num_classes": num_classes,
-            "replicas": replicas, "mixed_precision": policy}
+            np.save(os.path.join(run_dir, "influence_factors.npy"),
+                    _influence_factors(train_model, replica_dataset(tf.distribute.InputContext())))
+    result = {"run_dir": run_dir, "steps": step, "epochs": epoch, "metrics": metrics, "num_classes": num_classes,
+              "replicas": replicas, "mixed_precision": policy}
+    if return_models:
+        result.update(train_model=train_model, inference_model=inference_model)
+    return result
+
+
+def make_distributed_step(strategy, trainer):
+    """A tf.function running `trainer.train_step` on every replica's batch; metrics averaged.
+
+    The trainer divides its loss by the number of replicas and gradients are summed,
+    so N replicas with one P×K batch each take the step of the mean loss.
+    """
+    import tensorflow as tf
+
+    @tf.function(jit_compile=False)
+    def distributed_step(batch):
+        results = strategy.run(trainer.train_step, args=(batch,))
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in results.items()}
+
+    return distributed_step
 
 
 def _is_chief(strategy) -> bool:

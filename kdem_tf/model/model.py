@@ -1,0 +1,182 @@
+"""The KDEM network of the paper's Fig. 2, as a train model and an inference model.
+
+    visible  --visible_stem-->  F_v --+--------------------------------+
+                                      |                                |
+                                      +--KDEMLayer--> F_t, (mi_v, mi_i) |   (training only)
+                                      |                                |
+    infrared --infrared_stem--> F_i --+--------------------------------+
+                                                    |
+               [F_v; F_i; F_t] (concatenated on the batch axis, as AGW's torch.cat)
+                                                    |
+                            shared trunk (conv2_x ... conv5_x, non-local blocks)
+                                                    |
+                                 GeM (or average) pooling -> pooled_{v,i,t}   (WRT, L_con)
+                                                    |
+                                   BN-neck (no shift) -> classifier -> logits_{v,i,t} (L_id)
+
+The streams go through the trunk as one concatenated batch so its BatchNorms and
+the BN-neck normalise over all modalities together, as AGW does for v and i.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import keras
+from keras import ops
+
+from kdem_tf.model.gem_pooling import GeMPooling
+from kdem_tf.model.kdem_layer import KDEMLayer
+from kdem_tf.model.resnet import build_stem, build_trunk, load_backbone_weights
+
+VISIBLE_MODALITY = 0
+INFRARED_MODALITY = 1
+# Names of the new layers trained at the base learning rate: AGW's bottleneck + classifier,
+# and the KDEM layer, which has no pretrained weights. Everything else (stems, trunk with
+# its non-local blocks, as in AGW's "base" group) is "backbone" (see kdem_tf.model.optim).
+HEAD_LAYER_NAMES = ("bn_neck", "classifier", "kdem")
+
+
+@keras.saving.register_keras_serializable(package="kdem_tf", name="SelectByModality")
+class _SelectByModality(keras.layers.Layer):
+    """Per sample, picks the visible or the infrared stem output by the modality id.
+
+    Inputs [visible_features [N, h, w, C], infrared_features [N, h, w, C],
+    modality [N] int (0 visible, 1 infrared)] -> [N, h, w, C].
+    """
+
+    def call(self, inputs):
+        visible_features, infrared_features, modality = inputs
+        is_visible = ops.equal(ops.cast(modality, "int32"), VISIBLE_MODALITY)[:, None, None, None]
+        return ops.where(is_visible, visible_features, infrared_features)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+
+def build_kdem_models(
+    num_classes: int,
+    image_size: Tuple[int, int] = (288, 144),
+    kdem: bool = True,
+    non_local: bool = True,
+    gem: bool = True,
+    bn_neck: bool = True,
+    shared_fc: bool = True,
+    fc_units: int = 256,
+    mlp_units: Sequence[int] = (128,),
+    last_stride: int = 1,
+    backbone_weights: Optional[str] = None,
+) -> Tuple[keras.Model, keras.Model]:
+    """Builds the KDEM train model and an inference model sharing its weights.
+
+    Args:
+        num_classes: number of training identities (classifier width).
+        image_size: (H, W) of the input images (288x144 as AGW).
+        kdem: add the KDEM layer and the knowledge-enhanced stream t; False gives
+            the two-stream AGW baseline of Table 3.
+        non_local: non-local blocks in the trunk (AGW).
+        gem: GeM pooling (p=3); False for global average pooling.
+        bn_neck: BN-neck between pooling and classifier (AGW's bottleneck); its
+            beta is fixed at zero (`center=False`) as AGW freezes the bias.
+        shared_fc, fc_units, mlp_units: KDEMLayer options.
+        last_stride: stride of conv5_x.
+        backbone_weights: "imagenet", a ResNet-50 weights file, or None for random
+            init; see `load_backbone_weights`.
+
+    Returns:
+        (train_model, inference_model).
+
+        train_model: inputs {"visible": [B, H, W, 3], "infrared": [B, H, W, 3]}
+        (float, ImageNet-normalised; pair k shares one identity); outputs a dict
+        `pooled_v`, `pooled_i` [B, 2048], `logits_v`, `logits_i` [B, num_classes]
+        and, with KDEM, `pooled_t`, `logits_t` and `influence_factors` [B, 2].
+
+        inference_model: inputs {"image": [N, H, W, 3] float32, "modality": [N]
+        int32 (0 visible, 1 infrared)}; outputs {"embedding": [N, 2048]}, the
+        L2-normalised BN-neck feature in inference mode (AGW's test-time `feat`;
+        the pooled feature when bn_neck=False). No KDEM at test time (paper Sec.
+        3.3). Both stems run on every image and the right one is selected per
+        sample: this costs one extra stem (~3% of the ResNet-50 FLOPs) but lets
+        one batch mix modalities. It shares every layer object with the train
+        model, so training updates it.
+
+    Example:
+    >>> train_model, inference_model = build_kdem_models(num_classes=4, image_size=(64, 32))
+    >>> sorted(train_model.output.keys())[:3]
+    ['influence_factors', 'logits_i', 'logits_t']
+    """
+    height, width = image_size
+    image_shape = (height, width, 3)
+
+    # Stage 0, one per modality (weights not shared, Eq. 1).
+    visible_stem = build_stem("visible_stem", image_shape)
+    infrared_stem = build_stem("infrared_stem", image_shape)
+    # Stages 1-4, shared by all modalities.
+    trunk = build_trunk(
+        "trunk", input_shape=tuple(visible_stem.output.shape[1:]), last_stride=last_stride, non_local=non_local
+    )
+    load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
+    kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None
+
+    # The head runs in float32 under mixed precision: the losses use its outputs.
+    if gem:
+        pooling = GeMPooling(p=3.0, name="gem_pooling", dtype="float32")
+    else:
+        pooling = keras.layers.GlobalAveragePooling2D(name="avg_pooling", dtype="float32")
+    bottleneck = None
+    if bn_neck:
+        bottleneck = keras.layers.BatchNormalization(
+            center=False,  # AGW: bottleneck.bias.requires_grad_(False), i.e. beta stays 0
+            momentum=0.9,
+            epsilon=1e-5,
+            gamma_initializer=keras.initializers.RandomNormal(mean=1.0, stddev=0.01),
+            name="bn_neck",
+            dtype="float32",
+        )
+    classifier = keras.layers.Dense(
+        num_classes,
+        use_bias=False,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        name="classifier",
+        dtype="float32",
+    )
+
+    def head(trunk_features):
+        pooled = pooling(trunk_features)
+        normalised = bottleneck(pooled) if bottleneck is not None else pooled
+        return pooled, normalised
+
+    # ---- train model ----
+    visible = keras.Input(shape=image_shape, name="visible")
+    infrared = keras.Input(shape=image_shape, name="infrared")
+    stem_features = [visible_stem(visible), infrared_stem(infrared)]  # F_v, F_i
+    streams = ["v", "i"]
+    influence_factors = None
+    if kdem_layer is not None:
+        enhanced_features, influence_factors = kdem_layer(stem_features)  # F_t, (mi_v, mi_i)
+        stem_features.append(enhanced_features)
+        streams.append("t")
+    all_stem_features = ops.concatenate(stem_features, axis=0)  # [S*B, h, w, 64]
+    pooled, normalised = head(trunk(all_stem_features))
+    logits = classifier(normalised)
+    outputs = {}
+    for stream, pooled_stream, logits_stream in zip(
+        streams, ops.split(pooled, len(streams), axis=0), ops.split(logits, len(streams), axis=0)
+    ):
+        outputs[f"pooled_{stream}"] = pooled_stream
+        outputs[f"logits_{stream}"] = logits_stream
+    if influence_factors is not None:
+        outputs["influence_factors"] = influence_factors
+    train_model = keras.Model({"visible": visible, "infrared": infrared}, outputs, name="kdem_train")
+
+    # ---- inference model (same layer objects) ----
+    image = keras.Input(shape=image_shape, name="image", dtype="float32")
+    modality = keras.Input(shape=(), name="modality", dtype="int32")
+    query_stem_features = _SelectByModality(name="select_stem")(
+        [visible_stem(image), infrared_stem(image), modality]
+    )
+    _, query_features = head(trunk(query_stem_features))
+    embedding = keras.layers.UnitNormalization(axis=-1, name="embedding", dtype="float32")(query_features)
+    inference_model = keras.Model(
+        {"image": image, "modality": modality}, {"embedding": embedding}, name="kdem_inference"
+    )
+    return train_model, inference_model

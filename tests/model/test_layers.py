@@ -1,0 +1,129 @@
+"""KDEMLayer, NonLocalBlock, GeMPooling and the ResNet-50 split."""
+import keras
+import numpy as np
+import pytest
+
+from kdem_tf.model import GeMPooling, KDEMLayer, NonLocalBlock
+from kdem_tf.model.resnet import build_stem, build_trunk, load_backbone_weights
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        KDEMLayer(fc_units=16, mlp_units=(8, 4), shared_fc=False, name="kdem"),
+        NonLocalBlock(reduction=4, name="non_local"),
+        GeMPooling(p=2.5, eps=1e-5, trainable_p=True, name="gem"),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_get_config_round_trips(layer):
+    config = layer.get_config()
+    assert type(layer).from_config(config).get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+
+
+def test_kdem_layer_mixes_with_near_uniform_factors():
+    rng = np.random.default_rng(0)
+    f_v = rng.normal(size=(5, 8, 4, 6)).astype("float32")
+    f_i = rng.normal(size=(5, 8, 4, 6)).astype("float32")
+    kdem = KDEMLayer(fc_units=16, mlp_units=(8,))
+    f_t, factors = kdem([f_v, f_i])
+    factors = keras.ops.convert_to_numpy(factors)
+    assert factors.shape == (5, 2)
+    np.testing.assert_allclose(factors.sum(1), 1.0, rtol=1e-6)
+    assert np.all(np.abs(factors - 0.5) < 0.05)  # near uniform at initialisation ...
+    assert factors[:, 0].std() > 0  # ... but not exactly
+    expected = factors[:, 0, None, None, None] * f_v + factors[:, 1, None, None, None] * f_i
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(f_t), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kdem_layer_shared_fc_has_one_fc():
+    shared = KDEMLayer(fc_units=16, mlp_units=(8,), shared_fc=True)
+    separate = KDEMLayer(fc_units=16, mlp_units=(8,), shared_fc=False)
+    inputs = [np.ones((2, 4, 4, 6), "float32")] * 2
+    shared(inputs)
+    separate(inputs)
+    fc_size = 12 * 16 + 16
+    assert separate.count_params() - shared.count_params() == fc_size
+
+
+def numpy_non_local(x, layer):
+    """The dot-product non-local block in NumPy, from the layer's weights."""
+    def conv1x1(tensor, conv):
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in conv.weights)
+        return tensor @ kernel[0, 0] + bias
+    batch, height, width, channels = x.shape
+    theta = conv1x1(x, layer.theta).reshape(batch, height * width, -1)
+    phi = conv1x1(x, layer.phi).reshape(batch, height * width, -1)
+    g = conv1x1(x, layer.g).reshape(batch, height * width, -1)
+    y = (theta @ phi.transpose(0, 2, 1) / (height * width)) @ g
+    w_y = conv1x1(y.reshape(batch, height, width, -1), layer.output_conv)
+    gamma, beta, mean, variance = (keras.ops.convert_to_numpy(w) for w in layer.output_bn.weights)
+    return (w_y - mean) / np.sqrt(variance + layer.output_bn.epsilon) * gamma + beta + x
+
+
+def test_non_local_block_starts_as_identity_and_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 3, 8)).astype("float32")
+    block = NonLocalBlock(reduction=2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), x, atol=1e-6)
+    assert block.inter_channels == 4
+    block.output_bn.gamma.assign(rng.normal(size=8).astype("float32"))
+    block.output_bn.beta.assign(rng.normal(size=8).astype("float32"))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(block(x, training=False)), numpy_non_local(x, block), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_gem_pooling():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 2, size=(3, 5, 4, 7)).astype("float32")
+    x[0, 0, 0, 0] = 0.0  # clamped to eps
+    expected = (np.maximum(x, 1e-6) ** 3).mean(axis=(1, 2)) ** (1 / 3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(GeMPooling()(x)), expected, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(GeMPooling(p=1.0)(x)), x.mean(axis=(1, 2)), rtol=1e-5)
+    trainable = GeMPooling(trainable_p=True)
+    trainable(x)
+    assert len(trainable.trainable_weights) == 1 and len(GeMPooling().weights) == 0
+
+
+def test_stem_and_trunk_shapes_and_names():
+    stem = build_stem("visible_stem", (64, 32, 3))
+    assert stem.output.shape == (None, 16, 8, 64)
+    trunk = build_trunk("trunk", (16, 8, 64), last_stride=1, non_local=True)
+    assert trunk.output.shape == (None, 4, 2, 2048)
+    non_local_names = [layer.name for layer in trunk.layers if isinstance(layer, NonLocalBlock)]
+    assert non_local_names == [
+        "conv3_block3_non_local",
+        "conv3_block4_non_local",
+        "conv4_block4_non_local",
+        "conv4_block5_non_local",
+        "conv4_block6_non_local",
+    ]
+    plain = build_trunk("plain", (16, 8, 64), last_stride=2, non_local=False)
+    assert plain.output.shape == (None, 2, 1, 2048)
+    assert not any(isinstance(layer, NonLocalBlock) for layer in plain.layers)
+
+
+def test_load_backbone_weights_from_file_copies_by_name(tmp_path):
+    reference = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 32, 3))
+    path = str(tmp_path / "resnet50.weights.h5")
+    reference.save_weights(path)
+    stems = [build_stem("visible_stem", (64, 32, 3)), build_stem("infrared_stem", (64, 32, 3))]
+    trunk = build_trunk("trunk", (16, 8, 64), non_local=True)
+    reference_layers = [layer for layer in reference.layers if layer.weights]
+    # Same names and weight shapes as keras.applications.ResNet50 (non-local blocks aside).
+    ours = [layer.name for layer in stems[0].layers + trunk.layers if layer.weights]
+    assert [name for name in ours if "non_local" not in name] == [layer.name for layer in reference_layers]
+
+    copied = load_backbone_weights(stems, trunk, path)
+    assert copied == len(reference_layers) + 2  # conv1_conv and conv1_bn go to both stems
+    for layer in reference_layers:
+        targets = stems if layer.name.startswith("conv1_") else [trunk]
+        for model in targets:
+            for ours_weight, reference_weight in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
+                np.testing.assert_array_equal(ours_weight, reference_weight)
+    assert load_backbone_weights(stems, trunk, None) == 0 and load_backbone_weights(stems, trunk, "none") == 0
+    with pytest.raises(FileNotFoundError):
+        load_backbone_weights(stems, trunk, str(tmp_path / "missing.weights.h5"))
