@@ -24,5 +24,6 @@ setup(
         "uvicorn",
         "requests",
     ],
+    package_data={"pipeline": ["schema/*.pbtxt"]},
     extras_require={"dev": ["pytest", "pytest-timeout", "httpx"]},
 )

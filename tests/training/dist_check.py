@@ -1,0 +1,50 @@
+"""One training step on two logical CPU devices vs one device, same data per replica.
+
+Run as a script (logical devices must be configured before TensorFlow starts).
+Prints a JSON line: losses of both runs and the largest weight difference after the step.
+"""
+import json
+
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+from kdem_tf.model.model import build_kdem_models  # noqa: E402
+from kdem_tf.model.optim import build_optimizer  # noqa: E402
+from kdem_tf.model.trainer import KDEMTrainer  # noqa: E402
+from kdem_tf.train import make_distributed_step  # noqa: E402
+
+
+def one_step(devices, initial_weights, batch):
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        train_model, _ = build_kdem_models(num_classes=4, image_size=(64, 32), non_local=False)
+        if initial_weights is not None:
+            train_model.set_weights(initial_weights)
+        setup = build_optimizer(base_lr=0.01, backbone_lr=0.001, steps_per_epoch=1, warmup_epochs=0)
+        trainer = KDEMTrainer(train_model, backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
+        trainer.compile(optimizer=setup.optimizer)
+        setup.optimizer.build(trainer.trainable_variables)  # as kdem_tf.train: slots exist before the step
+    start = [np.array(w) for w in train_model.get_weights()]
+    # Every replica gets the same whole P×K batch: N replicas must then take exactly the
+    # step of one replica (loss / N per replica, gradients summed).
+    values = strategy.experimental_distribute_values_from_function(lambda context: batch)
+    metrics = make_distributed_step(strategy, trainer)(values)
+    return start, {k: float(v) for k, v in metrics.items()}, [np.array(w) for w in train_model.get_weights()]
+
+
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+labels = np.repeat(np.arange(2), 2).astype(np.int32)
+batch = ({"visible": tf.constant(rng.normal(size=(4, 64, 32, 3)).astype("float32")),
+          "infrared": tf.constant(rng.normal(size=(4, 64, 32, 3)).astype("float32"))},
+         {"label_v": tf.constant(labels), "label_i": tf.constant(labels)})
+start, one_metrics, one_weights = one_step(["/cpu:0"], None, batch)
+_, two_metrics, two_weights = one_step(["/cpu:0", "/cpu:1"], start, batch)
+moved = max(float(np.max(np.abs(a - b))) for a, b in zip(one_weights, start))
+diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights))
+print(json.dumps({"one": one_metrics, "two": two_metrics, "max_weight_change": moved, "max_weight_diff": diff}))
