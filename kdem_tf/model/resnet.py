@@ -35,8 +35,10 @@ STEM_CHANNELS = 64
 TRUNK_CHANNELS = 2048
 
 
-def _batch_norm(name: str) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+def _batch_norm(name: str, gamma_initializer="ones") -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(
+        axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, gamma_initializer=gamma_initializer, name=name
+    )
 
 
 def build_stem(name: str = "stem", input_shape: Tuple[Optional[int], ...] = (None, None, 3)) -> keras.Model:
@@ -60,8 +62,12 @@ def build_stem(name: str = "stem", input_shape: Tuple[Optional[int], ...] = (Non
     return keras.Model(image, x, name=name)
 
 
-def _bottleneck_block(x, filters: int, stride: int, conv_shortcut: bool, name: str):
-    """keras.applications' `residual_block_v1` (stride on the first 1x1 conv), same names."""
+def _bottleneck_block(x, filters: int, stride: int, conv_shortcut: bool, name: str, zero_init_residual: bool = True):
+    """keras.applications' `residual_block_v1` (stride on the first 1x1 conv), same names.
+
+    `zero_init_residual`: the residual branch's last BN (`{name}_3_bn`) starts with
+    gamma = 0 (see `build_trunk`).
+    """
     if conv_shortcut:
         shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
         shortcut = _batch_norm(f"{name}_0_bn")(shortcut)
@@ -74,7 +80,8 @@ def _bottleneck_block(x, filters: int, stride: int, conv_shortcut: bool, name: s
     x = _batch_norm(f"{name}_2_bn")(x)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = _batch_norm(f"{name}_3_bn")(x)
+    # Zero gamma: the block starts as its shortcut (Goyal et al. 2017), see build_trunk.
+    x = _batch_norm(f"{name}_3_bn", "zeros" if zero_init_residual else "ones")(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -85,6 +92,7 @@ def build_trunk(
     last_stride: int = 1,
     non_local: bool = True,
     non_local_reduction: int = 2,
+    zero_init_residual: bool = True,
 ) -> keras.Model:
     """Stages 1-4 of ResNet-50 (conv2_x ... conv5_x), shared by all modalities.
 
@@ -98,6 +106,17 @@ def build_trunk(
             `in_channels // non_local_reduction`. AGW's published `Non_local` computes
             `reduc_ratio // reduc_ratio` (= 1 channel), evidently a typo; we follow
             the non-local paper and AGW's intent instead.
+        zero_init_residual: start the last BN gamma of every bottleneck's residual
+            branch at 0 (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec.
+            5.1; torchvision's `zero_init_residual`), so each block starts as its
+            shortcut. Why: only random initialisation sees it (ImageNet weights
+            overwrite every `_3_bn` gamma). A randomly initialised ResNet-50 adds
+            16 unit-variance residual branches to the stream, so the trunk output
+            and its GeM-pooled features grow large (WRT loss ~60 at step 1, huge
+            gradients that saturated the KDEM factors and collapsed the features
+            in the first steps of the "demo" preset); with the zero init the output
+            stays at the scale of one BN-ReLU and the blocks grow in as training
+            needs them.
 
     Returns:
         A model mapping [B, h, w, 64] to [B, h/4, w/4, 2048] (last_stride=1; /8 with 2).
@@ -116,6 +135,7 @@ def build_trunk(
                 stride=first_stride if block_index == 1 else 1,
                 conv_shortcut=block_index == 1,
                 name=block_name,
+                zero_init_residual=zero_init_residual,
             )
             if block_index > num_blocks - num_non_local:
                 x = NonLocalBlock(reduction=non_local_reduction, name=f"{block_name}_non_local")(x)

@@ -127,3 +127,12 @@ def test_load_backbone_weights_from_file_copies_by_name(tmp_path):
     assert load_backbone_weights(stems, trunk, None) == 0 and load_backbone_weights(stems, trunk, "none") == 0
     with pytest.raises(FileNotFoundError):
         load_backbone_weights(stems, trunk, str(tmp_path / "missing.weights.h5"))
+
+
+def test_trunk_zero_init_residual_starts_blocks_as_their_shortcut():
+    trunk = build_trunk("trunk", (16, 8, 64), non_local=False)
+    gammas = [layer.gamma.numpy() for layer in trunk.layers if layer.name.endswith("_3_bn")]
+    assert len(gammas) == 16 and all(np.all(gamma == 0) for gamma in gammas)
+    assert np.all(trunk.get_layer("conv2_block1_0_bn").gamma.numpy() == 1)  # shortcut BN untouched
+    plain = build_trunk("plain", (16, 8, 64), non_local=False, zero_init_residual=False)
+    assert np.all(plain.get_layer("conv2_block1_3_bn").gamma.numpy() == 1)

@@ -82,13 +82,15 @@ def test_inference_model_shares_weights_with_train_model(kdem_models):
     train_model, inference_model = kdem_models
     for name in ("visible_stem", "infrared_stem", "trunk", "bn_neck"):
         assert inference_model.get_layer(name) is train_model.get_layer(name)
-    kernel = train_model.get_layer("trunk").get_layer("conv5_block3_3_conv").kernel
+    # A shortcut conv: the residual branches start at zero (zero_init_residual) and a change
+    # of their convs would not show in the output.
+    kernel = train_model.get_layer("trunk").get_layer("conv5_block1_0_conv").kernel
     queries = query_batch()
     before = inference_model(queries, training=False)["embedding"].numpy()
     original = kernel.numpy()
     try:
         kernel.assign(original * 2.0 + 0.01)
-        inference_kernel = inference_model.get_layer("trunk").get_layer("conv5_block3_3_conv").kernel
+        inference_kernel = inference_model.get_layer("trunk").get_layer("conv5_block1_0_conv").kernel
         np.testing.assert_array_equal(inference_kernel.numpy(), kernel.numpy())
         after = inference_model(queries, training=False)["embedding"].numpy()
         assert np.abs(after - before).max() > 1e-4
@@ -130,7 +132,11 @@ def test_gradients_reach_both_stems_kdem_and_trunk(kdem_models):
         "infrared_stem": train_model.get_layer("infrared_stem").get_layer("conv1_conv").kernel,
         "kdem_fc": train_model.get_layer("kdem").fc_visible.kernel,
         "kdem_factor_logits": train_model.get_layer("kdem").factor_logits.kernel,
-        "trunk": train_model.get_layer("trunk").get_layer("conv3_block1_1_conv").kernel,
+        # The shortcut conv and the residual branch's last BN gamma: with random init the
+        # residual branches start at zero (zero_init_residual), so the convs inside them
+        # receive gradient only from the second step on.
+        "trunk": train_model.get_layer("trunk").get_layer("conv3_block1_0_conv").kernel,
+        "trunk_residual_gamma": train_model.get_layer("trunk").get_layer("conv3_block1_3_bn").gamma,
         "classifier": train_model.get_layer("classifier").kernel,
     }
     gradients = tape.gradient(loss, list(watched.values()))

@@ -1,0 +1,170 @@
+"""A one-page HTML report of a training run: curves, influence factors, CMC, montage, metrics.
+
+    python -m kdem_tf.report --run RUN_DIR --metrics metrics.json [--montage PNG] --out REPORT_DIR
+
+Everything is local files (PNG + one index.html), readable offline.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import shutil
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+# The paper's Table 2 (SYSU-MM01) rows, for orientation only.
+PAPER_SYSU_ROWS = [
+    ("AGW [23] (paper's Table 2)", "all", 47.50, 84.39, 62.14, 47.65, 35.30),
+    ("KDEM (paper's Table 2)", "all", 58.09, 91.19, 96.63, 55.52, 40.69),
+    ("KDEM (paper's Table 2)", "indoor", 62.18, 94.38, 98.64, 68.30, 64.11),
+]
+LOSS_KEYS = ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss")
+FACTOR_KEYS = ("mi_v_mean", "mi_v_std")
+
+
+def read_history(run_dir: str) -> List[dict]:
+    path = os.path.join(run_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _figure(width: float = 6.0, height: float = 3.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_losses(history: Sequence[dict], path: str) -> Optional[str]:
+    """One panel per loss term (their scales differ by orders of magnitude)."""
+    keys = [k for k in LOSS_KEYS if any(k in h for h in history)]
+    if not keys:
+        return None
+    fig = _figure(3.0 * len(keys), 2.8)
+    epochs = [h["epoch"] for h in history]
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", markersize=3)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_factors(history: Sequence[dict], factors: Optional[np.ndarray], path: str) -> Optional[str]:
+    """mi_v mean ± std per epoch, and the histogram of mi_v of the final model."""
+    if not any("mi_v_mean" in h for h in history) and factors is None:
+        return None
+    fig = _figure(10.0, 3.4)
+    ax = fig.add_subplot(1, 2, 1)
+    epochs = np.array([h["epoch"] for h in history if "mi_v_mean" in h])
+    if len(epochs):
+        mean = np.array([h["mi_v_mean"] for h in history if "mi_v_mean" in h])
+        std = np.array([h.get("mi_v_std", 0.0) for h in history if "mi_v_mean" in h])
+        ax.plot(epochs, mean, marker="o", markersize=3, label="mean mi_v (batch)")
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.25, label="± std over the batch")
+        ax.plot(epochs, 1 - mean, linestyle="--", label="mean mi_i = 1 - mi_v")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("epoch")
+    ax.set_title("modality influence factors", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax = fig.add_subplot(1, 2, 2)
+    if factors is not None and len(factors):
+        ax.hist(factors, bins=np.linspace(0, 1, 21), color="C1", edgecolor="white")
+        ax.set_title(f"mi_v of the final model ({len(factors)} training pairs)", fontsize=10)
+    ax.set_xlabel("mi_v")
+    ax.set_xlim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def metrics_table(metrics: Dict[str, float], label: str, mode: str = "all") -> str:
+    head = "<tr><th>method</th><th>mode</th><th>R1</th><th>R10</th><th>R20</th><th>mAP</th><th>mINP</th></tr>"
+    ours = (f"<tr class='ours'><td>{html.escape(label)}</td><td>{mode}</td>" + "".join(
+        f"<td>{metrics.get(k, float('nan')):.2f}</td>" for k in ("rank1", "rank10", "rank20", "mAP", "mINP")) + "</tr>")
+    paper = "".join(f"<tr class='paper'><td>{n}</td><td>{m}</td>" + "".join(f"<td>{v:.2f}</td>" for v in vals) + "</tr>"
+                    for n, m, *vals in PAPER_SYSU_ROWS)
+    return f"<table>{head}{ours}{paper}</table>"
+
+
+def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage: Optional[str] = None,
+                 cmc_png: Optional[str] = None, title: str = "kdem-tf demo report",
+                 notes: Sequence[str] = (), extra_settings: Optional[dict] = None) -> str:
+    """Writes out_dir/index.html with its PNGs; returns the HTML path."""
+    os.makedirs(out_dir, exist_ok=True)
+    history = read_history(run_dir)
+    factors_path = os.path.join(run_dir, "influence_factors.npy")
+    factors = np.load(factors_path) if os.path.exists(factors_path) else None
+    figures = []
+    losses = plot_losses(history, os.path.join(out_dir, "losses.png"))
+    if losses:
+        figures.append(("Training losses (per-epoch running means)", "losses.png"))
+    factor_png = plot_factors(history, factors, os.path.join(out_dir, "influence_factors.png"))
+    if factor_png:
+        figures.append(("Modality influence factors", "influence_factors.png"))
+    if cmc_png is None and metrics.get("cmc"):
+        from kdem_tf.plots import plot_cmc
+        cmc_png = plot_cmc([v * 100 for v in metrics["cmc"]], os.path.join(out_dir, "cmc.png"), "CMC (SYSU all-search)")
+    for caption, src in (("CMC curve", cmc_png), ("Retrieval montage: infrared queries (blue) and their top-10 "
+                                                  "visible gallery images, correct green, wrong red", montage)):
+        if src and os.path.exists(src):
+            if os.path.abspath(os.path.dirname(src)) != os.path.abspath(out_dir):
+                shutil.copy(src, os.path.join(out_dir, os.path.basename(src)))
+            figures.append((caption, os.path.basename(src)))
+    settings = {}
+    for name in ("config.yaml", "run_info.json"):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                settings[name] = f.read()
+    if extra_settings:
+        settings["demo"] = json.dumps(extra_settings, indent=2)
+    body = [f"<h1>{html.escape(title)}</h1>",
+            "<p class='warn'>Synthetic data: these numbers are not comparable with the paper's, which are on "
+            "the real SYSU-MM01. The paper's rows are shown for orientation only.</p>",
+            "<h2>Metrics (percent)</h2>", metrics_table(metrics, "this run (synthetic)")]
+    body += [f"<p>{html.escape(n)}</p>" for n in notes]
+    for caption, src in figures:
+        body.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(src)}' alt='{html.escape(caption)}'>")
+    body.append("<h2>Run settings</h2>")
+    body += [f"<h3>{html.escape(k)}</h3><pre>{html.escape(v)}</pre>" for k, v in settings.items()]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}img{max-width:100%;"
+             "border:1px solid #ddd}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child{text-align:left}tr.ours{background:#eef6ff;font-weight:bold}"
+             "tr.paper{color:#666}.warn{background:#fff4d6;padding:6px}pre{background:#f6f6f6;padding:6px}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    path = os.path.join(out_dir, "index.html")
+    with open(path + ".tmp", "w") as f:
+        f.write(page)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="training run folder (history.jsonl, config.yaml...)")
+    parser.add_argument("--metrics", required=True, help="metrics.json (rank1..mINP in percent, optional cmc)")
+    parser.add_argument("--montage")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    with open(args.metrics) as f:
+        metrics = json.load(f)
+    print(write_report(args.out, args.run, metrics.get("current", metrics), args.montage))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
