@@ -23,6 +23,7 @@ setup(
         "fastapi",
         "uvicorn",
         "requests",
+        "orjson",
     ],
     package_data={"pipeline": ["schema/*.pbtxt"]},
     extras_require={"dev": ["pytest", "pytest-timeout", "httpx"]},

@@ -1,0 +1,174 @@
+"""Python client and CLI for the TF Serving REST API (+ our `:search`).
+
+    python -m serving.client status  --url http://127.0.0.1:8501 [--model kdem]
+    python -m serving.client predict --image a.jpg [--image b.jpg] --modality visible --url ...
+    python -m serving.client search  --image q.jpg --modality infrared --k 10 --url ...
+
+`status`, `metadata` and `predict` speak TF Serving's REST format only, so they work
+against a stock `tensorflow_model_server --rest_api_port=8501` serving the embedder.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+import requests
+
+
+class ServingClientError(RuntimeError):
+    """The server answered with an error: `status` (HTTP) and its `{"error": ...}` message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def b64(data: bytes) -> dict:
+    """Binary value in TF Serving's JSON encoding."""
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+class ServingClient:
+    """Talks to `serving.server` or `tensorflow_model_server` over REST.
+
+    Args:
+        url: server root, e.g. http://127.0.0.1:8501.
+        model: model name.
+        version: pin a version (default: the one served).
+        timeout: seconds per request.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8501", model: str = "kdem", version: Optional[int] = None,
+                 timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _path(self, suffix: str = "") -> str:
+        version = f"/versions/{self.version}" if self.version is not None else ""
+        return f"{self.url}/v1/models/{self.model}{version}{suffix}"
+
+    def _call(self, method: str, url: str, body: Optional[dict] = None) -> dict:
+        response = self.session.request(method, url, json=body, timeout=self.timeout)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text}
+        if response.status_code != 200:
+            raise ServingClientError(response.status_code, payload.get("error", response.text))
+        return payload
+
+    def status(self) -> dict:
+        """GET /v1/models/{model}: {"model_version_status": [...]}."""
+        return self._call("GET", self._path())
+
+    def metadata(self) -> dict:
+        """GET /v1/models/{model}/metadata: the signature defs."""
+        return self._call("GET", self._path("/metadata"))
+
+    def predict(self, images: Sequence[bytes], modalities: Sequence[str], columnar: bool = False) -> np.ndarray:
+        """Embeds encoded images with the `serving_default` signature -> float32 [N, D].
+
+        Args:
+            images: JPEG/PNG/BMP bytes.
+            modalities: "visible" or "infrared", one per image.
+            columnar: send `inputs` instead of `instances`.
+        """
+        if columnar:
+            body = {"inputs": {"image_bytes": [b64(i) for i in images], "modality": list(modalities)}}
+            return np.asarray(self._call("POST", self._path(":predict"), body)["outputs"], np.float32)
+        body = {"instances": [{"image_bytes": b64(i), "modality": m} for i, m in zip(images, modalities)]}
+        return np.asarray(self._call("POST", self._path(":predict"), body)["predictions"], np.float32)
+
+    def predict_raw(self, body: dict) -> dict:
+        """POST any TF Serving predict body as is."""
+        return self._call("POST", self._path(":predict"), body)
+
+    def search(self, images: Sequence[bytes], modalities: Sequence[str], k: int = 10) -> List[List[dict]]:
+        """Ranked gallery matches per query image (needs `serving.server --index`)."""
+        body = [{"image": b64(i), "modality": m, "k": k} for i, m in zip(images, modalities)]
+        return self._call("POST", f"{self.url}/v1/models/{self.model}:search", body)["results"]
+
+
+def load_test(url: str, images: Sequence[bytes], modality: str = "visible", clients: int = 8,
+              requests_per_client: int = 25, model: str = "kdem") -> dict:
+    """Closed-loop load: `clients` threads each send one-image predict requests back to back.
+
+    Returns:
+        {"requests", "errors", "seconds", "requests_per_s", "p50_ms", "p99_ms", "latencies_ms"}.
+    """
+    import concurrent.futures
+    import time
+
+    def worker(worker_id: int):
+        client = ServingClient(url, model)
+        latencies, errors = [], []
+        for i in range(requests_per_client):
+            image = images[(worker_id * requests_per_client + i) % len(images)]
+            start = time.perf_counter()
+            try:
+                client.predict([image], [modality])
+                latencies.append(time.perf_counter() - start)
+            except (ServingClientError, requests.RequestException) as e:
+                errors.append(str(e))
+        return latencies, errors
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(worker, range(clients)))
+    seconds = time.perf_counter() - start
+    latencies = np.array([x for lat, _ in results for x in lat]) * 1000.0
+    errors = [e for _, errs in results for e in errs]
+    done = len(latencies)
+    return {"requests": done + len(errors), "errors": errors, "seconds": seconds,
+            "requests_per_s": done / seconds, "p50_ms": float(np.percentile(latencies, 50)) if done else None,
+            "p99_ms": float(np.percentile(latencies, 99)) if done else None, "latencies_ms": latencies}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Client for the kdem REST server / TF Serving.")
+    parser.add_argument("command", choices=("status", "metadata", "predict", "search"))
+    parser.add_argument("--url", default="http://127.0.0.1:8501")
+    parser.add_argument("--model", default="kdem")
+    parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    parser.add_argument("--modality", default="infrared", choices=("visible", "infrared"))
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args(argv)
+    client = ServingClient(args.url, args.model, args.version)
+    images = []
+    for path in args.image:
+        with open(path, "rb") as f:
+            images.append(f.read())
+    if args.command in ("predict", "search") and not images:
+        parser.error(f"{args.command} needs at least one --image")
+    try:
+        if args.command == "status":
+            print(json.dumps(client.status(), indent=2))
+        elif args.command == "metadata":
+            print(json.dumps(client.metadata(), indent=2))
+        elif args.command == "predict":
+            embeddings = client.predict(images, [args.modality] * len(images))
+            for path, embedding in zip(args.image, embeddings):
+                print(f"{path}: dim {len(embedding)}, norm {np.linalg.norm(embedding):.4f}, "
+                      f"first {np.round(embedding[:4], 4).tolist()}")
+        else:
+            for path, results in zip(args.image, client.search(images, [args.modality] * len(images), args.k)):
+                print(f"{path}:")
+                for r in results:
+                    print(f"  {r['rank']:3d}. id {r['person_id']:5d}  cam {r['camera']:2d}  "
+                          f"score {r['score']:.4f}  {r['path']}")
+    except (ServingClientError, requests.RequestException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Loads an exported embedder SavedModel and runs it from Python (index builder, server, benchmarks)."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kdem_tf.data.input_pipeline import decode
+from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE, list_versions, read_info
+
+
+def resolve_version_dir(model: str, version: Optional[int] = None) -> str:
+    """A version folder from a TF Serving base path (highest version, or `version`) or a SavedModel folder.
+
+    Args:
+        model: a base path holding numbered versions, or a SavedModel folder itself.
+        version: pick this version of a base path.
+    """
+    if os.path.exists(os.path.join(model, "saved_model.pb")) and version is None:
+        return model
+    versions = list_versions(model)
+    if not versions:
+        raise FileNotFoundError(f"{model}: no SavedModel and no numbered version folders")
+    chosen = versions[-1] if version is None else version
+    if chosen not in versions:
+        raise FileNotFoundError(f"{model}: no version {chosen} (have {versions})")
+    return os.path.join(model, str(chosen))
+
+
+def version_of(version_dir: str) -> Optional[int]:
+    """The TF Serving version number of a version folder (None when its name is not a number)."""
+    name = os.path.basename(os.path.normpath(version_dir))
+    return int(name) if name.isdigit() else None
+
+
+# Decodes exactly as the SavedModel does, so that the server can check (and decode) each
+# request's images before they join a batch: one bad image then fails only its own request.
+@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)])
+def decode_one(image_bytes, image_size):
+    return decode(image_bytes, image_size)
+
+
+class Embedder:
+    """An exported embedder SavedModel, loaded once.
+
+    Args:
+        model: TF Serving base path or SavedModel folder (see `resolve_version_dir`).
+        version: a specific version of a base path.
+    """
+
+    def __init__(self, model: str, version: Optional[int] = None):
+        self.path = resolve_version_dir(model, version)
+        self.version = version_of(self.path)
+        self.saved_model = tf.saved_model.load(self.path)
+        self.signatures = dict(self.saved_model.signatures)
+        info = read_info(self.path)
+        images_fn = self.signatures[IMAGES_SIGNATURE]
+        spec = images_fn.structured_input_signature[1]["images"]
+        self.image_size = tuple(info.get("image_size") or spec.shape[1:3])
+        self.embedding_dim = int(info.get("embedding_dim") or
+                                 images_fn.structured_outputs["embedding"].shape[-1])
+
+    def embed_bytes(self, image_bytes: Sequence[bytes], modalities: Sequence[str]) -> np.ndarray:
+        """Encoded images + "visible"/"infrared" -> float32 [N, D] via `serving_default`."""
+        out = self.signatures[SERVING_SIGNATURE](image_bytes=tf.constant(list(image_bytes), tf.string),
+                                                 modality=tf.constant(list(modalities), tf.string))
+        return out["embedding"].numpy()
+
+    def embed_images(self, images: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+        """float32 [N, H, W, 3] in 0..255 -> float32 [N, D] via `embed_images`."""
+        out = self.signatures[IMAGES_SIGNATURE](images=tf.convert_to_tensor(images, tf.float32),
+                                                modality=tf.constant(list(modalities), tf.string))
+        return out["embedding"].numpy()
+
+    def decode(self, image_bytes: bytes) -> np.ndarray:
+        """One encoded image -> float32 [H, W, 3] (raises tf.errors.InvalidArgumentError when not an image)."""
+        return decode_one(tf.constant(image_bytes), tf.constant(self.image_size, tf.int32)).numpy()

@@ -1,0 +1,127 @@
+"""Embedder export: same embeddings as Keras, stock ops only, atomic TF Serving versions."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.serving.conftest import IMAGE_SIZE, REPO, png_bytes
+
+# Same graph ops on the same CPU: the SavedModel and Keras differ by float rounding only.
+EMBEDDING_ATOL = 1e-5
+
+
+def test_export_layout_and_info(model_base):
+    from serving.export import list_versions, read_info
+    assert list_versions(model_base) == [1]
+    version_dir = os.path.join(model_base, "1")
+    assert os.path.exists(os.path.join(version_dir, "saved_model.pb"))
+    info = read_info(version_dir)
+    assert info["image_size"] == list(IMAGE_SIZE) and info["embedding_dim"] == 2048
+    assert info["dataset"] == "sysu"
+
+
+def test_reloaded_embeddings_equal_keras(run_dir, embedder):
+    from kdem_tf.data.input_pipeline import decode, normalize
+    from serving.export import load_run
+    model, _ = load_run(run_dir)
+    rng = np.random.default_rng(0)
+    # One image at the model size, one that the graph must resize.
+    images = [png_bytes(rng.integers(0, 256, (64, 32, 3))), png_bytes(rng.integers(0, 256, (80, 48, 3)))]
+    modalities = ["visible", "infrared"]
+    served = embedder.embed_bytes(images, modalities)
+    batch = tf.stack([normalize(decode(tf.constant(b), IMAGE_SIZE)) for b in images])
+    expected = model({"image": batch, "modality": tf.constant([0, 1])}, training=False)["embedding"].numpy()
+    assert served.shape == (2, 2048)
+    np.testing.assert_allclose(served, expected, atol=EMBEDDING_ATOL)
+    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
+    # The float-image signature gives the same embeddings.
+    floats = np.stack([decode(tf.constant(b), IMAGE_SIZE).numpy() for b in images])
+    np.testing.assert_allclose(embedder.embed_images(floats, modalities), expected, atol=EMBEDDING_ATOL)
+    # The modality selects the stem: the same image embeds differently per modality.
+    assert not np.allclose(embedder.embed_bytes(images[:1], ["infrared"]), served[:1], atol=1e-4)
+
+
+def test_unknown_modality_is_invalid_argument(embedder):
+    image = png_bytes(np.zeros((64, 32, 3)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="modality"):
+        embedder.embed_bytes([image], ["thermal"])
+
+
+_OPS_SCRIPT = r"""
+import json, sys
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+path = sys.argv[1]
+saved_model = saved_model_pb2.SavedModel()
+with open(path + "/saved_model.pb", "rb") as f:
+    saved_model.ParseFromString(f.read())
+ops, functions = set(), set()
+for meta_graph in saved_model.meta_graphs:
+    ops |= {node.op for node in meta_graph.graph_def.node}
+    for function in meta_graph.graph_def.library.function:
+        functions.add(function.signature.name)
+        ops |= {node.op for node in function.node_def}
+missing = sorted(op for op in ops - functions if op_def_registry.get(op) is None)
+loaded = tf.saved_model.load(path)
+with open(sys.argv[2], "rb") as f:
+    image = f.read()
+out = loaded.signatures["serving_default"](image_bytes=tf.constant([image]),
+                                          modality=tf.constant(["infrared"]))["embedding"]
+print(json.dumps({"ops": len(ops), "missing": missing, "shape": out.shape.as_list(),
+                  "modules": sorted(m for m in ("keras", "scann", "kdem_tf", "serving") if m in sys.modules)}))
+"""
+
+
+def _op_check(version_dir, image_path: str) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", _OPS_SCRIPT, version_dir, image_path],
+                            capture_output=True, text=True, env=env, cwd="/", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_only_stock_ops_in_a_fresh_tensorflow(model_base, tmp_path):
+    image_path = tmp_path / "query.png"
+    image_path.write_bytes(png_bytes(np.full((64, 32, 3), 128)))
+    report = _op_check(os.path.join(model_base, "1"), str(image_path))
+    assert report["missing"] == [], report
+    assert report["ops"] > 20
+    assert report["shape"] == [1, 2048]
+    assert "scann" not in report["modules"] and "kdem_tf" not in report["modules"]
+
+
+def test_publish_is_atomic_and_numbered(tmp_path):
+    from serving.embedder import resolve_version_dir
+    from serving.export import list_versions, publish_dir
+    base = str(tmp_path / "base")
+
+    def write(export_dir):
+        os.makedirs(export_dir)
+        open(os.path.join(export_dir, "saved_model.pb"), "wb").close()
+
+    assert publish_dir(write, base).endswith(os.sep + "1")
+    # A leftover temp folder of a crashed export is never a version.
+    os.makedirs(os.path.join(base, ".tmp-2-crashed", "model"))
+    open(os.path.join(base, ".tmp-2-crashed", "model", "saved_model.pb"), "wb").close()
+    assert list_versions(base) == [1]
+    assert publish_dir(write, base).endswith(os.sep + "2")
+    assert publish_dir(write, base, version=7).endswith(os.sep + "7")
+    assert list_versions(base) == [1, 2, 7]
+    assert resolve_version_dir(base) == os.path.join(base, "7")
+    with pytest.raises(FileExistsError):
+        publish_dir(write, base, version=2)
+
+    def crash(export_dir):
+        os.makedirs(export_dir)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        publish_dir(crash, base)
+    assert list_versions(base) == [1, 2, 7]
+    assert sorted(os.listdir(base)) == [".tmp-2-crashed", "1", "2", "7"]
