@@ -19,7 +19,7 @@ $(STAMP): constraints.txt setup.py
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m kdem_tf.demo --out $(DEMO_DIR)
+	$(PY) -m pipeline.demo --home $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
