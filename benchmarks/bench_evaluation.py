@@ -1,6 +1,6 @@
 """Speed and memory of kdem_tf.evaluation against the AGW per-query loop (prints figures only).
 
-    python -m benchmarks.bench_evaluation [--skip-large] [--reference-large]
+    python -m benchmarks.bench_evaluation [--skip-large] [--reference-large] [--json OUT]
 
 1. SYSU-MM01-sized: 3,803 infrared queries x 301 visible gallery x 10 trials, 96 ids,
    2048-d features with identity structure; AGW loop vs ours on the same distance
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
 import tracemalloc
@@ -49,7 +50,7 @@ def same(a, b) -> bool:
     return bool(np.array_equal(a[0], b[0]) and a[0].dtype == b[0].dtype and a[1] == b[1] and a[2] == b[2])
 
 
-def bench_sysu(rng) -> None:
+def bench_sysu(rng) -> dict:
     qf, q_pids, q_cams, galleries = sysu_like(rng)
     dists = [-np.matmul(qf, np.transpose(gf)) for gf, _, _ in galleries]  # AGW test.py distances
     t0 = time.perf_counter()
@@ -70,6 +71,10 @@ def bench_sysu(rng) -> None:
     print(f"  ours from features (+dist)  {t_feats:8.3f} s")
     print(f"  identical to AGW, all trials: {identical}")
     print("  mean: " + "  ".join(f"{k} {v:.2f}" for k, v in mean.items()))
+    return {"queries": SYSU_QUERIES, "gallery": SYSU_GALLERY, "trials": SYSU_TRIALS, "identities": SYSU_IDS,
+            "reference_seconds": round(t_ref, 4), "ours_seconds": round(t_ours, 4),
+            "speedup": round(t_ref / t_ours, 2), "from_features_seconds": round(t_feats, 4),
+            "identical": identical, "mean": {k: float(v) for k, v in mean.items()}}
 
 
 def traced(fn):
@@ -82,7 +87,7 @@ def traced(fn):
     return out, seconds, peak / 2 ** 20
 
 
-def bench_large(rng, reference: bool) -> None:
+def bench_large(rng, reference: bool) -> dict:
     n, ids, dim = 10_000, 1_000, 256
     centres = rng.normal(size=(ids, dim))
     q_pids, g_pids = rng.integers(0, ids, n), rng.integers(0, ids, n)
@@ -90,31 +95,46 @@ def bench_large(rng, reference: bool) -> None:
     gf = identity_features(rng, g_pids, centres, 0.0, 2.2).astype(np.float32)
     q_cams, g_cams = rng.choice([3, 6], n), rng.choice([1, 2, 4, 5], n)
     print(f"10,000 x 10,000 ({ids} ids, {dim}-d float32 features)")
+    out = {"queries": n, "gallery": n, "identities": ids, "dim": dim}
     for protocol in ("sysu", "regdb"):
         r, s, peak = traced(lambda: ev.evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, protocol))
         print(f"  {protocol:5s} from features: {s:7.2f} s, peak traced memory {peak:7.1f} MiB, "
               f"rank1 {r[0][0] * 100:.2f} mAP {r[1] * 100:.2f}")
+        out[f"{protocol}_from_features"] = {"seconds": round(s, 3), "peak_traced_mib": round(peak, 1),
+                                            "rank1": float(r[0][0]), "mAP": float(r[1])}
     dist = np.empty((n, n))  # 763 MiB input, outside the traced figure
     for start, chunk in ev.distance_chunks(qf, gf, "cosine"):
         dist[start:start + len(chunk)] = chunk
     r, s, peak = traced(lambda: ev.eval_regdb(dist, q_pids, g_pids))
     print(f"  regdb from a [10k, 10k] float64 matrix: {s:7.2f} s, peak traced memory beyond the input {peak:7.1f} MiB")
+    out["regdb_from_matrix"] = {"seconds": round(s, 3), "peak_traced_mib": round(peak, 1)}
     if reference:
         t0 = time.perf_counter()
         ref = agw_eval_regdb(dist, q_pids, g_pids)
-        print(f"  AGW loop, same matrix: {time.perf_counter() - t0:7.2f} s, identical: {same(r, ref)}")
-    print(f"  process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        ref_seconds = time.perf_counter() - t0
+        print(f"  AGW loop, same matrix: {ref_seconds:7.2f} s, identical: {same(r, ref)}")
+        out["regdb_reference_from_matrix"] = {"seconds": round(ref_seconds, 3), "identical": same(r, ref)}
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  process max RSS {max_rss:.0f} MiB")
+    out["process_max_rss_mib"] = round(max_rss)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--skip-large", action="store_true", help="skip the 10k x 10k runs")
     p.add_argument("--reference-large", action="store_true", help="also time the AGW loop at 10k x 10k")
+    p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    bench_sysu(rng)
+    results = {"sysu": bench_sysu(rng)}
     if not args.skip_large:
-        bench_large(rng, args.reference_large)
+        results["large"] = bench_large(rng, args.reference_large)
+    if args.json:
+        from benchmarks.common import machine_info
+        results["machine"] = machine_info()
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

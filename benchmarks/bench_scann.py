@@ -1,6 +1,6 @@
 """ScaNN vs exact search on clustered 2048-d embeddings: recall@10 and queries/s.
 
-    python -m benchmarks.bench_scann [--sizes 10000 100000 200000] [--queries 1000]
+    python -m benchmarks.bench_scann [--sizes 10000 100000 200000] [--queries 500] [--json OUT]
 
 Galleries have identity structure like a re-id gallery: n/10 identities, each a
 random unit centre; a sample is centre + Gaussian noise of norm 0.75, L2-normalised
@@ -12,6 +12,7 @@ its multi-threaded batched search. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -82,7 +83,9 @@ def main(argv=None) -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--noise", type=float, default=0.75, help="noise norm relative to the unit centre")
     parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    rows = []
     print(f"{'gallery':>8} {'mode':>11} {'build s':>8} {'exact q/s':>10} {'scann q/s':>10} {'speed-up':>9} "
           f"{'recall@10':>10}  params")
     for size in args.sizes:
@@ -92,7 +95,16 @@ def main(argv=None) -> None:
         print(f"{size:>8} {params['mode']:>11} {build_seconds:>8.1f} {exact_qps:>10.0f} {scann_qps:>10.0f} "
               f"{scann_qps / exact_qps:>8.1f}x {recall_at(found, truth):>10.3f}  "
               f"{ {k: v for k, v in params.items() if k != 'mode'} }", flush=True)
+        rows.append({"gallery": size, "dim": args.dim, "queries": args.queries, "mode": params["mode"],
+                     "build_seconds": round(build_seconds, 2), "exact_qps": round(exact_qps, 1),
+                     "scann_qps": round(scann_qps, 1), "speedup": round(scann_qps / exact_qps, 2),
+                     "recall_at_10": round(recall_at(found, truth), 4),
+                     "params": {k: v for k, v in params.items() if k != "mode"}})
         del gallery, queries
+    if args.json:
+        from benchmarks.common import machine_info
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_info(), "noise": args.noise, "results": rows}, f, indent=2, default=str)
 
 
 if __name__ == "__main__":

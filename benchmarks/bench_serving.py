@@ -1,6 +1,6 @@
 """REST server throughput vs the embedder's own batched throughput, on this machine.
 
-    python -m benchmarks.bench_serving [--run RUN_DIR] [--clients 8] [--requests 200]
+    python -m benchmarks.bench_serving [--run RUN_DIR] [--clients 8] [--requests 200] [--json OUT]
 
 1. In-process: the exported embedder's `serving_default` on batches of encoded JPEGs
    (decode + model), images/s at batch = clients and at batch 32.
@@ -101,6 +101,7 @@ def main(argv=None) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     from serving.client import load_test
 
@@ -126,6 +127,22 @@ def main(argv=None) -> None:
               f"{report['p99_ms'] / report['p50_ms']:.2f}), errors {len(report['errors'])}")
         print(f"ratio server / in-process: {served / batched:.2f} (batch {args.clients}), "
               f"{served / batched_32:.2f} (batch 32)")
+        if args.json:
+            from benchmarks.common import machine_info
+            p50, p99 = report["p50_ms"], report["p99_ms"]
+            results = {"machine": machine_info(), "image_size": list(image_size), "clients": args.clients,
+                       "requests_per_client": args.requests,
+                       "in_process_images_per_second": round(batched, 2),
+                       "in_process_images_per_second_batch_32": round(batched_32, 2),
+                       "server_images_per_second": round(served, 2), "requests": report["requests"],
+                       "requests_per_second": round(served, 2), "seconds": round(report["seconds"], 2),
+                       "p50_ms": p50, "p99_ms": p99,
+                       "p99_over_p50": round(p99 / p50, 3) if p50 else None,
+                       "errors": len(report["errors"]), "error_samples": report["errors"][:5],
+                       "server_over_in_process": round(served / batched, 3),
+                       "server_over_in_process_batch_32": round(served / batched_32, 3)}
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
     finally:
         if process is not None:
             process.terminate()

@@ -101,7 +101,7 @@ def main() -> None:
     if args.xla:
         configs += [(k, "float32", "1") for k in ("resnet50", "kdem")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    results = []
+    results, failures = [], []
     for kind, policy, xla in configs:
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", f"{kind},{policy},{xla}",
                "--image-size", "x".join(map(str, args.image_size)), "--pairs", str(args.pairs),
@@ -109,6 +109,8 @@ def main() -> None:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{kind} {policy} xla={xla}: failed\n{out.stderr[-1500:]}")
+            last = next((x for x in reversed(out.stderr.splitlines()) if x.strip()), f"exit {out.returncode}")
+            failures.append({"kind": kind, "policy": policy, "xla": xla == "1", "error": last.strip()})
             continue
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]))
@@ -128,7 +130,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine_info(), "image_size": list(args.image_size), "results": results,
-                       "summary": summary}, f, indent=2)
+                       "summary": summary, "failures": failures}, f, indent=2)
 
 
 if __name__ == "__main__":

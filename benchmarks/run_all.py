@@ -1,0 +1,394 @@
+"""Run every benchmark once on this machine; write benchmarks/RESULTS.md and benchmarks/results.json.
+
+    python -m benchmarks.run_all [--quick] [--only data,train,evaluation,scann,serving] [--xla]
+                                 [--out-md benchmarks/RESULTS.md] [--out-json benchmarks/results.json]
+    python -m benchmarks.run_all --render benchmarks/results.json   # re-make RESULTS.md only
+
+Each benchmark script runs as its own subprocess with `--json <tmpfile>`; its figures are
+put next to the targets from the issues, as ratios where a target is a ratio. A benchmark
+that fails (or runs past its time limit) is reported as failed, with the last line of its
+output, and the others still run. `make bench` runs the default sizes (about 30 minutes on a
+2-core CPU); `--quick` uses smaller sizes (about 8 minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from benchmarks.common import machine_info
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+NAMES = ("data", "train", "evaluation", "scann", "serving")
+# Library chatter left out of the echoed progress and of the error line (kept in results.json's output tail).
+NOISE = re.compile(r"FutureWarning|warnings\.warn|Unable to register cu|cudart_stub|cuda drivers|TF-TRT|oneDNN custom"
+                   r"|cpu_feature_guard|To enable the following instructions|apache_beam\.runners\.portability"
+                   r"|\d+%\|.*\|")
+ERROR = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b|^Killed|failed")
+
+
+# --------------------------------------------------------------------------- plans
+
+def plan(name: str, quick: bool, xla: bool) -> dict:
+    """Command line (after `python -m benchmarks.bench_<name>`), time limit and a note on the sizes."""
+    if name == "data":
+        ids = 20 if quick else 40
+        return {"args": ["--identities", str(ids), "--image-size", "288x144"], "timeout": 900 if quick else 1500,
+                "note": f"synthetic SYSU-like set, {ids} identities, 288x144"}
+    if name == "train":
+        if quick:
+            args, note = ["--image-size", "144x72", "--pairs", "8", "--steps", "2"], "144x72 (quick: not 288x144), 8 pairs, 2 steps"
+        else:
+            args, note = ["--image-size", "288x144", "--pairs", "8", "--steps", "3"], "288x144, 8 pairs, 3 steps"
+        if xla:
+            args.append("--xla")
+        return {"args": args, "timeout": 1200 if quick else 1800, "note": note}
+    if name == "evaluation":
+        return {"args": [], "timeout": 600 if quick else 900,
+                "note": "SYSU-sized 3,803 x 301 x 10 trials; 10k x 10k"}
+    if name == "scann":
+        sizes = ["10000", "50000"] if quick else ["10000", "100000", "200000"]
+        return {"args": ["--sizes", *sizes], "timeout": 900 if quick else 1500,
+                "note": "2048-d clustered galleries of " + "/".join(f"{int(s) // 1000}k" for s in sizes)}
+    if name == "serving":
+        requests = 50 if quick else 200
+        return {"args": ["--clients", "8", "--requests", str(requests)], "timeout": 600 if quick else 900,
+                "note": f"random-init KDEM 288x144, 8 clients x {requests} one-image requests"}
+    raise ValueError(name)
+
+
+# --------------------------------------------------------------------------- running
+
+def run_benchmark(name: str, spec: dict, log_dir: str) -> dict:
+    """Run one benchmark script, streaming its output; returns status, seconds, result or error."""
+    json_path = os.path.join(log_dir, f"{name}.json")
+    cmd = [sys.executable, "-m", f"benchmarks.bench_{name}", *spec["args"], "--json", json_path]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning"),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    shown = " ".join(["python", "-m", f"benchmarks.bench_{name}", *spec["args"]])
+    print(f"\n=== [{name}] {shown}  (limit {spec['timeout']} s)", flush=True)
+    started = time.time()
+    lines: list = []
+    # Own process group: on a time-out the benchmark and what it started (servers, workers) end together.
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1, start_new_session=True)
+
+    def pump():
+        for line in process.stdout:
+            line = line.rstrip()
+            if line and not NOISE.search(line):
+                lines.append(line)
+                print(f"  [{name}] {line}", flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        process.wait(timeout=spec["timeout"])
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    reader.join(timeout=10)
+    seconds = round(time.time() - started, 1)
+    record = {"name": name, "command": shown, "note": spec["note"], "seconds": seconds,
+              "returncode": process.returncode, "output_tail": lines[-40:]}
+    last = next((line for line in reversed(lines) if ERROR.search(line.strip())), lines[-1] if lines else "")
+    if timed_out:
+        record.update(status="failed", error=f"timed out after {spec['timeout']} s"
+                      + (f"; last output: {last}" if last else ""))
+    elif process.returncode != 0:
+        record.update(status="failed", error=last or f"exit status {process.returncode}")
+    elif not os.path.exists(json_path):
+        record.update(status="failed", error=f"no JSON written; last output: {last}")
+    else:
+        with open(json_path) as f:
+            result = json.load(f)
+        result.pop("machine", None)  # described once, at the top
+        record.update(status="ok", result=result)
+    print(f"=== [{name}] {record['status']} in {seconds:.0f} s"
+          + (f": {record['error']}" if record["status"] != "ok" else ""), flush=True)
+    return record
+
+
+# --------------------------------------------------------------------------- figures vs targets
+
+def _num(x, digits=2):
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int) or (isinstance(x, float) and abs(x) >= 100):
+        return f"{x:,.0f}"
+    if abs(x) >= 10 and digits == 2:
+        return f"{x:.1f}"
+    return f"{x:.{digits}f}"
+
+
+def _with_unit(x, unit, digits=2):
+    if x is None:
+        return "—"
+    return f"{_num(x, digits)}{unit if unit == 'x' else (' ' + unit) if unit else ''}"
+
+
+def row(bench, figure, measured, unit="", target=None, op=">=", info=None, digits=2):
+    """One table row; `target` is the number compared against, `op` the sense (>=, <=, ==)."""
+    shown = _with_unit(measured, unit, digits)
+    if target is None:
+        return {"benchmark": bench, "figure": figure, "measured": shown, "target": "—",
+                "verdict": info or "—", "met": None, "value": measured}
+    if measured is None:
+        return {"benchmark": bench, "figure": figure, "measured": "—", "target": f"{op} {_num(target)}",
+                "verdict": "not measured", "met": None, "value": None}
+    if op == "==":
+        met = measured == target
+        verdict = "met" if met else "NOT met"
+        tgt = f"= {_num(target)}"
+    else:
+        met = measured >= target if op == ">=" else measured <= target
+        ratio = measured / target if target else float("inf")
+        verdict = f"{'met' if met else 'NOT met'} ({ratio:.2f}x of the {'target' if op == '>=' else 'limit'})"
+        tgt = f"{op} {_with_unit(target, unit, digits)}"
+    return {"benchmark": bench, "figure": figure, "measured": shown, "target": tgt, "verdict": verdict,
+            "met": met, "value": measured}
+
+
+def failed_row(bench, record):
+    return {"benchmark": bench, "figure": f"**failed** ({record['command']})", "measured": "—", "target": "—",
+            "verdict": f"FAILED: {record.get('error', '')[-300:]}", "met": False, "value": None}
+
+
+def rows_data(r):
+    p = r["preprocess"]
+    out = [row("data", f"Beam preprocessing, 288x144, {p['images']} images, {p['workers']} workers (images/s)",
+               p["images_per_second"], "images/s", 200)]
+    ip = r["input_pipeline"]["images_per_second"]
+    out.append(row("data", "tf.data P×K pipeline (images/s)", ip, "images/s", info="input to the ratio below"))
+    if "train_step" in r:
+        out.append(row("data", "KDEM training step consumption (input images/s)",
+                       r["train_step"]["input_images_per_second"], "images/s",
+                       info="KDEM step at 288x144, 8 pairs (16 input images) per step"))
+        out.append(row("data", "tf.data pipeline / KDEM training step images/s", r["pipeline_over_step"], "x", 5))
+    return out
+
+
+def rows_train(r, note):
+    by = {(x["kind"], x["policy"], x["xla"]): x for x in r["results"]}
+    s = r.get("summary", {})
+    size = "x".join(map(str, r["image_size"]))
+    out = []
+    for kind, label in (("resnet50", "plain Keras ResNet-50 (reference)"), ("baseline", "two-stream baseline"),
+                        ("kdem", "full KDEM")):
+        for policy in ("float32", "mixed_bfloat16"):
+            x = by.get((kind, policy, False))
+            if x:
+                out.append(row("train", f"{label} step, {policy}, {size} (stream-images/s)",
+                               x["stream_images_per_second"], "img/s",
+                               info=f"peak RSS {x['peak_rss_gb']} GB; inference {x['inference_images_per_second']} img/s"))
+    for f in r.get("failures", []):
+        out.append(row("train", f"**failed**: {f['kind']} {f['policy']} xla={f['xla']}", None,
+                       info=f"FAILED: {f['error'][-300:]}"))
+        out[-1]["met"] = False
+    caveat = "" if size == "288x144" else " (target is at 288x144; smaller here)"
+    out.append(row("train", f"KDEM / ResNet-50 stream-images/s, float32, {size}{caveat}",
+                   s.get("kdem_over_resnet50_float32"), "x", 0.90))
+    out.append(row("train", f"KDEM mixed_bfloat16 / float32 stream-images/s, {size}{caveat}",
+                   s.get("kdem_bf16_over_float32"), "x", 1.25))
+    if "kdem_xla_over_no_xla" in s:
+        out.append(row("train", f"KDEM XLA on / off, float32, {size}", s["kdem_xla_over_no_xla"], "x",
+                       info="issue: XLA ~3x slower on CPU, so default off on CPU"))
+    else:
+        out.append(row("train", "KDEM XLA on / off", None,
+                       info="not measured (run with --xla); issue: ~3x slower on CPU, default off on CPU"))
+    return out
+
+
+def rows_evaluation(r):
+    s = r["sysu"]
+    out = [row("evaluation", "SYSU-sized eval (3,803 x 301 x 10): AGW loop / ours speed-up", s["speedup"], "x", 10),
+           row("evaluation", "SYSU-sized eval: numbers identical to AGW, all trials", s["identical"], target=True,
+               op="=="),
+           row("evaluation", "SYSU-sized eval: ours (s)", s["ours_seconds"], "s",
+               info=f"AGW loop {s['reference_seconds']:.2f} s")]
+    if "large" in r:
+        L = r["large"]
+        for protocol in ("sysu", "regdb"):
+            x = L[f"{protocol}_from_features"]
+            out.append(row("evaluation", f"10k x 10k {protocol} from features (s)", x["seconds"], "s",
+                           info=f"peak traced memory {x['peak_traced_mib']} MiB"))
+        x = L["regdb_from_matrix"]
+        out.append(row("evaluation", "10k x 10k regdb from a float64 matrix (s)", x["seconds"], "s",
+                       info=f"peak traced memory beyond the 763 MiB input {x['peak_traced_mib']} MiB; "
+                            f"process max RSS {L['process_max_rss_mib']} MiB"))
+    return out
+
+
+def rows_scann(r):
+    """Recall@10 and speed-up per size; the targets (issue) are for 200k, checked at the largest size run."""
+    out = []
+    results = sorted(r["results"], key=lambda x: x["gallery"])
+    for x in results:
+        checked = x is results[-1]
+        caveat = "" if not checked or x["gallery"] >= 200_000 else " (target is for 200k; smaller here)"
+        k = f"{x['gallery'] // 1000}k"
+        out.append(row("scann", f"{k} x 2048-d: ScaNN recall@10 vs exact ({x['mode']}){caveat}", x["recall_at_10"],
+                       "", 0.95 if checked else None, info=f"index build {x['build_seconds']} s", digits=3))
+        out.append(row("scann", f"{k} x 2048-d: ScaNN / exact queries/s{caveat}", x["speedup"], "x",
+                       10 if checked else None,
+                       info=f"ScaNN {x['scann_qps']:.0f} q/s, exact {x['exact_qps']:.0f} q/s"))
+    return out
+
+
+def rows_serving(r):
+    return [row("serving", f"server images/s, {r['clients']} concurrent clients", r["server_images_per_second"],
+                "img/s", info=f"{r['requests_per_second']} requests/s, {r['requests']} requests"),
+            row("serving", f"in-process batched embedder images/s (batch {r['clients']})",
+                r["in_process_images_per_second"], "img/s",
+                info=f"batch 32: {r['in_process_images_per_second_batch_32']} img/s"),
+            row("serving", "server / in-process (batch = clients)", r["server_over_in_process"], "x", 0.80),
+            row("serving", "p50 latency (ms)", r["p50_ms"], "ms", info=f"p99 {_num(r['p99_ms'])} ms"),
+            row("serving", "p99 / p50 latency", r["p99_over_p50"], "x", 3.0, op="<="),
+            row("serving", "errors", r["errors"], "", 0, op="==")]
+
+
+def table_rows(records: dict) -> list:
+    makers = {"data": rows_data, "train": None, "evaluation": rows_evaluation, "scann": rows_scann,
+              "serving": rows_serving}
+    rows = []
+    for name, record in records.items():
+        if record["status"] != "ok":
+            rows.append(failed_row(name, record))
+            continue
+        try:
+            rows += rows_train(record["result"], record["note"]) if name == "train" else makers[name](record["result"])
+        except (KeyError, TypeError, ZeroDivisionError) as e:  # a script's JSON changed shape
+            rows.append(failed_row(name, dict(record, error=f"could not read its figures: {e!r}")))
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+
+def markdown_table(rows: list) -> str:
+    lines = ["| benchmark | figure | measured | target (issues) | ratio / met? |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["benchmark"], r["figure"], r["measured"], r["target"], r["verdict"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(path: str, report: dict, rows: list) -> str:
+    m = report["machine"]
+    quick = report["mode"] == "quick"
+    parts = [
+        "# Benchmark results",
+        "",
+        "## How to reproduce",
+        "",
+        "- `make bench` — all benchmarks at the default sizes (about 30 minutes on a 2-core CPU).",
+        "- `python -m benchmarks.run_all --quick` — smaller sizes (about 8 minutes): fewer identities/steps, "
+        "training at 144x72, ScaNN at 10k/50k, 8 x 50 serving requests.",
+        "- `python -m benchmarks.run_all --only train,serving` — a subset; `--xla` adds XLA-on training runs.",
+        "- Each benchmark is also a script of its own: `python -m benchmarks.bench_<name> --help`.",
+        "",
+        "The machine these ran on is shared with other jobs and noisy: absolute times move between runs. "
+        "Compare the **ratios measured within one run** (KDEM / ResNet-50, bf16 / float32, ScaNN / exact, "
+        "server / in-process, pipeline / step), not absolute figures across runs or machines. "
+        "Raw figures of every benchmark are in `results.json`.",
+        "",
+        "## This run",
+        "",
+        f"- mode: **{report['mode']}**" + (" (smaller sizes; see the notes per benchmark)" if quick else ""),
+        f"- date: {report['started']} (total {report['total_seconds'] / 60:.1f} min)",
+        f"- CPU: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB memory",
+        f"- Python {m.get('python')}, TensorFlow {m.get('tensorflow', '—')}, devices: "
+        f"{', '.join(m.get('devices', [])) or '—'}"
+        + (f", AVX512-BF16: {'yes' if m['avx512_bf16'] else 'no'}" if "avx512_bf16" in m else ""),
+        f"- load average at start: {report.get('load_average_start', '—')}",
+        "",
+        "| benchmark | status | seconds | sizes | command |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in report["benchmarks"].items():
+        parts.append(f"| {name} | {r['status']} | {r['seconds']:.0f} | {r['note']} | `{r['command']}` |")
+    parts += ["", "## Figures against targets", "", markdown_table(rows), ""]
+    failed = [r for r in report["benchmarks"].values() if r["status"] != "ok"]
+    if failed:
+        parts += ["## Failures", ""]
+        for r in failed:
+            parts += [f"### {r['name']}", "", "```", *r["output_tail"][-15:], "```", ""]
+    text = "\n".join(parts)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 8 minutes)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(NAMES)}")
+    parser.add_argument("--xla", action="store_true", help="also measure XLA-on training steps (slow on CPU)")
+    parser.add_argument("--out-md", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--out-json", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--render", metavar="RESULTS_JSON",
+                        help="run nothing: rebuild the table and --out-md from a results.json of an earlier run")
+    args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            report = json.load(f)
+        rows = table_rows(report["benchmarks"])
+        write_markdown(args.out_md, report, rows)
+        print(markdown_table(rows))
+        return 0
+    names = list(NAMES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in NAMES]
+        if unknown:
+            parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(NAMES)}")
+    started = time.time()
+    machine = machine_info()
+    try:
+        with open("/proc/cpuinfo") as f:
+            machine["avx512_bf16"] = "avx512_bf16" in f.read()
+    except OSError:
+        pass
+    report = {"mode": "quick" if args.quick else "default", "xla": args.xla,
+              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "argv": sys.argv[1:], "machine": machine,
+              "load_average_start": " ".join(f"{x:.2f}" for x in os.getloadavg()), "benchmarks": {}}
+    print("machine:", json.dumps(machine))
+    print(f"mode: {report['mode']}; benchmarks: {', '.join(names)}; load average {report['load_average_start']}")
+    with tempfile.TemporaryDirectory(prefix="kdem_bench_") as tmp:
+        for name in names:
+            report["benchmarks"][name] = run_benchmark(name, plan(name, args.quick, args.xla), tmp)
+    report["total_seconds"] = round(time.time() - started, 1)
+    rows = table_rows(report["benchmarks"])
+    report["table"] = rows
+    with open(args.out_json, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    write_markdown(args.out_md, report, rows)
+    print("\n" + markdown_table(rows))
+    print(f"\ntotal {report['total_seconds'] / 60:.1f} min; wrote {os.path.relpath(args.out_md)} and "
+          f"{os.path.relpath(args.out_json)}")
+    return 0 if all(r["status"] == "ok" for r in report["benchmarks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
