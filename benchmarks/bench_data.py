@@ -1,6 +1,6 @@
 """Data-layer speed: Beam preprocessing images/s and tf.data P×K pipeline images/s.
 
-    python -m benchmarks.bench_data [--identities 60] [--image-size 288x144] [--json OUT]
+    python -m benchmarks.bench_data [--identities 60] [--copies 5] [--image-size 288x144] [--json OUT]
 
 Targets (issue #2): preprocessing ≥ 200 images/s at 288x144 on a 2-core machine;
 the input pipeline ≥ 5x the images/s a KDEM training step consumes at the same size
@@ -18,17 +18,42 @@ import time
 from benchmarks.common import machine_info
 
 
+MODES = ("multi_threading", "in_memory", "multi_processing")
+
+
+def replicate(root: str, copies: int) -> int:
+    """Adds `copies` byte-identical copies of every image beside it (more files, same content),
+    so throughput is measured on thousands of images without rendering each one."""
+    import glob
+    import shutil
+
+    originals = sorted(glob.glob(os.path.join(root, "cam*", "*", "*.jpg")))
+    for path in originals:
+        folder, name = os.path.split(path)
+        for c in range(copies):
+            shutil.copyfile(path, os.path.join(folder, f"{c + 1}{name}"))
+    return len(originals) * (copies + 1)
+
+
 def bench_preprocess(root: str, out: str, image_size, workers: int) -> dict:
+    """Each local running mode on the same images; the default mode's figures at the top level."""
+    import shutil
     from kdem_tf.data import preprocess
 
     splits = preprocess.plan_splits("sysu", root)
-    options = preprocess.local_pipeline_options([f"--direct_num_workers={workers}"])
-    started = time.time()
-    summary = preprocess.run_preprocess(splits, root, out, image_size=image_size, pipeline_options=options)
-    wall = time.time() - started
-    images = summary["images_written"]
-    return {"images": images, "wall_seconds": round(wall, 2), "images_per_second": round(images / wall, 1),
-            "beam_seconds": summary["seconds"], "workers": workers}
+    modes = {}
+    for mode in MODES:
+        shutil.rmtree(out, ignore_errors=True)
+        options = preprocess.local_pipeline_options([f"--direct_running_mode={mode}",
+                                                     f"--direct_num_workers={1 if mode == 'in_memory' else workers}"])
+        started = time.time()
+        summary = preprocess.run_preprocess(splits, root, out, image_size=image_size, pipeline_options=options)
+        wall = time.time() - started
+        modes[mode] = {"images": summary["images_written"], "wall_seconds": round(wall, 2),
+                       "images_per_second": round(summary["images_written"] / wall, 1)}
+        print(f"preprocess {mode}: {json.dumps(modes[mode])}", flush=True)
+    default = preprocess.local_pipeline_options([]).get_all_options()["direct_running_mode"]
+    return {**modes[default], "mode": default, "workers": workers, "modes": modes}
 
 
 def bench_input_pipeline(tfrecords: str, image_size, batches: int = 30) -> dict:
@@ -79,6 +104,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--identities", type=int, default=60)
+    parser.add_argument("--copies", type=int, default=5, help="extra copies of each image (see replicate)")
     parser.add_argument("--image-size", type=preprocess.parse_image_size, default=(288, 144))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-step", action="store_true")
@@ -88,6 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = synthetic.generate_sysu(os.path.join(tmp, "raw"), identities=args.identities,
                                        image_size=args.image_size, images_per_camera=6, progress=True)
+        results["images"] = replicate(root, args.copies)
         out = os.path.join(tmp, "tfrecords")
         results["preprocess"] = bench_preprocess(root, out, args.image_size, args.workers)
         print("preprocess:", json.dumps(results["preprocess"]))

@@ -173,14 +173,22 @@ def local_pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
     """Beam options with the runner set explicitly.
 
     Without an explicit runner Beam's DirectRunner may try to download the Prism
-    binary, which fails offline. Default: the portable FnApiRunner in
-    multi-process mode with one worker per core. Any `--runner=...` in argv wins
-    (FlinkRunner, SparkRunner, DataflowRunner: see README).
+    binary, which fails offline. Default: the DirectRunner's portable FnApiRunner in
+    multi-threaded mode with one worker per core. Measured on a 2-core machine, 5,220
+    images at 288x144: multi_threading 1,016 images/s, in_memory 878, multi_processing
+    513 (each worker process imports TensorFlow and every element crosses gRPC; PIL and
+    zlib release the GIL, so threads scale here). `--direct_running_mode=multi_processing`
+    in argv selects processes; any `--runner=...` wins (FlinkRunner, SparkRunner,
+    DataflowRunner: see README).
     """
     argv = list(argv)
     if not any(a.startswith("--runner") for a in argv):
-        argv = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                f"--direct_num_workers={os.cpu_count() or 1}"] + argv
+        defaults = ["--runner=DirectRunner"]
+        if not any(a.startswith("--direct_running_mode") for a in argv):
+            defaults.append("--direct_running_mode=multi_threading")
+        if not any(a.startswith("--direct_num_workers") for a in argv):
+            defaults.append(f"--direct_num_workers={os.cpu_count() or 1}")
+        argv = defaults + argv
     return PipelineOptions(argv)
 
 

@@ -104,11 +104,11 @@ def test_failed_run_leaves_no_complete_looking_output(sysu, tmp_path, monkeypatc
 
 
 def test_regdb_round_trip_multiprocess_cli(tmp_path, capsys):
-    """The CLI with its default multi-process local runner (no Prism download)."""
+    """The CLI with the multi-process local runner passed through as a Beam flag (no Prism download)."""
     root = synthetic.generate_regdb(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
     out = str(tmp_path / "tfrecords")
     code = preprocess.main(["--dataset", "regdb", "--data-root", root, "--output", out, "--trial", "3",
-                            "--image-size", "32x16"])
+                            "--image-size", "32x16", "--direct_running_mode=multi_processing"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "test_thermal" in printed and "images/s" in printed
@@ -120,6 +120,14 @@ def test_regdb_round_trip_multiprocess_cli(tmp_path, capsys):
     assert {e["modality"].decode() for e in train} == {"visible", "infrared"}
     assert sorted({int(e["label"]) for e in train}) == list(range(3))
     assert not {e["person_id"] for e in train} & {e["person_id"] for e in _read(out, "test_visible")}
+
+
+def test_default_options_set_the_runner_explicitly():
+    options = preprocess.local_pipeline_options([]).get_all_options()
+    assert options["runner"] == "DirectRunner" and options["direct_running_mode"] == "multi_threading"
+    assert options["direct_num_workers"] == (os.cpu_count() or 1)
+    chosen = preprocess.local_pipeline_options(["--direct_running_mode=in_memory"]).get_all_options()
+    assert chosen["direct_running_mode"] == "in_memory"
 
 
 def test_cli_reports_broken_layout(tmp_path, capsys):
