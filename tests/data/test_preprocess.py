@@ -124,10 +124,27 @@ def test_regdb_round_trip_multiprocess_cli(tmp_path, capsys):
 
 def test_default_options_set_the_runner_explicitly():
     options = preprocess.local_pipeline_options([]).get_all_options()
-    assert options["runner"] == "DirectRunner" and options["direct_running_mode"] == "multi_threading"
-    assert options["direct_num_workers"] == (os.cpu_count() or 1)
-    chosen = preprocess.local_pipeline_options(["--direct_running_mode=in_memory"]).get_all_options()
-    assert chosen["direct_running_mode"] == "in_memory"
+    assert options["runner"] == "DirectRunner" and options["direct_running_mode"] == "in_memory"
+    assert options["direct_num_workers"] == 1
+    chosen = preprocess.local_pipeline_options(["--direct_running_mode=multi_processing"]).get_all_options()
+    assert chosen["direct_running_mode"] == "multi_processing" and chosen["direct_num_workers"] == (os.cpu_count() or 1)
+
+
+def test_lost_records_fail_the_job_and_publish_nothing(sysu, tmp_path, monkeypatch):
+    root, _, splits, _, _ = sysu
+    out = str(tmp_path / "lossy")
+    real = preprocess._summarise
+
+    def lose_one(*args, **kwargs):  # as if the runner had dropped one gallery record
+        summary = real(*args, **kwargs)
+        summary["splits"]["gallery"]["images"] -= 1
+        return summary
+
+    monkeypatch.setattr(preprocess, "_summarise", lose_one)
+    with pytest.raises(preprocess.PreprocessError, match="split 'gallery': .* the Beam runner lost records"):
+        preprocess.run_preprocess(splits, root, out, image_size=(32, 16), num_shards=1,
+                                  pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
+    assert not os.path.exists(out)
 
 
 def test_cli_reports_broken_layout(tmp_path, capsys):
