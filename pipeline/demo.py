@@ -170,6 +170,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     notes = [f"REST search: {served['top1_correct']} of {served['queries']} infrared queries have a correct "
              f"top-1 visible match (montage below, built from the server's responses)."]
+    evaluation = (report.get("ReidEvaluator", {}).get("outputs", {}).get("evaluation") or [None])[0]
+    if evaluation and os.path.exists(os.path.join(evaluation, "metrics.json")):
+        with open(os.path.join(evaluation, "metrics.json")) as f:
+            decision = json.load(f)
+        if not decision.get("blessed"):
+            # The curves come from the latest training run; the metrics from the served version.
+            notes.append(f"The latest training run (curves below) was not blessed ({'; '.join(decision['reasons'])}); "
+                         f"the served and evaluated model is the earlier blessed version {model_version}.")
     path = write_report(out_dir, run_dir or "", metrics, montage=served["montage"],
                         cmc_png=os.path.join(out_dir, "cmc.png"), notes=notes,
                         extra_settings={"home": home, "identities": args.identities, "model": model_version,
