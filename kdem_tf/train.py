@@ -34,14 +34,10 @@ from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_
                                  make_strategy, latest_checkpoint, save_checkpoint, read_json)
 
 
-def _build(config, num_classes: int, strategy):
-    """Builds model, trainer and optimizer under the strategy's scope."""
-    import keras
+def _build_models(config, num_classes: int, row: dict, strategy):
+    """(train_model, inference_model) for the config's ablation row, under the strategy's scope."""
     from kdem_tf.model.model import build_kdem_models
-    from kdem_tf.model.optim import build_optimizer
-    from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
 
-    row = ABLATION_ROWS[config.loss.ablation]
     weights = None if config.model.backbone_weights in ("none", "", None) else config.model.backbone_weights
     with strategy.scope():
         train_model, inference_model = build_kdem_models(
@@ -49,7 +45,7 @@ def _build(config, num_classes: int, strategy):
             non_local=config.model.non_local, gem=config.model.gem, bn_neck=config.model.bn_neck,
             shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
             last_stride=config.model.last_stride, backbone_weights=weights)
-        return train_model, inference_model, KDEMTrainer, row, build_optimizer, keras
+    return train_model, inference_model
 
 
 def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: str,
@@ -69,6 +65,8 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     import tensorflow as tf
     import keras
     from kdem_tf.data import input_pipeline
+    from kdem_tf.model.optim import build_optimizer
+    from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
 
     os.makedirs(run_dir, exist_ok=True)
     log_dir = log_dir or os.path.join(run_dir, "logs")
@@ -86,7 +84,8 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     if previous and previous.get("num_classes") != num_classes:
         raise TrainingError(f"{run_dir}: the run was started with {previous.get('num_classes')} classes but "
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
-    train_model, inference_model, KDEMTrainer, row, build_optimizer, _ = _build(config, num_classes, strategy)
+    row = ABLATION_ROWS[config.loss.ablation]
+    train_model, inference_model = _build_models(config, num_classes, row, strategy)
 
     sampler = input_pipeline.IdentitySampler(split.labels, split.modalities, config.data.num_identities,
                                              config.data.num_instances, config.seed)
@@ -164,8 +163,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                     if k in metrics])
         epoch += 1
         seconds = time.time() - started
-        lr = float(setup.optimizer.learning_rate) if not callable(setup.optimizer.learning_rate) else \
-            float(setup.optimizer.learning_rate(setup.optimizer.iterations))
+        lr = float(setup.optimizer.learning_rate)  # the schedule's value at the current step
         record = {"epoch": epoch, "step": step, "seconds": round(seconds, 2), "lr": lr, **metrics}
         with writer.as_default(step=step):
             for k, v in metrics.items():
