@@ -5,7 +5,8 @@
 Each configuration runs in its own process, so each peak memory (max RSS) is its own.
 Figures (issue #3): stream-images/s of a step (plain ResNet-50: images; baseline: 2 per
 pair; KDEM: 3 per pair, the enhanced stream included), peak RSS, inference images/s,
-float32 vs mixed_bfloat16, XLA off (and on with --xla). Target: the KDEM step's
+float32 vs mixed_bfloat16, XLA off (and on with --xla), forward GFLOPs per stream-image,
+and float32 variants of the KDEM step that show where its time goes (VARIANTS). Target: the KDEM step's
 stream-images/s >= 90% of the plain ResNet-50 step's; bf16 >= 1.25x float32 on CPUs
 with AVX512-BF16. Prints figures; asserts nothing.
 """
@@ -32,7 +33,27 @@ def _time_steps(step, batch, steps: int) -> float:
     return (time.time() - started) / steps
 
 
-def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: bool) -> dict:
+# Speed variants of the full KDEM step (float32), to show where the time goes:
+# label -> build_kdem_models arguments.
+VARIANTS = {
+    "kdem_keras_bn": {"fused_batch_norm": False},         # Keras 3's op-by-op BatchNormalization
+    "kdem_resnet50_flops": {"non_local": False, "last_stride": 2},  # same trunk FLOPs as plain ResNet-50
+    "kdem_non_local_r8": {"non_local_reduction": 8},      # cheaper non-local blocks (C/8 inner channels)
+}
+
+
+def forward_gflops(fn, *specs) -> float:
+    """Forward floating-point operations of `fn` traced on `specs`, in GFLOPs (TF's profiler)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    graph = convert_variables_to_constants_v2(tf.function(fn).get_concrete_function(*specs)).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops / 1e9
+
+
+def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: bool, model_args: dict) -> dict:
     import numpy as np
     import keras
     import tensorflow as tf
@@ -42,7 +63,7 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
     h, w = image_size
     labels = np.repeat(np.arange(pairs // 2), 2).astype(np.int32)
     images = lambda n: tf.constant(rng.normal(size=(n, h, w, 3)).astype("float32"))  # noqa: E731
-    result = {"kind": kind, "policy": policy, "xla": xla, "pairs": pairs}
+    result = {"kind": kind, "policy": policy, "xla": xla, "pairs": pairs, "model_args": model_args}
     if kind == "resnet50":
         model = keras.applications.ResNet50(weights=None, input_shape=(h, w, 3), classes=pairs // 2)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -50,6 +71,7 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
         x, y = images(2 * pairs), np.repeat(np.arange(pairs // 2), 4).astype(np.int32)
         seconds = _time_steps(lambda a, b: model.train_on_batch(a, b), (x, y), steps)
         result["stream_images_per_second"] = round(2 * pairs / seconds, 2)
+        count_flops = lambda: forward_gflops(lambda a: model(a, training=False), tf.TensorSpec((1, h, w, 3)))  # noqa: E731
         infer = tf.function(lambda a: model(a, training=False), jit_compile=xla)
         result["inference_images_per_second"] = round(2 * pairs / _time_steps(infer, (x,), steps), 2)
     else:
@@ -59,7 +81,7 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
 
         row = ABLATION_ROWS["baseline" if kind == "baseline" else "full"]
         train_model, inference_model = build_kdem_models(num_classes=pairs // 2, image_size=image_size,
-                                                         kdem=row["kdem"])
+                                                         kdem=row["kdem"], **model_args)
         setup = build_optimizer(steps_per_epoch=10)
         trainer = KDEMTrainer(train_model, use_diversity_loss=row["use_diversity_loss"],
                               use_consistency_loss=row["use_consistency_loss"],
@@ -72,6 +94,9 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
         seconds = _time_steps(lambda d: step(d), (data,), steps)
         streams = 3 if row["kdem"] else 2
         result["stream_images_per_second"] = round(streams * pairs / seconds, 2)
+        one = tf.TensorSpec((1, h, w, 3))
+        count_flops = lambda: forward_gflops(  # noqa: E731
+            lambda v, i: train_model({"visible": v, "infrared": i}, training=False), one, one) / streams
         infer = tf.function(lambda a, m: inference_model({"image": a, "modality": m}, training=False),
                             jit_compile=xla)
         x = images(2 * pairs)
@@ -79,6 +104,7 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
         result["inference_images_per_second"] = round(2 * pairs / _time_steps(infer, (x, modality), steps), 2)
     result["step_seconds"] = round(seconds, 3)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024, 2)
+    result["forward_gflops_per_stream_image"] = round(count_flops(), 2)  # after the RSS: tracing costs memory
     return result
 
 
@@ -90,29 +116,35 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="visible/infrared pairs per step (P*K)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--xla", action="store_true", help="also measure jit_compile=True (slow to compile)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the float32 speed variants of KDEM")
     parser.add_argument("--json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # kind,policy,xla: run one config in this process
+    parser.add_argument("--model-args", default="{}", help=argparse.SUPPRESS)  # JSON for build_kdem_models
     args = parser.parse_args()
     if args.one:
         kind, policy, xla = args.one.split(",")
-        print(json.dumps(run_one(kind, args.image_size, args.pairs, args.steps, policy, xla == "1")))
+        print(json.dumps(run_one(kind, args.image_size, args.pairs, args.steps, policy, xla == "1",
+                                 json.loads(args.model_args))))
         return
-    configs = [(k, p, "0") for k in ("resnet50", "baseline", "kdem") for p in ("float32", "mixed_bfloat16")]
+    # (label, kind, policy, xla, build_kdem_models arguments)
+    configs = [(k, k, p, "0", {}) for k in ("resnet50", "baseline", "kdem") for p in ("float32", "mixed_bfloat16")]
+    if not args.no_variants:
+        configs += [(label, "kdem", "float32", "0", extra) for label, extra in VARIANTS.items()]
     if args.xla:
-        configs += [(k, "float32", "1") for k in ("resnet50", "kdem")]
+        configs += [(k, k, "float32", "1", {}) for k in ("resnet50", "kdem")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     results, failures = [], []
-    for kind, policy, xla in configs:
+    for label, kind, policy, xla, extra in configs:
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", f"{kind},{policy},{xla}",
-               "--image-size", "x".join(map(str, args.image_size)), "--pairs", str(args.pairs),
-               "--steps", str(args.steps)]
+               "--model-args", json.dumps(extra), "--image-size", "x".join(map(str, args.image_size)),
+               "--pairs", str(args.pairs), "--steps", str(args.steps)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
-            print(f"{kind} {policy} xla={xla}: failed\n{out.stderr[-1500:]}")
+            print(f"{label} {policy} xla={xla}: failed\n{out.stderr[-1500:]}")
             last = next((x for x in reversed(out.stderr.splitlines()) if x.strip()), f"exit {out.returncode}")
-            failures.append({"kind": kind, "policy": policy, "xla": xla == "1", "error": last.strip()})
+            failures.append({"kind": label, "policy": policy, "xla": xla == "1", "error": last.strip()})
             continue
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), kind=label))
         print(json.dumps(results[-1]))
     by = {(r["kind"], r["policy"], r["xla"]): r for r in results}
     summary = {}
@@ -122,6 +154,17 @@ def main() -> None:
     kdem_bf16 = by.get(("kdem", "mixed_bfloat16", False))
     if kdem and kdem_bf16:
         summary["kdem_bf16_over_float32"] = round(kdem_bf16["stream_images_per_second"] / kdem["stream_images_per_second"], 3)
+    if plain and kdem:
+        # Work done per second relative to the reference: AGW's trunk (stride-1 conv5,
+        # non-local blocks) does more work per image than a plain ResNet-50.
+        summary["kdem_over_resnet50_gflops_per_second_float32"] = round(
+            kdem["stream_images_per_second"] * kdem["forward_gflops_per_stream_image"]
+            / (plain["stream_images_per_second"] * plain["forward_gflops_per_stream_image"]), 3)
+    for label in VARIANTS:
+        variant = by.get((label, "float32", False))
+        if plain and variant:
+            summary[f"{label}_over_resnet50_float32"] = round(
+                variant["stream_images_per_second"] / plain["stream_images_per_second"], 3)
     kdem_xla = by.get(("kdem", "float32", True))
     if kdem and kdem_xla:
         summary["kdem_xla_over_no_xla"] = round(kdem_xla["stream_images_per_second"] / kdem["stream_images_per_second"], 3)

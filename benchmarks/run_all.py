@@ -195,6 +195,12 @@ def rows_data(r):
     return out
 
 
+def _train_info(x) -> str:
+    gflops = x.get("forward_gflops_per_stream_image")
+    return (f"peak RSS {x['peak_rss_gb']} GB; inference {x['inference_images_per_second']} img/s"
+            + (f"; {gflops} forward GFLOPs per stream-image" if gflops is not None else ""))
+
+
 def rows_train(r, note):
     by = {(x["kind"], x["policy"], x["xla"]): x for x in r["results"]}
     s = r.get("summary", {})
@@ -206,8 +212,15 @@ def rows_train(r, note):
             x = by.get((kind, policy, False))
             if x:
                 out.append(row("train", f"{label} step, {policy}, {size} (stream-images/s)",
-                               x["stream_images_per_second"], "img/s",
-                               info=f"peak RSS {x['peak_rss_gb']} GB; inference {x['inference_images_per_second']} img/s"))
+                               x["stream_images_per_second"], "img/s", info=_train_info(x)))
+    for kind, label in (("kdem_keras_bn", "KDEM with Keras 3's own BatchNormalization"),
+                        ("kdem_resnet50_flops", "KDEM, last stride 2, no non-local (plain ResNet-50 FLOPs)"),
+                        ("kdem_non_local_r8", "KDEM, non-local inner channels C/8")):
+        x = by.get((kind, "float32", False))
+        if x:
+            out.append(row("train", f"{label}, float32, {size} (stream-images/s)",
+                           x["stream_images_per_second"], "img/s",
+                           info=f"{s.get(kind + '_over_resnet50_float32')}x ResNet-50; " + _train_info(x)))
     for f in r.get("failures", []):
         out.append(row("train", f"**failed**: {f['kind']} {f['policy']} xla={f['xla']}", None,
                        info=f"FAILED: {f['error'][-300:]}"))
@@ -215,6 +228,10 @@ def rows_train(r, note):
     caveat = "" if size == "288x144" else " (target is at 288x144; smaller here)"
     out.append(row("train", f"KDEM / ResNet-50 stream-images/s, float32, {size}{caveat}",
                    s.get("kdem_over_resnet50_float32"), "x", 0.90))
+    if "kdem_over_resnet50_gflops_per_second_float32" in s:
+        out.append(row("train", f"KDEM / ResNet-50 forward GFLOPs per second, float32, {size}",
+                       s["kdem_over_resnet50_gflops_per_second_float32"], "x",
+                       info="work per second: AGW's trunk does more per image than a plain ResNet-50"))
     out.append(row("train", f"KDEM mixed_bfloat16 / float32 stream-images/s, {size}{caveat}",
                    s.get("kdem_bf16_over_float32"), "x", 1.25))
     if "kdem_xla_over_no_xla" in s:

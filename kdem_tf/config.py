@@ -26,6 +26,8 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     non_local: bool = True
+    non_local_subsample: bool = False          # 2x2-pooled keys/values (non-local paper; AGW: none)
+    non_local_reduction: int = 2               # inner channels C // 2 (AGW's code: 1 channel, a typo)
     gem: bool = True
     bn_neck: bool = True
     shared_fc: bool = True                     # Eq. 5 writes one FC for both modalities
@@ -33,6 +35,7 @@ class ModelConfig:
     mlp_units: Tuple[int, ...] = (128,)
     last_stride: int = 1
     backbone_weights: str = "imagenet"         # "imagenet", a weights file, or "none"
+    fused_batch_norm: bool = True              # TF's fused BN kernel (same weights, faster)
 
 
 @dataclasses.dataclass(frozen=True)

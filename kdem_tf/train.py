@@ -42,7 +42,9 @@ def _build_models(config, num_classes: int, row: dict, strategy):
     with strategy.scope():
         train_model, inference_model = build_kdem_models(
             num_classes=num_classes, image_size=config.data.image_size, kdem=row["kdem"],
-            non_local=config.model.non_local, gem=config.model.gem, bn_neck=config.model.bn_neck,
+            non_local=config.model.non_local, non_local_subsample=config.model.non_local_subsample,
+            non_local_reduction=config.model.non_local_reduction,
+            fused_batch_norm=config.model.fused_batch_norm, gem=config.model.gem, bn_neck=config.model.bn_neck,
             shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
             last_stride=config.model.last_stride, backbone_weights=weights)
     return train_model, inference_model

@@ -58,6 +58,8 @@ def build_kdem_models(
     image_size: Tuple[int, int] = (288, 144),
     kdem: bool = True,
     non_local: bool = True,
+    non_local_subsample: bool = False,
+    non_local_reduction: int = 2,
     gem: bool = True,
     bn_neck: bool = True,
     shared_fc: bool = True,
@@ -65,6 +67,7 @@ def build_kdem_models(
     mlp_units: Sequence[int] = (128,),
     last_stride: int = 1,
     backbone_weights: Optional[str] = None,
+    fused_batch_norm: bool = True,
 ) -> Tuple[keras.Model, keras.Model]:
     """Builds the KDEM train model and an inference model sharing its weights.
 
@@ -74,6 +77,10 @@ def build_kdem_models(
         kdem: add the KDEM layer and the knowledge-enhanced stream t; False gives
             the two-stream AGW baseline of Table 3.
         non_local: non-local blocks in the trunk (AGW).
+        non_local_subsample: 2x2 max-pooled keys/values in the non-local blocks
+            (the non-local paper's subsampling; AGW has none). See `NonLocalBlock`.
+        non_local_reduction: non-local inner channels = C // reduction (2 as the
+            non-local paper and AGW's intent).
         gem: GeM pooling (p=3); False for global average pooling.
         bn_neck: BN-neck between pooling and classifier (AGW's bottleneck); its
             beta is fixed at zero (`center=False`) as AGW freezes the bias.
@@ -81,6 +88,8 @@ def build_kdem_models(
         last_stride: stride of conv5_x.
         backbone_weights: "imagenet", a ResNet-50 weights file, or None for random
             init; see `load_backbone_weights`.
+        fused_batch_norm: backbone BNs on TF's fused kernel (faster, same weights;
+            see `FusedBatchNormalization`); False for Keras 3's own.
 
     Returns:
         (train_model, inference_model).
@@ -108,11 +117,17 @@ def build_kdem_models(
     image_shape = (height, width, 3)
 
     # Stage 0, one per modality (weights not shared, Eq. 1).
-    visible_stem = build_stem("visible_stem", image_shape)
-    infrared_stem = build_stem("infrared_stem", image_shape)
+    visible_stem = build_stem("visible_stem", image_shape, fused_batch_norm=fused_batch_norm)
+    infrared_stem = build_stem("infrared_stem", image_shape, fused_batch_norm=fused_batch_norm)
     # Stages 1-4, shared by all modalities.
     trunk = build_trunk(
-        "trunk", input_shape=tuple(visible_stem.output.shape[1:]), last_stride=last_stride, non_local=non_local
+        "trunk",
+        input_shape=tuple(visible_stem.output.shape[1:]),
+        last_stride=last_stride,
+        non_local=non_local,
+        non_local_subsample=non_local_subsample,
+        non_local_reduction=non_local_reduction,
+        fused_batch_norm=fused_batch_norm,
     )
     load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
     kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None

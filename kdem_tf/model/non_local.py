@@ -4,25 +4,36 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kdem_tf.model.fused_batch_norm import FusedBatchNormalization
+
 
 @keras.saving.register_keras_serializable(package="kdem_tf")
 class NonLocalBlock(keras.layers.Layer):
     """Non-local block, dot-product ("f / N") form, starting as the identity.
 
     theta, phi and g are 1x1 convolutions to `inter_channels`; with N = H*W
-    positions, `f = theta(x) phi(x)^T / N` ([B, N, N]), `y = f g(x)`, and the
-    output is `z = BN(W(y)) + x` with W a 1x1 convolution back to C channels.
-    The BN's gamma and beta start at zero so the block is the identity at
-    initialisation and does not disturb the ImageNet-pretrained trunk.
+    query positions and M key positions, `f = theta(x) phi(x)^T / M` ([B, N, M]),
+    `y = f g(x)`, and the output is `z = BN(W(y)) + x` with W a 1x1 convolution
+    back to C channels. The BN's gamma and beta start at zero so the block is the
+    identity at initialisation and does not disturb the ImageNet-pretrained trunk.
 
-    Cost: the [B, N, N] affinity matrix; N = 36*18 = 648 for conv3_x and
-    18*9 = 162 for conv4_x at 288x144 input, small.
+    With `subsample=True`, phi(x) and g(x) are 2x2 max-pooled before the
+    product, so M = N/4: the non-local paper's subsampling (Sec. 4.1). AGW does
+    not subsample, hence the default False.
+
+    Cost at 288x144 input (N = 36*18 = 648 in conv3_x, 18*9 = 162 in conv4_x):
+    the 1x1 convolutions dominate, not the affinity. AGW's 5 blocks with C/2
+    inner channels add ~3.7 GFLOPs per image to the trunk's ~10 (a plain
+    ResNet-50 is 6.5); with reduction 8 they add ~0.9. Subsampling saves little
+    (`python -m benchmarks.bench_train` prints the GFLOPs and the speed).
 
     Args:
         reduction: `inter_channels = C // reduction` (AGW's reduc_ratio=2; AGW's
             code actually computes `reduc_ratio // reduc_ratio` = 1 channel, a typo
             we do not reproduce).
+        subsample: 2x2 max-pool keys and values (see above).
         bn_momentum: momentum of the output BatchNormalization (0.9 = PyTorch 0.1).
+        fused_batch_norm: output BN on TF's fused kernel (`FusedBatchNormalization`).
         **kwargs: standard `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
@@ -36,10 +47,19 @@ class NonLocalBlock(keras.layers.Layer):
         2021, `Non_local` in github.com/mangye16/Cross-Modal-Re-ID-baseline.
     """
 
-    def __init__(self, reduction: int = 2, bn_momentum: float = 0.9, **kwargs):
+    def __init__(
+        self,
+        reduction: int = 2,
+        subsample: bool = False,
+        bn_momentum: float = 0.9,
+        fused_batch_norm: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.reduction = int(reduction)
+        self.subsample = bool(subsample)
         self.bn_momentum = float(bn_momentum)
+        self.fused_batch_norm = bool(fused_batch_norm)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -48,7 +68,8 @@ class NonLocalBlock(keras.layers.Layer):
         self.phi = keras.layers.Conv2D(self.inter_channels, 1, name="phi", dtype=self.dtype_policy)
         self.g = keras.layers.Conv2D(self.inter_channels, 1, name="g", dtype=self.dtype_policy)
         self.output_conv = keras.layers.Conv2D(channels, 1, name="output_conv", dtype=self.dtype_policy)
-        self.output_bn = keras.layers.BatchNormalization(
+        bn_class = FusedBatchNormalization if self.fused_batch_norm else keras.layers.BatchNormalization
+        self.output_bn = bn_class(
             momentum=self.bn_momentum,
             epsilon=1e-5,
             gamma_initializer="zeros",  # identity at initialisation
@@ -69,10 +90,16 @@ class NonLocalBlock(keras.layers.Layer):
         num_positions = height * width
         # [B, N, inter] views of the three embeddings.
         theta = ops.reshape(self.theta(inputs), (batch, num_positions, self.inter_channels))
-        phi = ops.reshape(self.phi(inputs), (batch, num_positions, self.inter_channels))
-        g = ops.reshape(self.g(inputs), (batch, num_positions, self.inter_channels))
-        affinity = ops.matmul(theta, ops.transpose(phi, (0, 2, 1)))  # [B, N, N]
-        affinity = affinity / ops.cast(num_positions, affinity.dtype)
+        phi, g = self.phi(inputs), self.g(inputs)
+        if self.subsample:
+            phi = ops.max_pool(phi, pool_size=2, strides=2, padding="same")
+            g = ops.max_pool(g, pool_size=2, strides=2, padding="same")
+        key_shape = ops.shape(phi)
+        num_keys = key_shape[1] * key_shape[2]
+        phi = ops.reshape(phi, (batch, num_keys, self.inter_channels))
+        g = ops.reshape(g, (batch, num_keys, self.inter_channels))
+        affinity = ops.matmul(theta, ops.transpose(phi, (0, 2, 1)))  # [B, N, M]
+        affinity = affinity / ops.cast(num_keys, affinity.dtype)
         y = ops.matmul(affinity, g)  # [B, N, inter]
         y = ops.reshape(y, (batch, height, width, self.inter_channels))
         return self.output_bn(self.output_conv(y), training=training) + inputs
@@ -82,5 +109,12 @@ class NonLocalBlock(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"reduction": self.reduction, "bn_momentum": self.bn_momentum})
+        config.update(
+            {
+                "reduction": self.reduction,
+                "subsample": self.subsample,
+                "bn_momentum": self.bn_momentum,
+                "fused_batch_norm": self.fused_batch_norm,
+            }
+        )
         return config

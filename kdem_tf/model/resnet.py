@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Tuple
 
 import keras
 
+from kdem_tf.model.fused_batch_norm import FusedBatchNormalization
 from kdem_tf.model.non_local import NonLocalBlock
 
 BN_EPSILON = 1.001e-5  # as keras.applications.resnet
@@ -35,19 +36,24 @@ STEM_CHANNELS = 64
 TRUNK_CHANNELS = 2048
 
 
-def _batch_norm(name: str, gamma_initializer="ones") -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(
+def _batch_norm(name: str, gamma_initializer="ones", fused: bool = True) -> keras.layers.BatchNormalization:
+    layer_class = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+    return layer_class(
         axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, gamma_initializer=gamma_initializer, name=name
     )
 
 
-def build_stem(name: str = "stem", input_shape: Tuple[Optional[int], ...] = (None, None, 3)) -> keras.Model:
+def build_stem(
+    name: str = "stem", input_shape: Tuple[Optional[int], ...] = (None, None, 3), fused_batch_norm: bool = True
+) -> keras.Model:
     """Stage 0 of ResNet-50 (conv 7x7/2, BN, ReLU, max-pool 3x3/2) as a `keras.Model`.
 
     Args:
         name: model name; the two modality stems need different names
             (e.g. "visible_stem", "infrared_stem") to live in one model.
         input_shape: (H, W, 3) of the ImageNet-normalised image.
+        fused_batch_norm: `FusedBatchNormalization` (TF's fused kernel) instead of
+            Keras 3's op-by-op BatchNormalization; same weights and results.
 
     Returns:
         A model mapping [B, H, W, 3] to [B, H/4, W/4, 64].
@@ -55,14 +61,16 @@ def build_stem(name: str = "stem", input_shape: Tuple[Optional[int], ...] = (Non
     image = keras.Input(shape=input_shape, name=f"{name}_input")
     x = keras.layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(image)
     x = keras.layers.Conv2D(64, 7, strides=2, use_bias=True, name="conv1_conv")(x)
-    x = _batch_norm("conv1_bn")(x)
+    x = _batch_norm("conv1_bn", fused=fused_batch_norm)(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
     return keras.Model(image, x, name=name)
 
 
-def _bottleneck_block(x, filters: int, stride: int, conv_shortcut: bool, name: str, zero_init_residual: bool = True):
+def _bottleneck_block(
+    x, filters: int, stride: int, conv_shortcut: bool, name: str, zero_init_residual: bool = True, fused: bool = True
+):
     """keras.applications' `residual_block_v1` (stride on the first 1x1 conv), same names.
 
     `zero_init_residual`: the residual branch's last BN (`{name}_3_bn`) starts with
@@ -70,18 +78,18 @@ def _bottleneck_block(x, filters: int, stride: int, conv_shortcut: bool, name: s
     """
     if conv_shortcut:
         shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
-        shortcut = _batch_norm(f"{name}_0_bn")(shortcut)
+        shortcut = _batch_norm(f"{name}_0_bn", fused=fused)(shortcut)
     else:
         shortcut = x
     x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
-    x = _batch_norm(f"{name}_1_bn")(x)
+    x = _batch_norm(f"{name}_1_bn", fused=fused)(x)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
-    x = _batch_norm(f"{name}_2_bn")(x)
+    x = _batch_norm(f"{name}_2_bn", fused=fused)(x)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
     # Zero gamma: the block starts as its shortcut (Goyal et al. 2017), see build_trunk.
-    x = _batch_norm(f"{name}_3_bn", "zeros" if zero_init_residual else "ones")(x)
+    x = _batch_norm(f"{name}_3_bn", "zeros" if zero_init_residual else "ones", fused=fused)(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
 
@@ -92,7 +100,9 @@ def build_trunk(
     last_stride: int = 1,
     non_local: bool = True,
     non_local_reduction: int = 2,
+    non_local_subsample: bool = False,
     zero_init_residual: bool = True,
+    fused_batch_norm: bool = True,
 ) -> keras.Model:
     """Stages 1-4 of ResNet-50 (conv2_x ... conv5_x), shared by all modalities.
 
@@ -106,6 +116,8 @@ def build_trunk(
             `in_channels // non_local_reduction`. AGW's published `Non_local` computes
             `reduc_ratio // reduc_ratio` (= 1 channel), evidently a typo; we follow
             the non-local paper and AGW's intent instead.
+        non_local_subsample: 2x2 max-pool the non-local keys and values (the
+            non-local paper's subsampling; see `NonLocalBlock`).
         zero_init_residual: start the last BN gamma of every bottleneck's residual
             branch at 0 (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec.
             5.1; torchvision's `zero_init_residual`), so each block starts as its
@@ -117,6 +129,7 @@ def build_trunk(
             in the first steps of the "demo" preset); with the zero init the output
             stays at the scale of one BN-ReLU and the blocks grow in as training
             needs them.
+        fused_batch_norm: see `build_stem`.
 
     Returns:
         A model mapping [B, h, w, 64] to [B, h/4, w/4, 2048] (last_stride=1; /8 with 2).
@@ -136,9 +149,15 @@ def build_trunk(
                 conv_shortcut=block_index == 1,
                 name=block_name,
                 zero_init_residual=zero_init_residual,
+                fused=fused_batch_norm,
             )
             if block_index > num_blocks - num_non_local:
-                x = NonLocalBlock(reduction=non_local_reduction, name=f"{block_name}_non_local")(x)
+                x = NonLocalBlock(
+                    reduction=non_local_reduction,
+                    subsample=non_local_subsample,
+                    fused_batch_norm=fused_batch_norm,
+                    name=f"{block_name}_non_local",
+                )(x)
     return keras.Model(features, x, name=name)
 
 

@@ -11,7 +11,7 @@ from kdem_tf.model.resnet import build_stem, build_trunk, load_backbone_weights
     "layer",
     [
         KDEMLayer(fc_units=16, mlp_units=(8, 4), shared_fc=False, name="kdem"),
-        NonLocalBlock(reduction=4, name="non_local"),
+        NonLocalBlock(reduction=4, subsample=True, fused_batch_norm=False, name="non_local"),
         GeMPooling(p=2.5, eps=1e-5, trainable_p=True, name="gem"),
     ],
     ids=lambda layer: type(layer).__name__,
@@ -49,6 +49,14 @@ def test_kdem_layer_shared_fc_has_one_fc():
     assert separate.count_params() - shared.count_params() == fc_size
 
 
+def numpy_max_pool_2x2_same(x):
+    """2x2/2 max-pool with "same" padding: odd edges keep their last row/column."""
+    batch, height, width, channels = x.shape
+    padded = np.full((batch, height + height % 2, width + width % 2, channels), -np.inf, x.dtype)
+    padded[:, :height, :width] = x
+    return padded.reshape(batch, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2, channels).max(axis=(2, 4))
+
+
 def numpy_non_local(x, layer):
     """The dot-product non-local block in NumPy, from the layer's weights."""
     def conv1x1(tensor, conv):
@@ -56,18 +64,22 @@ def numpy_non_local(x, layer):
         return tensor @ kernel[0, 0] + bias
     batch, height, width, channels = x.shape
     theta = conv1x1(x, layer.theta).reshape(batch, height * width, -1)
-    phi = conv1x1(x, layer.phi).reshape(batch, height * width, -1)
-    g = conv1x1(x, layer.g).reshape(batch, height * width, -1)
-    y = (theta @ phi.transpose(0, 2, 1) / (height * width)) @ g
+    phi, g = conv1x1(x, layer.phi), conv1x1(x, layer.g)
+    if layer.subsample:
+        phi, g = numpy_max_pool_2x2_same(phi), numpy_max_pool_2x2_same(g)
+    num_keys = phi.shape[1] * phi.shape[2]
+    phi, g = phi.reshape(batch, num_keys, -1), g.reshape(batch, num_keys, -1)
+    y = (theta @ phi.transpose(0, 2, 1) / num_keys) @ g
     w_y = conv1x1(y.reshape(batch, height, width, -1), layer.output_conv)
     gamma, beta, mean, variance = (keras.ops.convert_to_numpy(w) for w in layer.output_bn.weights)
     return (w_y - mean) / np.sqrt(variance + layer.output_bn.epsilon) * gamma + beta + x
 
 
-def test_non_local_block_starts_as_identity_and_matches_numpy():
+@pytest.mark.parametrize("subsample", [False, True], ids=["agw", "subsampled"])
+def test_non_local_block_starts_as_identity_and_matches_numpy(subsample):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(2, 6, 3, 8)).astype("float32")
-    block = NonLocalBlock(reduction=2)
+    x = rng.normal(size=(2, 6, 3, 8)).astype("float32")  # odd width: "same" pooling keeps the last column
+    block = NonLocalBlock(reduction=2, subsample=subsample)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), x, atol=1e-6)
     assert block.inter_channels == 4
     block.output_bn.gamma.assign(rng.normal(size=8).astype("float32"))
