@@ -180,14 +180,24 @@ def channel_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.switch_case(choice, [lambda: image, lambda: single, lambda: grey])
 
 
+def crop_padding(height: int) -> int:
+    """Padding of the random crop: AGW's 10 pixels at height 288, in proportion (at least 1)."""
+    return max(1, round(10 * height / 288))
+
+
 def augment(image: tf.Tensor, seed: tf.Tensor, image_size: Tuple[int, int], erasing: float = 0.5,
             channel: bool = False) -> tf.Tensor:
-    """Pad 10 + random crop back, horizontal flip, [channel exchange], normalise, random erasing."""
+    """Pad + random crop back, horizontal flip, [channel exchange], normalise, random erasing.
+
+    The padding is AGW's 10 pixels at 288x144, scaled with the image height
+    (`crop_padding`): 10 pixels would shift a 64x32 person by a third of its width.
+    """
     height, width = image_size
     seeds = tf.random.experimental.stateless_split(seed, 4)
     if channel:
         image = channel_augment(image, seeds[3])
-    padded = tf.pad(image, [[10, 10], [10, 10], [0, 0]])
+    pad = crop_padding(height)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     image = tf.image.stateless_random_crop(padded, [height, width, 3], seeds[0])
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
     image = normalize(image)

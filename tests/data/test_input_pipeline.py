@@ -82,6 +82,20 @@ def test_augment_normalises_and_erases():
     assert 0.0 < erased_fraction <= 0.45
 
 
+def test_crop_padding_scales_with_height_and_bounds_the_shift():
+    assert [ip.crop_padding(h) for h in (288, 128, 64, 16)] == [10, 4, 2, 1]
+    # A white 64x32 image: pad 2 → the crop shows at most 2 black rows/columns on each side.
+    image = tf.fill([64, 32, 3], 255.0)
+    shifted = False
+    for seed in range(20):
+        out = ip.augment(image, tf.constant([seed, 7], tf.int64), (64, 32), erasing=0.0).numpy()
+        black = np.all(out < 0, axis=2)  # padding: 0 before normalisation → negative after
+        rows, cols = np.where(black.all(axis=1))[0], np.where(black.all(axis=0))[0]
+        assert len(rows) <= 2 and len(cols) <= 2
+        shifted = shifted or bool(black.any())
+    assert shifted  # some crops do show padding
+
+
 def test_channel_augment_keeps_shape_and_values():
     image = tf.random.uniform([8, 4, 3], 0, 255, seed=1)
     for seed in range(6):
