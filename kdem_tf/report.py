@@ -61,6 +61,30 @@ def plot_losses(history: Sequence[dict], path: str) -> Optional[str]:
     return path
 
 
+def plot_evaluation(history: Sequence[dict], path: str) -> Optional[str]:
+    """Test rank-1 and mAP at each evaluated epoch; epoch 0 is the untrained model."""
+    rows = [h for h in history if "eval" in h]
+    if not rows:
+        return None
+    fig = _figure(6.0, 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    epochs = [h["epoch"] for h in rows]
+    for key, label in (("mAP", "mAP"), ("rank1", "rank-1")):
+        ax.plot(epochs, [h["eval"].get(key, np.nan) for h in rows], marker="o", markersize=4, label=label)
+    if epochs[0] == 0:
+        ax.annotate("untrained", (0, rows[0]["eval"].get("mAP", np.nan)), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title("test split during training", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def plot_factors(history: Sequence[dict], factors: Optional[np.ndarray], path: str) -> Optional[str]:
     """mi_v mean ± std per epoch, and the histogram of mi_v of the final model."""
     if not any("mi_v_mean" in h for h in history) and factors is None:
@@ -111,6 +135,8 @@ def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage:
     losses = plot_losses(history, os.path.join(out_dir, "losses.png"))
     if losses:
         figures.append(("Training losses (per-epoch running means)", "losses.png"))
+    if plot_evaluation(history, os.path.join(out_dir, "evaluation.png")):
+        figures.append(("Test metrics during training (epoch 0: the untrained model)", "evaluation.png"))
     factor_png = plot_factors(history, factors, os.path.join(out_dir, "influence_factors.png"))
     if factor_png:
         figures.append(("Modality influence factors", "influence_factors.png"))

@@ -9,7 +9,8 @@ Run folder::
 
     RUN_DIR/config.yaml            the resolved config
     RUN_DIR/run_info.json          dataset, num_classes, image_size, embedding_dim, steps
-    RUN_DIR/history.jsonl          one line of metrics per epoch (and evaluation results)
+    RUN_DIR/history.jsonl          one line of metrics per epoch (and evaluation results; with
+                                   evaluation on, an "epoch": 0 line evaluates the untrained model)
     RUN_DIR/checkpoints/           epoch-NNNN/ folders + latest.json (written atomically)
     RUN_DIR/logs/                  TensorBoard
     RUN_DIR/inference_model.keras  the inference model, saved at the end
@@ -139,9 +140,18 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
 
     writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
     history_path = os.path.join(run_dir, "history.jsonl")
+    if is_chief:
+        _trim_history(history_path, start_epoch)
     metrics = {}
     step = int(setup.optimizer.iterations.numpy())
     epoch = start_epoch
+    if config.eval_every and step == 0 and is_chief:
+        # Epoch 0: the untrained model, the reference for what training achieved.
+        record = {"epoch": 0, "step": 0, "eval": _evaluate(inference_model, dataset, data_dir,
+                                                           config.data.image_size, verbose, "untrained ")}
+        _write_eval_summaries(writer, 0, record["eval"])
+        with open(history_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
     while step < total_steps:
         for tracker in trainer.metrics:
             tracker.reset_state()
@@ -173,10 +183,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             tf.summary.scalar("train/learning_rate", lr)
         if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
             record["eval"] = _evaluate(inference_model, dataset, data_dir, config.data.image_size, verbose)
-            with writer.as_default(step=step):
-                for k, v in record["eval"].items():
-                    if isinstance(v, (int, float)):
-                        tf.summary.scalar(f"eval/{k}", v)
+            _write_eval_summaries(writer, step, record["eval"])
         save_checkpoint(checkpoint, ckpt_dir, epoch, is_chief)
         if is_chief:
             with open(history_path, "a") as f:
@@ -231,13 +238,33 @@ def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
     return np.concatenate(values)
 
 
-def _evaluate(inference_model, dataset: str, data_dir: str, image_size, verbose: int) -> dict:
+def _evaluate(inference_model, dataset: str, data_dir: str, image_size, verbose: int, label: str = "") -> dict:
     from kdem_tf.eval_tfrecords import evaluate_model_on_tfrecords
 
     result = evaluate_model_on_tfrecords(inference_model, dataset, data_dir, image_size)
     if verbose:
-        print("eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
+        print(f"{label}eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
     return result
+
+
+def _trim_history(path: str, start_epoch: int) -> None:
+    """Keeps the history lines of the epochs the checkpoint holds (a crash may leave later ones)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in records if start_epoch > 0 and r["epoch"] <= start_epoch]
+    if len(kept) != len(records):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _write_eval_summaries(writer, step: int, result: dict) -> None:
+    import tensorflow as tf
+
+    with writer.as_default(step=step):
+        for k, v in result.items():
+            if isinstance(v, (int, float)):
+                tf.summary.scalar(f"eval/{k}", v)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

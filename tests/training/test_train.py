@@ -41,7 +41,7 @@ def _train_cmd(data, out, *extra):
 
 def test_resumes_after_sigkill_and_finishes(tfrecords, tmp_path):
     out = str(tmp_path / "run")
-    args = _train_cmd(tfrecords, out, "--set", "optim.epochs=3", "--quiet")
+    args = _train_cmd(tfrecords, out, "--set", "optim.epochs=3", "--set", "eval_every=3", "--quiet")
     process = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     latest = os.path.join(out, "checkpoints", "latest.json")
     deadline = time.time() + 400
@@ -57,6 +57,10 @@ def test_resumes_after_sigkill_and_finishes(tfrecords, tmp_path):
     assert json.load(open(latest))["epoch"] == 3
     history = [json.loads(line) for line in open(os.path.join(out, "history.jsonl"))]
     assert history[-1]["epoch"] == 3 and history[-1]["step"] == 6  # 3 epochs x 2 steps, none repeated past the kill
+    # One line per epoch, the untrained model's evaluation first (not repeated by the resumed run).
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert "loss" not in history[0] and 0.0 <= history[0]["eval"]["mAP"] <= 100.0
+    assert "eval" in history[3] and "eval" not in history[1]
     assert os.path.exists(os.path.join(out, "inference_model.keras"))
     assert not [n for n in os.listdir(os.path.join(out, "checkpoints")) if n.startswith(".tmp-")]
     info = json.load(open(os.path.join(out, "run_info.json")))
