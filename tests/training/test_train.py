@@ -71,6 +71,16 @@ def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path):
     missing = subprocess.run(_train_cmd(str(tmp_path / "none"), str(tmp_path / "r1")), env=_env(),
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no TFRecord shards for split 'train'" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = subprocess.run(_train_cmd(str(tmp_path / "empty"), str(tmp_path / "r0")), env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and str(tmp_path / "empty") in empty.stderr
+    # A run folder started on other data (another class count) is not resumed on this one.
+    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "run_info.json").write_text(json.dumps({"num_classes": 999}))
+    other = subprocess.run(_train_cmd(tfrecords, str(tmp_path / "r3")), env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode == 2 and "started with 999 classes" in other.stderr and "new --out" in other.stderr
     nan = subprocess.run(_train_cmd(tfrecords, str(tmp_path / "r2"), "--set", "optim.base_lr=1e30",
                                     "--set", "optim.backbone_lr=1e30", "--set", "optim.warmup_epochs=0", "--quiet"),
                          env=_env(), capture_output=True, text=True, timeout=600)
