@@ -79,13 +79,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # zero_init_residual): from random init the head needs a 10x lower rate than the
     # trunk (at 0.01-0.05 the classifier over 2048-d BN-neck features overshoots, id_loss
     # rose to 6-20 with chance accuracy); P=8 identities give more negatives per batch;
-    # no random erasing (a 64x32 image loses too much); non_local=False and
+    # no random erasing (it slowed learning, below); non_local=False and
     # last_stride=2 are demo speed choices (the paper preset keeps AGW's settings).
     "demo": {
-        "data": {"image_size": (64, 32), "num_identities": 8, "num_instances": 2, "random_erasing": 0.0},
+        # 96x48: at 64x32 the blurred infrared images lose the garment patterns (40 epochs:
+        # mAP 43.6 at 64x32, 74.0 at 96x48 on 100 synthetic ids, 75 for training; random
+        # erasing lowered it, 35.0 vs 45.7 at 40 of 80 epochs; measured on the 2-core CPU).
+        "data": {"image_size": (96, 48), "num_identities": 8, "num_instances": 2, "random_erasing": 0.0},
         "model": {"backbone_weights": "none", "non_local": False, "last_stride": 2},
-        # 30 epochs x 20 steps: on 100 synthetic ids (75 train) mAP 29.4 vs 9.6 untrained;
-        # 18 epochs reached 37.5 and 30 epochs 41.6 on a 40-id set (measured, 2-core CPU).
+        # 30 epochs x 20 steps; figures of this preset: docs/training.md ("The demo preset").
         "optim": {"base_lr": 0.003, "backbone_lr": 0.03, "warmup_epochs": 2, "milestones": (20, 26),
                   "epochs": 30, "steps_per_epoch": 20},
         "eval_every": 10,
@@ -112,7 +114,12 @@ def _coerce(cls, name: str, value: Any, where: str) -> Any:
     if isinstance(default, tuple) or name in ("milestones", "mlp_units", "image_size"):
         if isinstance(value, str):
             value = [v for v in value.replace("x", ",").split(",") if v.strip()]
-        return tuple(int(v) for v in value)
+        elif isinstance(value, (int, float)):  # "optim.milestones=1" parses as a number
+            value = [value]
+        try:
+            return tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a list of integers, got {value!r}") from None
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):

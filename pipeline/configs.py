@@ -48,7 +48,7 @@ NUM_SHARDS = _env("NUM_SHARDS", 0)               # TFRecord shards per split; 0 
 SYNTHETIC_IDENTITIES = _env("SYNTHETIC_IDENTITIES", 24)
 SYNTHETIC_IMAGES_PER_CAMERA = _env("SYNTHETIC_IMAGES_PER_CAMERA", 4)
 SYNTHETIC_SEED = _env("SYNTHETIC_SEED", 0)
-SYNTHETIC_IMAGE_SIZE = (64, 32)
+SYNTHETIC_IMAGE_SIZE = (64, 32)                 # when no training size is known; resolve_settings renders at the preset's
 
 # ----------------------------------------------------------------------------- training
 PRESET = _env("PRESET", "demo")                  # kdem_tf.config presets: paper, demo, tiny

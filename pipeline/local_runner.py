@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 if __name__ == "__main__":  # run as a script (`tfx pipeline create`, `tfx run create`, python pipeline/…)
     # The script's folder on sys.path would make `pipeline` resolve to pipeline/pipeline.py.
@@ -78,8 +78,10 @@ def fingerprint_code(paths: Sequence[str] = CODE_PATHS) -> str:
 
 def ensure_synthetic_data(settings: PipelineSettings, identities: int = configs.SYNTHETIC_IDENTITIES,
                           images_per_camera: int = configs.SYNTHETIC_IMAGES_PER_CAMERA,
-                          seed: int = configs.SYNTHETIC_SEED) -> str:
-    """Generates the synthetic dataset at settings.synthetic_data_root unless it is there."""
+                          seed: int = configs.SYNTHETIC_SEED,
+                          image_size: Tuple[int, int] = configs.SYNTHETIC_IMAGE_SIZE) -> str:
+    """Generates the synthetic dataset at settings.synthetic_data_root unless it is there
+    (rendered at `image_size`, the training size: an existing folder is reused as it is)."""
     from kdem_tf.data import synthetic
 
     root = settings.synthetic_data_root
@@ -87,7 +89,7 @@ def ensure_synthetic_data(settings: PipelineSettings, identities: int = configs.
         print(f"generating the synthetic {settings.dataset} dataset ({identities} identities) at {root}",
               file=sys.stderr)
         generate = synthetic.generate_sysu if settings.dataset == "sysu" else synthetic.generate_regdb
-        generate(root, identities=identities, seed=seed, image_size=configs.SYNTHETIC_IMAGE_SIZE,
+        generate(root, identities=identities, seed=seed, image_size=image_size,
                  images_per_camera=images_per_camera, progress=False)
     return root
 
@@ -101,14 +103,15 @@ def resolve_settings(settings: PipelineSettings, synthetic_identities: int = con
     changes = {}
     if settings.dataset not in ("sysu", "regdb"):
         raise SystemExit(f"--dataset must be sysu or regdb, got {settings.dataset!r}")
-    if not settings.data_root:
-        changes["data_root"] = ensure_synthetic_data(settings, synthetic_identities, synthetic_images_per_camera)
-    data_root = changes.get("data_root", settings.data_root)
-    if "://" not in data_root:
-        changes["data_root"] = data_root = os.path.abspath(data_root)
     if settings.image_size is None:
         config = config_lib.load_config(settings.preset, settings.train_config or None, settings.train_overrides)
         changes["image_size"] = tuple(int(v) for v in config.data.image_size)
+    if not settings.data_root:
+        changes["data_root"] = ensure_synthetic_data(settings, synthetic_identities, synthetic_images_per_camera,
+                                                     image_size=changes.get("image_size", settings.image_size))
+    data_root = changes.get("data_root", settings.data_root)
+    if "://" not in data_root:
+        changes["data_root"] = data_root = os.path.abspath(data_root)
     if not settings.data_fingerprint:
         changes["data_fingerprint"] = fingerprint_data(data_root)
     if not settings.code_fingerprint:

@@ -24,6 +24,11 @@ def test_yaml_then_overrides(tmp_path):
     assert c.loss.ablation == "baseline" and c.model.non_local is False and c.data.image_size == (96, 48)
 
 
+def test_one_element_lists_from_flags():
+    c = config_lib.load_config("paper", overrides=["optim.milestones=30", "model.mlp_units=64"])
+    assert c.optim.milestones == (30,) and c.model.mlp_units == (64,)
+
+
 def test_round_trip_through_yaml():
     c = config_lib.load_config("demo", overrides=["optim.base_lr=0.02"])
     assert config_lib.from_yaml_text(config_lib.to_yaml(c)) == c
@@ -34,6 +39,7 @@ def test_round_trip_through_yaml():
     (["loss.ablation=everything"], "loss.ablation must be one of"),
     (["nonsense=1"], "unknown key 'nonsense'"),
     (["model.gem=maybe"], "expected a boolean"),
+    (["optim.milestones=ten,20"], "optim.milestones: expected a list of integers"),
     (["optim.epochs"], "expected section.key=value"),
 ])
 def test_bad_values_are_named(override, message):
