@@ -233,6 +233,9 @@ def rows_train(r, note):
     caveat = "" if size == "288x144" else " (target is at 288x144; smaller here)"
     out.append(row("train", f"KDEM / ResNet-50 stream-images/s, float32, {size}{caveat}",
                    s.get("kdem_over_resnet50_float32"), "x", 0.90))
+    if "kdem_over_resnet50_bfloat16" in s:
+        out.append(row("train", f"KDEM / ResNet-50 stream-images/s, both mixed_bfloat16 (the `auto` precision on "
+                                f"AVX512-BF16 CPUs), {size}{caveat}", s["kdem_over_resnet50_bfloat16"], "x", 0.90))
     if "kdem_over_resnet50_gflops_per_second_float32" in s:
         out.append(row("train", f"KDEM / ResNet-50 forward GFLOPs per second, float32, {size}",
                        s["kdem_over_resnet50_gflops_per_second_float32"], "x",

@@ -75,13 +75,15 @@ def numpy_non_local(x, layer):
     return (w_y - mean) / np.sqrt(variance + layer.output_bn.epsilon) * gamma + beta + x
 
 
-@pytest.mark.parametrize("subsample", [False, True], ids=["agw", "subsampled"])
-def test_non_local_block_starts_as_identity_and_matches_numpy(subsample):
+# keys vs inner channels: 18 > 4 and 6 > 4 take theta (phi^T g), 6 < 8 takes (theta phi^T) g.
+@pytest.mark.parametrize("reduction, subsample", [(2, False), (2, True), (1, True)],
+                         ids=["agw-18keys-4ch", "subsampled-6keys-4ch", "subsampled-6keys-8ch"])
+def test_non_local_block_starts_as_identity_and_matches_numpy(reduction, subsample):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 6, 3, 8)).astype("float32")  # odd width: "same" pooling keeps the last column
-    block = NonLocalBlock(reduction=2, subsample=subsample)
+    block = NonLocalBlock(reduction=reduction, subsample=subsample)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), x, atol=1e-6)
-    assert block.inter_channels == 4
+    assert block.inter_channels == 8 // reduction
     block.output_bn.gamma.assign(rng.normal(size=8).astype("float32"))
     block.output_bn.beta.assign(rng.normal(size=8).astype("float32"))
     np.testing.assert_allclose(
