@@ -248,13 +248,19 @@ def _evaluate(inference_model, dataset: str, data_dir: str, image_size, verbose:
 
 
 def _trim_history(path: str, start_epoch: int) -> None:
-    """Keeps the history lines of the epochs the checkpoint holds (a crash may leave later ones)."""
+    """Keeps the history lines of the epochs the checkpoint holds (a crash may leave later
+    ones, or a line cut short by a kill during the append: dropped)."""
     if not os.path.exists(path):
         return
+    records, dropped = [], 0
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                dropped += 1
     kept = [r for r in records if start_epoch > 0 and r["epoch"] <= start_epoch]
-    if len(kept) != len(records):
+    if dropped or len(kept) != len(records):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -87,3 +87,14 @@ def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path):
     assert nan.returncode == 2, nan.stderr[-2000:]
     assert "loss became nan" in nan.stderr.lower() or "loss became inf" in nan.stderr.lower()
     assert not os.path.exists(os.path.join(tmp_path, "r2", "checkpoints", "latest.json"))
+
+
+def test_history_is_trimmed_to_the_checkpoint_on_resume(tmp_path):
+    from kdem_tf.train import _trim_history
+
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 0, "eval": {"mAP": 9.0}}\n{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "lo')
+    _trim_history(str(path), start_epoch=2)  # epoch 3 was cut short by a kill during the append
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    _trim_history(str(path), start_epoch=0)  # no checkpoint: the run starts over
+    assert path.read_text() == ""
