@@ -11,11 +11,10 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 # Rebuilt when the lock file or setup.py changes (stale) or when .venv is missing.
+# uv (pinned in constraints.txt, installed from PyPI into the venv first) fills the venv from the
+# lock file; pip is the fallback when uv cannot be installed. Quiet: errors only, one line a phase.
 $(STAMP): constraints.txt setup.py
-	@PYBIN=$$(tools/find_python.sh) || exit 1; \
-	if [[ ! -x $(PY) ]]; then echo "creating $(VENV) with $$PYBIN"; "$$PYBIN" -m venv $(VENV) || exit 1; fi
-	$(PY) -m pip install --quiet --upgrade "pip==24.0"
-	$(PY) -m pip install --quiet --progress-bar off -c constraints.txt -e ".[dev]"
+	@tools/make_venv.sh $(VENV)
 	@touch $(STAMP)
 
 demo: $(STAMP)
