@@ -136,17 +136,26 @@ def beam_pipeline_args(mode: str = BEAM_MODE, workers: int = BEAM_WORKERS, extra
     """Explicit Beam flags for every Beam-based component.
 
     Without `--runner`, Beam 2.7x picks the Prism runner and downloads its binary, which
-    fails offline; so the DirectRunner is named with its running mode. `--setup_file`
-    ships kdem_tf to remote workers (Flink, Spark, Dataflow) and keeps TFX from building
-    an ephemeral sdist of itself for every component; local runners ignore it.
-    Any `--runner=...` in `extra` replaces the local runner flags.
+    fails offline; so the DirectRunner is named with its running mode.
+
+    Dependencies: TFX builds an ephemeral sdist of itself for every Beam component unless
+    one of `--extra_packages`, `--setup_file`, `--requirements_file`, `--sdk_container_image`
+    is set, and Beam's stager builds an sdist of the project for `--setup_file` (probing
+    `python -m build` first: the "No module named build" lines). Local DirectRunner workers
+    run in this very environment and need neither, so local runs name Beam's stock SDK
+    image (`--sdk_container_image`, which only Docker environments read) and nothing is
+    built; remote runners (any `--runner=...` in `extra`: Flink, Spark, Dataflow) get
+    `--setup_file` so that their workers receive kdem_tf.
     """
     extra = list(extra)
-    args = [f"--setup_file={os.path.join(REPO_ROOT, 'setup.py')}"]
-    if not any(a.startswith("--runner") for a in extra):
-        if mode not in ("multi_processing", "in_memory"):
-            raise ValueError(f"Beam mode must be multi_processing or in_memory, got {mode!r}")
-        args += ["--runner=DirectRunner", f"--direct_running_mode={mode}"]
-        if mode == "multi_processing":
-            args.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
+    if any(a.startswith("--runner") for a in extra):
+        return [f"--setup_file={os.path.join(REPO_ROOT, 'setup.py')}"] + extra
+    if mode not in ("multi_processing", "in_memory"):
+        raise ValueError(f"Beam mode must be multi_processing or in_memory, got {mode!r}")
+    import apache_beam
+
+    args = [f"--sdk_container_image=apache/beam_python3.10_sdk:{apache_beam.__version__}",
+            "--runner=DirectRunner", f"--direct_running_mode={mode}"]
+    if mode == "multi_processing":
+        args.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
     return args + extra

@@ -27,8 +27,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERIES = 8
 
 
-def _step(number: int, text: str) -> None:
-    print(f"\n[{number}/5] {text}", flush=True)
+class _Steps:
+    """Prints each step's header and, when the next one starts (or at the end), its time."""
+
+    def __init__(self):
+        self.times: List[tuple] = []
+        self._current = None
+
+    def start(self, number: int, text: str) -> None:
+        self.finish()
+        print(f"\n[{number}/5] {text}", flush=True)
+        self._current = (number, text.split(" (")[0].split(" →")[0], time.time())
+
+    def finish(self) -> None:
+        if self._current:
+            number, title, started = self._current
+            seconds = time.time() - started
+            self.times.append((number, title, seconds))
+            print(f"      step {number} done in {seconds:.0f} s", flush=True)
+            self._current = None
+
+    def summary(self) -> str:
+        self.finish()
+        return "\n".join(f"  [{n}/5] {seconds / 60:5.1f} min  {title}" for n, title, seconds in self.times)
 
 
 def _free_port() -> int:
@@ -124,9 +145,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--images-per-camera", type=int, default=3)
     parser.add_argument("--min-map", type=float, default=30.0, help="blessing threshold (mAP %%)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.time()
     home = os.path.abspath(args.home)
+    from kdem_tf import console
+
+    os.makedirs(home, exist_ok=True)
+    console.log_beside(os.path.join(home, "console.log"))  # library messages (TF, Beam, TFX) go there
+    steps = _Steps()
 
     from kdem_tf import config as config_lib
     from kdem_tf.data import synthetic
@@ -134,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipeline.configs import PipelineSettings
 
     data_root = os.path.join(home, "data", "SYSU-MM01")
-    _step(1, f"synthetic SYSU-MM01-layout dataset → {data_root}")
+    steps.start(1, f"synthetic SYSU-MM01-layout dataset → {data_root}")
     if os.path.isdir(data_root):
         print("      (exists, reused)")
     else:
@@ -143,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         synthetic.generate_sysu(data_root, identities=args.identities, images_per_camera=args.images_per_camera,
                                 image_size=image_size, seed=0)
 
-    _step(2, "TFX pipeline (LocalDagRunner): examples → statistics/schema/validation → training → "
+    steps.start(2, "TFX pipeline (LocalDagRunner): examples → statistics/schema/validation → training → "
              "evaluation → blessing → push → gallery index")
     settings = PipelineSettings(home=home, dataset="sysu", data_root=data_root, preset="demo",
                                 min_map=args.min_map, eval_trials=10)
@@ -156,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     index_dir = os.path.join(settings.index_base_dir, os.path.basename(model_version))
 
     out_dir = os.path.join(home, "report")
-    _step(3, f"protocol evaluation of {model_version} (python -m kdem_tf.evaluate --model ...)")
+    steps.start(3, f"protocol evaluation of {model_version} (python -m kdem_tf.evaluate --model ...)")
     from kdem_tf import evaluate
 
     metrics_path = os.path.join(out_dir, "metrics.json")
@@ -165,10 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(metrics_path) as f:
         metrics = json.load(f)
 
-    _step(4, "REST server on 127.0.0.1 + client queries")
+    steps.start(4, "REST server on 127.0.0.1 + client queries")
     served = query_server(settings.serving_model_dir, index_dir, data_root, out_dir)
 
-    _step(5, "report")
+    steps.start(5, "report")
     from kdem_tf.report import write_report
 
     notes = [f"REST search: {served['top1_correct']} of {served['queries']} infrared queries have a correct "
@@ -186,7 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         extra_settings={"home": home, "identities": args.identities, "model": model_version,
                                         "index": index_dir, "minutes": round((time.time() - started) / 60, 1)})
     print(f"\nreport: {path}\n(open it in a browser; every picture is a PNG beside it)")
-    print(f"demo finished in {(time.time() - started) / 60:.1f} min")
+    print(f"\ntime per step:\n{steps.summary()}")
+    print(f"demo finished in {(time.time() - started) / 60:.1f} min (library messages: {console.log_path() or 'shown'})")
     return 0
 
 

@@ -2,3 +2,7 @@
 
 See docs/serving.md.
 """
+
+from kdem_tf import console as _console
+
+_console.start_if_entry_point("serving")  # a clean console for `python -m serving.…` (kdem_tf/console.py)
