@@ -34,7 +34,7 @@ ENV_VERBOSE = "KDEM_VERBOSE"
 
 _NOISE = re.compile("|".join([
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] ",             # TensorFlow / TSL / XLA C++ logging
-    r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ",                    # absl C++ / gRPC core, absl Python handler
+    r"^[IWE]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\] ",             # absl C++ / gRPC core, absl Python handler
     r"^WARNING: All log messages before absl::InitializeLog",
     r"^To enable the following instructions: ",                  # cpu_feature_guard's second line
     r"^(DEBUG|INFO|WARNING):(absl|apache_beam|tensorflow|tfx|ml_metadata|root|h5py|matplotlib|urllib3|"
