@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Tuple
 import numpy as np
 
 DEFAULT_CHUNK_BYTES = 128 << 20
+DEFAULT_CACHE_BYTES = 512 << 20  # keep the float32 [N, N] d rows between passes up to this size
 
 RowSource = Callable[[int, int], np.ndarray]  # (start, stop) -> [stop - start, N] float32 d rows
 
@@ -60,10 +61,11 @@ class RerankParams:
         try:
             if len(parts) != 3:
                 raise ValueError
-            return cls(int(parts[0]), int(parts[1]), float(parts[2]))
+            k1, k2, lambda_value = int(parts[0]), int(parts[1]), float(parts[2])
         except ValueError:
             raise RerankError(f"re-ranking parameters must be 'k1,k2,lambda' (e.g. '20,6,0.3'), "
                               f"got {text!r}") from None
+        return cls(k1, k2, lambda_value)
 
     @property
     def label(self) -> str:
@@ -278,8 +280,12 @@ def _by_column(v: SparseRows, first_row: int, num_cols: int):
 
 
 def rerank_rows(num_q: int, num_g: int, rows: RowSource, params: RerankParams = RerankParams(),
-                chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
-    """Re-ranked [Q, G] float32 distances from a source of d rows (see `matrix_rows`, `feature_rows`)."""
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES, cache_bytes: int = DEFAULT_CACHE_BYTES) -> np.ndarray:
+    """Re-ranked [Q, G] float32 distances from a source of d rows (see `matrix_rows`, `feature_rows`).
+
+    d rows are read twice (ranks, then weights); they are kept from the first pass when the
+    float32 [N, N] fits in `cache_bytes`, else computed again (same chunks, same values).
+    """
     n = num_q + num_g
     k1, k2, lam = params.k1, params.k2, params.lambda_value
     half = int(np.around(k1 / 2.))
@@ -287,17 +293,25 @@ def rerank_rows(num_q: int, num_g: int, rows: RowSource, params: RerankParams = 
     # one chunking for both passes over d rows, so a feature source computes the same rows twice
     step = min(_rows_per_chunk(n, 24, chunk_bytes),              # a d chunk with its sort buffers
                _rows_per_chunk(w1 * w1 + w1 * wh * w1, 2, chunk_bytes))  # the set comparisons
-    ranks = np.concatenate([_first_ranks(rows(s, e), max(w1, kq)) for s, e in _chunks(n, step)])
+    cache = [] if n * n * 4 <= cache_bytes else None
+    ranks = []
+    for s, e in _chunks(n, step):
+        d = rows(s, e)
+        ranks.append(_first_ranks(d, max(w1, kq)))
+        if cache is not None:
+            cache.append(d)
+    ranks = np.concatenate(ranks)
     top1, top_h = ranks[:, :w1], ranks[:, :wh]
     recip1 = np.concatenate([_reciprocal(top1, slice(s, e)) for s, e in _chunks(n, step)])
     recip_h = np.concatenate([_reciprocal(top_h, slice(s, e)) for s, e in _chunks(n, step)])
     parts, out = [], np.empty((num_q, num_g), np.float32)
-    for s, e in _chunks(n, step):
+    for chunk, (s, e) in enumerate(_chunks(n, step)):
         members = _expansion_sets(top1, recip1, top_h, recip_h, slice(s, e), n)
-        d = rows(s, e)
+        d = rows(s, e) if cache is None else cache[chunk]
         if s < num_q:
             out[s:min(e, num_q)] = d[:num_q - s, num_q:]
         parts.append(SparseRows.from_padded(members, _weights(d, members, n), n))
+    del cache
     v = SparseRows.concat(parts)
     if k2 != 1:  # the reference skips the expansion for k2 == 1 (even when a tie ranks another item first)
         qe_step = _rows_per_chunk(kq * (len(v.indices) // n + 1), 40, chunk_bytes)
@@ -314,20 +328,20 @@ def rerank_rows(num_q: int, num_g: int, rows: RowSource, params: RerankParams = 
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = RerankParams.k1, k2: int = RerankParams.k2,
                lambda_value: float = RerankParams.lambda_value,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, cache_bytes: int = DEFAULT_CACHE_BYTES) -> np.ndarray:
     """The reference re_ranking (torchreid / fast-reid signature): [Q, G] float32 re-ranked distances.
 
     Args: q_g_dist [Q, G], q_q_dist [Q, Q], g_g_dist [G, G] distances (Euclidean; they are squared).
     """
     return rerank_rows(*matrix_rows(q_g_dist, q_q_dist, g_g_dist), RerankParams(k1, k2, lambda_value),
-                       chunk_bytes)
+                       chunk_bytes, cache_bytes)
 
 
 def rerank_features(q_feats, g_feats, params: RerankParams = RerankParams(),
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, cache_bytes: int = DEFAULT_CACHE_BYTES) -> np.ndarray:
     """Re-ranked [Q, G] float32 distances from features, Euclidean between L2-normalised rows.
 
     Equals `re_ranking` on the matrices of those distances (the tests check it) and never holds
-    an [N, N] matrix: memory is O(N * (k1 + 1)^2) plus one chunk.
+    an [N, N] matrix beyond the optional float32 cache: memory is O(N * (k1 + 1)^2) plus one chunk.
     """
-    return rerank_rows(*feature_rows(q_feats, g_feats), params, chunk_bytes)
+    return rerank_rows(*feature_rows(q_feats, g_feats), params, chunk_bytes, cache_bytes)
