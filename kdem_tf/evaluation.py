@@ -380,6 +380,7 @@ def run_trials(trials: Sequence[Trial], features_for: FeatureFn, protocol: str,
     results follow the plain ones, labelled `rerank.label` (see `group_variants`).
     """
     results, reranked = [], []
+    reranker = reranking.TrialReranker(rerank) if rerank is not None else None
     for trial in trials:
         q_feats, g_feats = features_for(trial)
         cmc, mAP, mINP = evaluate_features(q_feats, g_feats, trial.query.pids, trial.gallery.pids,
@@ -387,22 +388,21 @@ def run_trials(trials: Sequence[Trial], features_for: FeatureFn, protocol: str,
                                            distance, max_rank)
         results.append(TrialResult(trial.trial, cmc, mAP, mINP, len(trial.query.paths),
                                    len(trial.gallery.paths)))
-        if rerank is not None:
-            reranked.append(_reranked_trial(trial, q_feats, g_feats, protocol, max_rank, rerank))
+        if reranker is not None:
+            reranked.append(_reranked_trial(trial, q_feats, g_feats, protocol, max_rank, reranker))
     return results + reranked
 
 
 def _reranked_trial(trial: Trial, q_feats, g_feats, protocol: str, max_rank: int,
-                    params: reranking.RerankParams) -> TrialResult:
+                    reranker: reranking.TrialReranker) -> TrialResult:
     try:
-        dist = reranking.rerank_features(check_features(q_feats, "query"), check_features(g_feats, "gallery"),
-                                         params)
+        dist = reranker(check_features(q_feats, "query"), check_features(g_feats, "gallery"))
     except reranking.RerankError as e:
         raise EvaluationError(f"trial {trial.trial}: {e}") from e
     cmc, mAP, mINP = evaluate_rank(dist, trial.query.pids, trial.gallery.pids, trial.query.cams,
                                    trial.gallery.cams, max_rank, protocol)
     return TrialResult(trial.trial, cmc, mAP, mINP, len(trial.query.paths), len(trial.gallery.paths),
-                       params.label)
+                       reranker.params.label)
 
 
 def group_variants(results: Sequence[TrialResult]) -> "dict[str, List[TrialResult]]":

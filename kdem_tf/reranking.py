@@ -141,6 +141,42 @@ def feature_rows(q_feats: np.ndarray, g_feats: np.ndarray) -> Tuple[int, int, Ro
     return len(q), len(g), rows
 
 
+def _unit_rows(feats, what: str) -> np.ndarray:
+    x = np.asarray(feats, np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise RerankError(f"re-ranking: {what} features must be a non-empty [N, D] array, got shape {x.shape}")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] float64 |a_i - b_j| of unit rows, by the formula `feature_rows` uses."""
+    sim = np.matmul(a, b.T)
+    return np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :]
+                              - 2.0 * sim, 0.0))
+
+
+class TrialReranker:
+    """Re-ranks trial after trial; while the query features stay the same (SYSU's trials share
+    their queries), their [Q, Q] distances are computed once and kept (when they fit in
+    `cache_bytes`, float64), else each call is `rerank_features`."""
+
+    def __init__(self, params: "RerankParams", cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.params, self.cache_bytes = params, cache_bytes
+        self._queries = self._q_q = None
+
+    def __call__(self, q_feats, g_feats) -> np.ndarray:
+        """[Q, G] float32 re-ranked distances (Euclidean between L2-normalised features)."""
+        q, g = _unit_rows(q_feats, "query"), _unit_rows(g_feats, "gallery")
+        if q.shape[1] != g.shape[1]:
+            raise RerankError(f"re-ranking: query features have {q.shape[1]} dims, gallery features {g.shape[1]}")
+        if len(q) * len(q) * 8 > self.cache_bytes:
+            return rerank_features(q, g, self.params)
+        if self._queries is None or self._queries.shape != q.shape or not np.array_equal(self._queries, q):
+            self._queries, self._q_q = q, _euclidean(q, q)
+        p = self.params
+        return re_ranking(_euclidean(q, g), self._q_q, _euclidean(g, g), p.k1, p.k2, p.lambda_value)
+
+
 def _chunks(total: int, rows: int) -> Iterator[Tuple[int, int]]:
     for start in range(0, total, rows):
         yield start, min(total, start + rows)

@@ -248,7 +248,8 @@ def test_rerank_rows_are_their_own_rows(sysu, tmp_path, capsys):
     for t, trial in enumerate(cli.ev.sysu_trials(str(root), "all", 2)):
         qf = np.stack([feature_of[p] for p in trial.query.paths])
         gf = np.stack([feature_of[p] for p in trial.gallery.paths])
-        cmc, mAP, mINP = cli.ev.eval_sysu(rr.rerank_features(qf, gf), trial.query.pids, trial.gallery.pids,
+        cmc, mAP, mINP = cli.ev.eval_sysu(rr.TrialReranker(rr.RerankParams())(qf, gf), trial.query.pids,
+                                          trial.gallery.pids,
                                           trial.query.cams, trial.gallery.cams)
         row = reranked["per_trial"][t]
         assert (row["trial"], row["rank1"], row["mAP"], row["mINP"]) == (t, float(cmc[0]) * 100, mAP * 100,

@@ -150,6 +150,23 @@ def test_features_entry_equals_the_matrix_entry():
                                   rr.rerank_features(q, g, params))
 
 
+def test_trial_reranker_keeps_the_query_block_while_queries_stay():
+    rng = np.random.default_rng(9)
+    q, g1, g2 = rng.normal(size=(30, 6)), rng.normal(size=(20, 6)), rng.normal(size=(25, 6))
+    params = rr.RerankParams(6, 3, 0.3)
+    reranker = rr.TrialReranker(params)
+    first = reranker(q, g1)
+    kept = reranker._q_q
+    second = reranker(q.copy(), g2)
+    assert reranker._q_q is kept  # same queries: not recomputed
+    np.testing.assert_allclose(first, rr.rerank_features(q, g1, params), rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(second, rr.rerank_features(q, g2, params), rtol=0, atol=TOLERANCE)
+    reranker(q[:-1], g2)
+    assert reranker._q_q.shape == (29, 29)  # other queries: recomputed
+    small = rr.TrialReranker(params, cache_bytes=0)  # no room for [Q, Q]: rows from features
+    np.testing.assert_array_equal(small(q, g1), rr.rerank_features(q, g1, params))
+
+
 def test_first_ranks_equal_numpy_argsort_with_ties():
     rng = np.random.default_rng(8)
     for levels in (3, 10, 1000, None):
