@@ -219,8 +219,13 @@ def _features_provider(args, trials: List[ev.Trial]):
 def _title(args) -> str:
     if args.dataset == "sysu":
         shot = "multi-shot" if args.multi_shot else "single-shot"
-        return f"SYSU-MM01 {args.mode}-search {shot}"
+        return f"SYSU-MM01 {args.mode}-search {shot}, {sampling_label(args)} gallery sampling"
     return "RegDB " + ("visible to thermal" if args.direction == "v2i" else "thermal to visible")
+
+
+def sampling_label(args) -> str:
+    """"agw" (AGW's seeded draw) or "official" (the dataset's rand_perm_cam.mat); "agw" for RegDB."""
+    return getattr(args, "gallery_sampling", None) or "agw"
 
 
 def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
@@ -318,6 +323,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
     p.add_argument("--batch-size", type=int, default=64, help="--model: images per call")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="--model: resize before sending")
+    p.add_argument("--gallery-sampling", choices=ev.GALLERY_SAMPLINGS, default="agw",
+                   help="SYSU gallery draw per trial: AGW's seeded random.choice (default) or the official "
+                        "exp/rand_perm_cam.mat of the dataset's MATLAB evaluation")
     p.add_argument("--rerank", action="store_true",
                    help="also report k-reciprocal re-ranked numbers (Zhong et al. 2017), as their own rows")
     p.add_argument("--rerank-params", type=_rerank_params, metavar="K1,K2,LAMBDA",
@@ -330,13 +338,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--trials must be 1..10")
     if args.dataset == "regdb" and (args.multi_shot or args.mode != "all"):
         p.error("--mode and --multi-shot are SYSU options")
+    if args.dataset == "regdb" and args.gallery_sampling != "agw":
+        p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files)")
     return args
 
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluates, prints the table, writes JSON / plots; returns the metrics dict."""
     if args.dataset == "sysu":
-        trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot)
+        trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot, sampling_label(args))
         settings = {"mode": args.mode, "multi_shot": args.multi_shot}
     else:
         trials = ev.regdb_trials(args.data_root, args.trials, args.direction)
@@ -361,8 +371,9 @@ def run(args: argparse.Namespace) -> dict:
     header = (f"{_title(args)} | {len(results)} trial(s) | query {metrics['query_count']} "
               f"{trials[0].query.modality} | gallery {gallery} {trials[0].gallery.modality} | {args.distance}")
     metrics["rerank"] = rerank_settings(rerank)
-    metrics["variants"] = {label: variant_metrics(label, rs, None if label == ev.PLAIN else rerank)
-                           for label, rs in variants.items()}
+    metrics["gallery_sampling"] = sampling_label(args)
+    metrics["variants"] = {label: dict(variant_metrics(label, rs, None if label == ev.PLAIN else rerank),
+                                       gallery_sampling=sampling_label(args)) for label, rs in variants.items()}
     print(format_table(f"{header} | {ev.PLAIN}", rows))
     for label, entry in metrics["variants"].items():
         if label != ev.PLAIN:

@@ -320,10 +320,26 @@ def sysu_gallery(root: str, mode: str = "all", trial: int = 0, multi_shot: bool 
     return _split(paths, pids, cams, "visible", f"SYSU gallery (trial {trial}, mode {mode})")
 
 
-def sysu_trials(root: str, mode: str = "all", trials: int = 10, multi_shot: bool = False) -> List[Trial]:
-    """SYSU-MM01 trials 0..trials-1: one infrared query set, one visible gallery draw per trial."""
+def sysu_trials(root: str, mode: str = "all", trials: int = 10, multi_shot: bool = False,
+                sampling: str = "agw") -> List[Trial]:
+    """SYSU-MM01 trials 0..trials-1: one infrared query set, one visible gallery draw per trial.
+
+    sampling: "agw" (AGW's seeded draw, `sysu_gallery`) or "official" (the dataset's
+    exp/rand_perm_cam.mat, `kdem_tf.sysu_official`).
+    """
+    if sampling not in GALLERY_SAMPLINGS:
+        raise EvaluationError(f"gallery sampling must be one of {GALLERY_SAMPLINGS}, got {sampling!r}")
     query = sysu_query(root)
+    if sampling == "official":
+        from kdem_tf import sysu_official  # imports this module
+
+        perm, source = sysu_official.read_official_permutation(root)
+        return [Trial(t, query, sysu_official.sysu_official_gallery(root, mode, t, multi_shot, perm, source))
+                for t in range(trials)]
     return [Trial(t, query, sysu_gallery(root, mode, t, multi_shot)) for t in range(trials)]
+
+
+GALLERY_SAMPLINGS = ("agw", "official")
 
 
 def regdb_trials(root: str, trials: int = 10, direction: str = "v2i") -> List[Trial]:
