@@ -1,7 +1,7 @@
 """`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB cross-modal evaluation of a model or of features.
 
     python -m kdem_tf.evaluate --dataset sysu --data-root data/SYSU-MM01 --features feats.npz \
-        --mode all --output metrics.json --plots reports/eval
+        --mode all --output metrics.json --plots reports/eval [--rerank] [--gallery-sampling official]
 
 Features (`--features F.npz`): `paths` (str [N], relative to the data root exactly as
 in the dataset, e.g. "cam3/0001/0001.jpg", "Thermal/1/x.bmp") and `features`

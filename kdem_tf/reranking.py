@@ -120,27 +120,6 @@ def matrix_rows(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray
     return num_q, num_g, rows
 
 
-def feature_rows(q_feats: np.ndarray, g_feats: np.ndarray) -> Tuple[int, int, RowSource]:
-    """(Q, G, rows) of Euclidean distances between L2-normalised features, computed chunk by chunk.
-
-    Never holds the [Q, Q] or [G, G] matrices; d rows are |x_i - x_j|^2 / max_j, float64 features.
-    """
-    q, g = (np.asarray(a, np.float64) for a in (q_feats, g_feats))
-    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise RerankError(f"re-ranking: features must be [Q, D] and [G, D], got {q.shape} and {g.shape}")
-    if len(q) == 0 or len(g) == 0:
-        raise RerankError(f"re-ranking: empty {'query' if len(q) == 0 else 'gallery'}")
-    both = np.concatenate([q, g])
-    both /= np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
-    sq = np.einsum("ij,ij->i", both, both)
-
-    def rows(start: int, stop: int) -> np.ndarray:
-        dot = np.matmul(both[start:stop], both.T)
-        dist = np.sqrt(np.maximum(sq[start:stop, None] + sq[None, :] - 2.0 * dot, 0.0))
-        return _normalise_rows(dist, start)
-    return len(q), len(g), rows
-
-
 def _unit_rows(feats, what: str) -> np.ndarray:
     x = np.asarray(feats, np.float64)
     if x.ndim != 2 or len(x) == 0:
@@ -153,6 +132,21 @@ def _euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     sim = np.matmul(a, b.T)
     return np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :]
                               - 2.0 * sim, 0.0))
+
+
+def feature_rows(q_feats: np.ndarray, g_feats: np.ndarray) -> Tuple[int, int, RowSource]:
+    """(Q, G, rows) of Euclidean distances between L2-normalised features, computed chunk by chunk.
+
+    Never holds the [Q, Q] or [G, G] matrices; d rows are |x_i - x_j|^2 / max_j, float64 features.
+    """
+    q, g = _unit_rows(q_feats, "query"), _unit_rows(g_feats, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise RerankError(f"re-ranking: query features have {q.shape[1]} dims, gallery features {g.shape[1]}")
+    both = np.concatenate([q, g])
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        return _normalise_rows(_euclidean(both[start:stop], both), start)
+    return len(q), len(g), rows
 
 
 class TrialReranker:

@@ -240,6 +240,7 @@ def test_rerank_rows_are_their_own_rows(sysu, tmp_path, capsys):
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert list(metrics["variants"]) == ["plain", label] and metrics["rerank"] == {"k1": 20, "k2": 6, "lambda": 0.3}
+    assert metrics["gallery_sampling"] == "agw" and "agw gallery sampling" in stdout
     plain, reranked = metrics["variants"]["plain"], metrics["variants"][label]
     assert plain["rerank"] is None and reranked["rerank"] == metrics["rerank"] and reranked["variant"] == label
     assert all(plain[k] == metrics[k] for k in KEYS)  # the top-level numbers stay the plain ones
@@ -264,7 +265,7 @@ def test_rerank_rows_are_their_own_rows(sysu, tmp_path, capsys):
     assert means["plain"][4] == f"{plain['mAP']:.2f}" and means[label][4] == f"{reranked['mAP']:.2f}"
 
 
-def test_rerank_params_flag(sysu, tmp_path, capsys):
+def test_rerank_params_flag(sysu, regdb, tmp_path, capsys):
     root, _ = sysu
     npz = root.parent / "feats.npz"
     code, stdout, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--features", npz, "--trials", 1,
@@ -276,6 +277,12 @@ def test_rerank_params_flag(sysu, tmp_path, capsys):
                                "--output", tmp_path / "plain.json"], capsys)
     metrics = json.loads((tmp_path / "plain.json").read_text(encoding="utf-8"))
     assert list(metrics["variants"]) == ["plain"] and metrics["rerank"] is None and "rerank(" not in stdout
+    regdb_root, _ = regdb  # RegDB: per-trial features, re-ranked per trial too
+    code, stdout, _ = run_cli(["--dataset", "regdb", "--data-root", regdb_root, "--features",
+                               regdb_root.parent / "feats.npz", "--trials", 2, "--rerank",
+                               "--output", tmp_path / "regdb.json"], capsys)
+    metrics = json.loads((tmp_path / "regdb.json").read_text(encoding="utf-8"))
+    assert code == 0 and [r["trial"] for r in metrics["variants"]["rerank(k1=20,k2=6,λ=0.3)"]["per_trial"]] == [1, 2]
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["--dataset", "sysu", "--data-root", str(root), "--features", str(npz),
                         "--rerank-params", "20,6"])

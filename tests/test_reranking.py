@@ -198,7 +198,7 @@ def test_bad_inputs_name_the_problem():
     bad[2, 1] = np.nan
     with pytest.raises(rr.RerankError, match="row 2 .* not finite"):
         rr.re_ranking(bad, q_q, g_g)
-    with pytest.raises(rr.RerankError, match="empty gallery"):
+    with pytest.raises(rr.RerankError, match=r"gallery features must be a non-empty \[N, D\] array"):
         rr.rerank_features(np.ones((3, 4)), np.ones((0, 4)))
     with pytest.raises(rr.RerankError, match="all zero"):
         rr.re_ranking(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((3, 3)))
