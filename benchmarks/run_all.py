@@ -29,7 +29,7 @@ from benchmarks.common import machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-NAMES = ("data", "train", "evaluation", "scann", "serving", "demo")
+NAMES = ("data", "train", "evaluation", "reranking", "scann", "serving", "demo")
 # Library chatter left out of the echoed progress and of the error line (kept in results.json's output tail).
 NOISE = re.compile(r"FutureWarning|warnings\.warn|Unable to register cu|cudart_stub|cuda drivers|TF-TRT|oneDNN custom"
                    r"|cpu_feature_guard|To enable the following instructions|apache_beam\.runners\.portability"
@@ -58,6 +58,10 @@ def plan(name: str, quick: bool, xla: bool) -> dict:
     if name == "evaluation":
         return {"args": [], "timeout": 600 if quick else 900,
                 "note": "SYSU-sized 3,803 x 301 x 10 trials; 10k x 10k"}
+    if name == "reranking":
+        gallery = "5000" if quick else "10000"
+        return {"args": ["--large-gallery", gallery], "timeout": 600 if quick else 900,
+                "note": f"SYSU-sized 3,803 x 301, 2048-d; 3,803 x {int(gallery):,}, 512-d"}
     if name == "scann":
         sizes = ["10000", "50000"] if quick else ["10000", "100000", "200000"]
         return {"args": ["--sizes", *sizes], "timeout": 900 if quick else 1500,
@@ -271,6 +275,22 @@ def rows_evaluation(r):
     return out
 
 
+def rows_reranking(r):
+    s, t = r["sysu"], r["sysu"]["trial_reranker"]
+    out = [row("reranking", "SYSU-sized re-ranking (3,803 x 301) from features (s)", s["from_features"]["seconds"], "s",
+               info=f"peak traced {s['from_features']['peak_traced_mib']} MiB"),
+           row("reranking", "SYSU-sized re-ranking per trial after the first, queries' [Q, Q] kept (s)",
+               t["next_trial_seconds"], "s", info=f"first trial {t['first_trial_seconds']} s"),
+           row("reranking", "SYSU-sized mAP plain -> re-ranked (synthetic features)", s["mAP_reranked"], "",
+               info=f"plain {s['mAP_plain']}")]
+    if "large" in r:
+        L = r["large"]
+        out.append(row("reranking", f"3,803 x {L['gallery']:,} re-ranking from {L['dim']}-d features (s)", L["seconds"],
+                       "s", info=f"peak traced {L['peak_traced_mib']} MiB (float32 [N, N]: "
+                                 f"{L['full_matrix_float32_mib']} MiB)"))
+    return out
+
+
 def rows_scann(r):
     """Recall@10 and speed-up per size; the targets (issue) are for 200k, checked at the largest size run."""
     out = []
@@ -323,7 +343,8 @@ def rows_demo(r):
 
 
 def table_rows(records: dict) -> list:
-    makers = {"data": rows_data, "train": None, "evaluation": rows_evaluation, "scann": rows_scann,
+    makers = {"data": rows_data, "train": None, "evaluation": rows_evaluation, "reranking": rows_reranking,
+              "scann": rows_scann,
               "serving": rows_serving, "demo": rows_demo}
     rows = []
     for name, record in records.items():

@@ -1,7 +1,7 @@
 """`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB cross-modal evaluation of a model or of features.
 
     python -m kdem_tf.evaluate --dataset sysu --data-root data/SYSU-MM01 --features feats.npz \
-        --mode all --output metrics.json --plots reports/eval
+        --mode all --output metrics.json --plots reports/eval [--rerank] [--gallery-sampling official]
 
 Features (`--features F.npz`): `paths` (str [N], relative to the data root exactly as
 in the dataset, e.g. "cam3/0001/0001.jpg", "Thermal/1/x.bmp") and `features`
@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kdem_tf import evaluation as ev
+from kdem_tf import reranking
 
 MONTAGE_QUERIES = 8
 MONTAGE_TOP_K = 10
@@ -218,8 +219,13 @@ def _features_provider(args, trials: List[ev.Trial]):
 def _title(args) -> str:
     if args.dataset == "sysu":
         shot = "multi-shot" if args.multi_shot else "single-shot"
-        return f"SYSU-MM01 {args.mode}-search {shot}"
+        return f"SYSU-MM01 {args.mode}-search {shot}, {sampling_label(args)} gallery sampling"
     return "RegDB " + ("visible to thermal" if args.direction == "v2i" else "thermal to visible")
+
+
+def sampling_label(args) -> str:
+    """"agw" (AGW's seeded draw) or "official" (the dataset's rand_perm_cam.mat); "agw" for RegDB."""
+    return getattr(args, "gallery_sampling", None) or "agw"
 
 
 def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
@@ -233,6 +239,40 @@ def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
             lines.append("-" * len(head))
         lines.append(f"{name:<7}" + "".join(f"{m[c]:>9.2f}" for c in cols))
     return "\n".join(lines)
+
+
+def format_variants(title: str, means: Dict[str, dict]) -> str:
+    """One mean row per variant (plain, re-ranked, ...), each labelled, values in percent."""
+    cols = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+    names = ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP")
+    width = max(len("Variant"), *(len(label) for label in means)) + 2
+    head = f"{'Variant':<{width}}" + "".join(f"{n:>9}" for n in names)
+    lines = [title, "-" * len(head), head, "-" * len(head)]
+    lines += [f"{label:<{width}}" + "".join(f"{m[c]:>9.2f}" for c in cols) for label, m in means.items()]
+    return "\n".join(lines)
+
+
+def rerank_settings(rerank: Optional[reranking.RerankParams]) -> Optional[dict]:
+    """{"k1", "k2", "lambda"} of a re-ranking, None without one."""
+    return None if rerank is None else {"k1": rerank.k1, "k2": rerank.k2, "lambda": rerank.lambda_value}
+
+
+def variant_metrics(label: str, results: List[ev.TrialResult],
+                    rerank: Optional[reranking.RerankParams]) -> dict:
+    """The metrics.json entry of one variant: its label and re-ranking parameters (None when plain),
+    mean, cmc and per-trial numbers (percent)."""
+    cmc, mAP, mINP = ev.average_trials(results)
+    per_trial = [dict(trial=r.trial, query_count=r.num_query, gallery_size=r.num_gallery,
+                      **ev.summary(r.cmc, r.mAP, r.mINP)) for r in results]
+    return dict(variant=label, rerank=rerank_settings(rerank), **ev.summary(cmc, mAP, mINP),
+                cmc=[float(v) * 100.0 for v in cmc], per_trial=per_trial)
+
+
+def _rerank_params(text: str) -> reranking.RerankParams:
+    try:
+        return reranking.RerankParams.parse(text)
+    except reranking.RerankError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def ranked_gallery(q_feats, g_feats, q_camids, g_camids, protocol: str, distance: str = "cosine",
@@ -283,24 +323,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
     p.add_argument("--batch-size", type=int, default=64, help="--model: images per call")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="--model: resize before sending")
+    p.add_argument("--gallery-sampling", choices=ev.GALLERY_SAMPLINGS, default="agw",
+                   help="SYSU gallery draw per trial: AGW's seeded random.choice (default) or the official "
+                        "exp/rand_perm_cam.mat of the dataset's MATLAB evaluation")
+    p.add_argument("--rerank", action="store_true",
+                   help="also report k-reciprocal re-ranked numbers (Zhong et al. 2017), as their own rows")
+    p.add_argument("--rerank-params", type=_rerank_params, metavar="K1,K2,LAMBDA",
+                   help=f"re-ranking parameters (implies --rerank; default {reranking.RerankParams().k1},"
+                        f"{reranking.RerankParams().k2},{reranking.RerankParams().lambda_value})")
     args = p.parse_args(argv)
+    if args.rerank_params is not None or args.rerank:
+        args.rerank = args.rerank_params or reranking.RerankParams()
     if not 1 <= args.trials <= 10:
         p.error("--trials must be 1..10")
     if args.dataset == "regdb" and (args.multi_shot or args.mode != "all"):
         p.error("--mode and --multi-shot are SYSU options")
+    if args.dataset == "regdb" and args.gallery_sampling != "agw":
+        p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files)")
     return args
 
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluates, prints the table, writes JSON / plots; returns the metrics dict."""
     if args.dataset == "sysu":
-        trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot)
+        trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot, sampling_label(args))
         settings = {"mode": args.mode, "multi_shot": args.multi_shot}
     else:
         trials = ev.regdb_trials(args.data_root, args.trials, args.direction)
         settings = {"direction": args.direction}
     features_for = _features_provider(args, trials)
-    results = ev.run_trials(trials, features_for, args.dataset, args.distance)
+    rerank = getattr(args, "rerank", None) or None  # RerankParams (parse_args), or absent/False
+    variants = ev.group_variants(ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank))
+    results = variants[ev.PLAIN]
     cmc, mAP, mINP = ev.average_trials(results)
     mean = ev.summary(cmc, mAP, mINP)
     per_trial = [dict(trial=r.trial, query_count=r.num_query, gallery_size=r.num_gallery,
@@ -316,7 +370,18 @@ def run(args: argparse.Namespace) -> dict:
     gallery = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     header = (f"{_title(args)} | {len(results)} trial(s) | query {metrics['query_count']} "
               f"{trials[0].query.modality} | gallery {gallery} {trials[0].gallery.modality} | {args.distance}")
-    print(format_table(header, rows))
+    metrics["rerank"] = rerank_settings(rerank)
+    metrics["gallery_sampling"] = sampling_label(args)
+    metrics["variants"] = {label: dict(variant_metrics(label, rs, None if label == ev.PLAIN else rerank),
+                                       gallery_sampling=sampling_label(args)) for label, rs in variants.items()}
+    print(format_table(f"{header} | {ev.PLAIN}", rows))
+    for label, entry in metrics["variants"].items():
+        if label != ev.PLAIN:
+            title = f"{header} | {label} on euclidean between L2-normalised features"
+            print("\n" + format_table(title, [(str(r["trial"]), r) for r in entry["per_trial"]] + [("Mean", entry)]))
+    if len(variants) > 1:
+        print("\n" + format_variants(f"{_title(args)} | mean of {len(results)} trial(s), each variant apart",
+                                     metrics["variants"]))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

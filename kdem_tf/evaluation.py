@@ -25,6 +25,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from kdem_tf import reranking
+
 SYSU_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_QUERY_CAMERAS = (3, 6)
 REGDB_DIRECTIONS = ("v2i", "i2v")
@@ -318,10 +320,26 @@ def sysu_gallery(root: str, mode: str = "all", trial: int = 0, multi_shot: bool 
     return _split(paths, pids, cams, "visible", f"SYSU gallery (trial {trial}, mode {mode})")
 
 
-def sysu_trials(root: str, mode: str = "all", trials: int = 10, multi_shot: bool = False) -> List[Trial]:
-    """SYSU-MM01 trials 0..trials-1: one infrared query set, one visible gallery draw per trial."""
+def sysu_trials(root: str, mode: str = "all", trials: int = 10, multi_shot: bool = False,
+                sampling: str = "agw") -> List[Trial]:
+    """SYSU-MM01 trials 0..trials-1: one infrared query set, one visible gallery draw per trial.
+
+    sampling: "agw" (AGW's seeded draw, `sysu_gallery`) or "official" (the dataset's
+    exp/rand_perm_cam.mat, `kdem_tf.sysu_official`).
+    """
+    if sampling not in GALLERY_SAMPLINGS:
+        raise EvaluationError(f"gallery sampling must be one of {GALLERY_SAMPLINGS}, got {sampling!r}")
     query = sysu_query(root)
+    if sampling == "official":
+        from kdem_tf import sysu_official  # imports this module
+
+        perm, source = sysu_official.read_official_permutation(root)
+        return [Trial(t, query, sysu_official.sysu_official_gallery(root, mode, t, multi_shot, perm, source))
+                for t in range(trials)]
     return [Trial(t, query, sysu_gallery(root, mode, t, multi_shot)) for t in range(trials)]
+
+
+GALLERY_SAMPLINGS = ("agw", "official")
 
 
 def regdb_trials(root: str, trials: int = 10, direction: str = "v2i") -> List[Trial]:
@@ -350,6 +368,9 @@ def regdb_trials(root: str, trials: int = 10, direction: str = "v2i") -> List[Tr
 # ----------------------------------------------------------------------------- trials
 
 
+PLAIN = "plain"  # the variant label of results without re-ranking
+
+
 @dataclasses.dataclass
 class TrialResult:
     """Metrics of one trial: cmc [max_rank] float32, mAP and mINP as fractions."""
@@ -359,15 +380,23 @@ class TrialResult:
     mINP: float
     num_query: int
     num_gallery: int
+    variant: str = PLAIN  # "plain", or the label of a re-ranking (RerankParams.label)
 
 
 FeatureFn = Callable[[Trial], Tuple[np.ndarray, np.ndarray]]
 
 
 def run_trials(trials: Sequence[Trial], features_for: FeatureFn, protocol: str,
-               distance: str = "cosine", max_rank: int = 20) -> List[TrialResult]:
-    """Evaluates each trial; `features_for(trial)` returns ([Q, D] query, [G, D] gallery) features."""
-    results = []
+               distance: str = "cosine", max_rank: int = 20,
+               rerank: Optional[reranking.RerankParams] = None) -> List[TrialResult]:
+    """Evaluates each trial; `features_for(trial)` returns ([Q, D] query, [G, D] gallery) features.
+
+    rerank: also score each trial after k-reciprocal re-ranking (Euclidean distances between the
+    L2-normalised features, whatever `distance` is), before the protocol's camera rules; those
+    results follow the plain ones, labelled `rerank.label` (see `group_variants`).
+    """
+    results, reranked = [], []
+    reranker = reranking.TrialReranker(rerank) if rerank is not None else None
     for trial in trials:
         q_feats, g_feats = features_for(trial)
         cmc, mAP, mINP = evaluate_features(q_feats, g_feats, trial.query.pids, trial.gallery.pids,
@@ -375,7 +404,29 @@ def run_trials(trials: Sequence[Trial], features_for: FeatureFn, protocol: str,
                                            distance, max_rank)
         results.append(TrialResult(trial.trial, cmc, mAP, mINP, len(trial.query.paths),
                                    len(trial.gallery.paths)))
-    return results
+        if reranker is not None:
+            reranked.append(_reranked_trial(trial, q_feats, g_feats, protocol, max_rank, reranker))
+    return results + reranked
+
+
+def _reranked_trial(trial: Trial, q_feats, g_feats, protocol: str, max_rank: int,
+                    reranker: reranking.TrialReranker) -> TrialResult:
+    try:
+        dist = reranker(check_features(q_feats, "query"), check_features(g_feats, "gallery"))
+    except reranking.RerankError as e:
+        raise EvaluationError(f"trial {trial.trial}: {e}") from e
+    cmc, mAP, mINP = evaluate_rank(dist, trial.query.pids, trial.gallery.pids, trial.query.cams,
+                                   trial.gallery.cams, max_rank, protocol)
+    return TrialResult(trial.trial, cmc, mAP, mINP, len(trial.query.paths), len(trial.gallery.paths),
+                       reranker.params.label)
+
+
+def group_variants(results: Sequence[TrialResult]) -> "dict[str, List[TrialResult]]":
+    """{variant label: its trial results}, plain first, in the order the variants appear."""
+    groups: dict = {}
+    for r in results:
+        groups.setdefault(r.variant, []).append(r)
+    return groups
 
 
 def average_trials(results: Sequence[TrialResult]) -> Tuple[np.ndarray, np.float64, np.float64]:

@@ -229,3 +229,61 @@ def test_module_entry_point_reports_one_line(sysu, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "have no features" in proc.stderr
+
+
+def test_rerank_rows_are_their_own_rows(sysu, tmp_path, capsys):
+    root, feature_of = sysu
+    npz = root.parent / "feats.npz"
+    label = "rerank(k1=20,k2=6,λ=0.3)"
+    code, stdout, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--features", npz, "--trials", 2,
+                               "--rerank", "--output", tmp_path / "m.json"], capsys)
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert list(metrics["variants"]) == ["plain", label] and metrics["rerank"] == {"k1": 20, "k2": 6, "lambda": 0.3}
+    assert metrics["gallery_sampling"] == "agw" and "agw gallery sampling" in stdout
+    plain, reranked = metrics["variants"]["plain"], metrics["variants"][label]
+    assert plain["rerank"] is None and reranked["rerank"] == metrics["rerank"] and reranked["variant"] == label
+    assert all(plain[k] == metrics[k] for k in KEYS)  # the top-level numbers stay the plain ones
+    # each trial re-ranked on its own features (Euclidean on L2-normalised), then the SYSU camera rules
+    from kdem_tf import reranking as rr
+    for t, trial in enumerate(cli.ev.sysu_trials(str(root), "all", 2)):
+        qf = np.stack([feature_of[p] for p in trial.query.paths])
+        gf = np.stack([feature_of[p] for p in trial.gallery.paths])
+        cmc, mAP, mINP = cli.ev.eval_sysu(rr.TrialReranker(rr.RerankParams())(qf, gf), trial.query.pids,
+                                          trial.gallery.pids,
+                                          trial.query.cams, trial.gallery.cams)
+        row = reranked["per_trial"][t]
+        assert (row["trial"], row["rank1"], row["mAP"], row["mINP"]) == (t, float(cmc[0]) * 100, mAP * 100,
+                                                                         mINP * 100)
+    assert reranked["mAP"] != plain["mAP"]
+    # stdout: the plain table, the re-ranked table, then one labelled mean row per variant
+    tables = stdout.split("\n\n")
+    assert len(tables) == 3 and tables[0].splitlines()[0].endswith("| plain") and label not in tables[0]
+    assert tables[1].splitlines()[0].endswith(f"| {label} on euclidean between L2-normalised features")
+    assert f"{reranked['mAP']:.2f}" in tables[1]
+    means = {line.split()[0]: line.split()[1:] for line in tables[2].splitlines()[4:]}
+    assert means["plain"][4] == f"{plain['mAP']:.2f}" and means[label][4] == f"{reranked['mAP']:.2f}"
+
+
+def test_rerank_params_flag(sysu, regdb, tmp_path, capsys):
+    root, _ = sysu
+    npz = root.parent / "feats.npz"
+    code, stdout, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--features", npz, "--trials", 1,
+                               "--rerank-params", "5,2,0.5", "--output", tmp_path / "m.json"], capsys)
+    metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert code == 0 and list(metrics["variants"]) == ["plain", "rerank(k1=5,k2=2,λ=0.5)"]
+    assert metrics["rerank"] == {"k1": 5, "k2": 2, "lambda": 0.5} and "rerank(k1=5,k2=2,λ=0.5)" in stdout
+    code, stdout, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--features", npz, "--trials", 1,
+                               "--output", tmp_path / "plain.json"], capsys)
+    metrics = json.loads((tmp_path / "plain.json").read_text(encoding="utf-8"))
+    assert list(metrics["variants"]) == ["plain"] and metrics["rerank"] is None and "rerank(" not in stdout
+    regdb_root, _ = regdb  # RegDB: per-trial features, re-ranked per trial too
+    code, stdout, _ = run_cli(["--dataset", "regdb", "--data-root", regdb_root, "--features",
+                               regdb_root.parent / "feats.npz", "--trials", 2, "--rerank",
+                               "--output", tmp_path / "regdb.json"], capsys)
+    metrics = json.loads((tmp_path / "regdb.json").read_text(encoding="utf-8"))
+    assert code == 0 and [r["trial"] for r in metrics["variants"]["rerank(k1=20,k2=6,λ=0.3)"]["per_trial"]] == [1, 2]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--dataset", "sysu", "--data-root", str(root), "--features", str(npz),
+                        "--rerank-params", "20,6"])
+    assert exit_info.value.code == 2 and "k1,k2,lambda" in capsys.readouterr().err
