@@ -99,6 +99,7 @@ def resolve_normalization(requested: str, backbone_weights: Optional[str]) -> st
 # ----------------------------------------------------------------------------- the contract
 
 CONTRACT_FILE = "image_contract.json"
+LEGACY_NORMALIZATION = "torchvision"  # what a size without a recorded contract means (see as_contract)
 RESIZE_METHOD = "lanczos3"  # tf.image.resize method, antialiased: PIL's LANCZOS (AGW's Image.ANTIALIAS) in TF
 
 
@@ -112,7 +113,7 @@ class ImageContract:
         resize_method: the tf.image.resize method (always antialiased).
     """
     image_size: Tuple[int, int]
-    normalization: str = "torchvision"
+    normalization: str = LEGACY_NORMALIZATION
     resize_method: str = RESIZE_METHOD
 
     def __post_init__(self):
@@ -235,6 +236,15 @@ class ImageContract:
         requested = getattr(config.data, "normalization", "auto")
         return cls(image_size=config.data.image_size,
                    normalization=resolve_normalization(requested, config.model.backbone_weights))
+
+
+def as_contract(size_or_contract) -> ImageContract:
+    """An ImageContract as it is, or the contract of a bare (H, W): torchvision normalisation, the
+    normalisation every kdem-tf stage used before contracts were recorded (old run folders, callers
+    that only know a size)."""
+    if isinstance(size_or_contract, ImageContract):
+        return size_or_contract
+    return ImageContract(image_size=tuple(size_or_contract), normalization=LEGACY_NORMALIZATION)
 
 
 def parse_size(text: str) -> Tuple[int, int]:
