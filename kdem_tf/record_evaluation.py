@@ -69,7 +69,8 @@ def record_trials(dataset: str, tfrecord_dir: str, splits: Dict[str, object], mo
     trial = regdb_trial_number(tfrecord_dir)
     sides = []
     for arrays in (first, second):
-        order = np.argsort(arrays.paths, kind="stable")
+        # The published index files list identity after identity: (id, path) order follows them.
+        order = sorted(range(len(arrays.paths)), key=lambda i: (int(arrays.person_ids[i]), arrays.paths[i]))
         sides.append(([arrays.paths[i] for i in order], arrays.person_ids[order]))
     return [ev.regdb_trial_from_records(trial, sides[0], sides[1], direction)]
 
