@@ -96,6 +96,25 @@ def resolve_normalization(requested: str, backbone_weights: Optional[str]) -> st
     return requested
 
 
+# ----------------------------------------------------------------------------- decoding
+
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"  # libjpeg's ISLOW: PIL's JPEG pixels (AGW's loader), bit for bit
+
+
+def decode_rgb(encoded):
+    """Encoded image bytes (scalar tf.string) → uint8 [h, w, 3] RGB at the file's own size.
+
+    JPEGs are decoded with the accurate integer IDCT, which gives PIL's pixels exactly
+    (TF's default fast IDCT differs by about 1 grey level on average); PNG/BMP/GIF are lossless."""
+    import tensorflow as tf
+
+    image = tf.cond(tf.io.is_jpeg(encoded),
+                    lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
+                    lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    image.set_shape([None, None, 3])
+    return image
+
+
 # ----------------------------------------------------------------------------- the contract
 
 CONTRACT_FILE = "image_contract.json"
@@ -151,11 +170,7 @@ class ImageContract:
     # --- TensorFlow functions: the only implementations of decode, resize and normalise
     def decode(self, encoded):
         """Encoded JPEG/PNG/BMP/GIF bytes (scalar tf.string) → float32 [H, W, 3] in 0..255 at the contract's size."""
-        import tensorflow as tf
-
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return self.resize(image)
+        return self.resize(decode_rgb(encoded))
 
     def resize(self, image):
         """[h, w, 3] or [N, h, w, 3] (any dtype, 0..255) → float32 at (H, W), antialiased, clipped to 0..255.
