@@ -30,7 +30,7 @@ def tfrecords(tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
     root = synthetic.generate_sysu(str(base / "raw"), identities=8, images_per_camera=2, progress=False)
     out = str(base / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out, image_size=(64, 32),
+    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out,
                               pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     return out
 
