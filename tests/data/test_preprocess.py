@@ -167,3 +167,31 @@ def test_tfx_layout_names_split_folders(sysu, tmp_path):
                               pipeline_options=preprocess.local_pipeline_options(IN_PROCESS), tfx_layout=True)
     assert glob.glob(os.path.join(out, "Split-query", "query-00000-of-00001.tfrecord.gz"))
     assert np.all([p.endswith(".gz") for p in glob.glob(os.path.join(out, "Split-query", "*"))])
+
+
+def _encoded(image, **save) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, **save)
+    return buffer.getvalue()
+
+
+def test_originals_are_kept_and_undecodable_formats_become_lossless_png():
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 14, 3), dtype=np.uint8)
+    for fmt in ("PNG", "BMP", "JPEG"):
+        data = _encoded(Image.fromarray(pixels), format=fmt)
+        stored = preprocess.original_image(data)
+        assert stored.data == data and not stored.reencoded and (stored.height, stored.width) == (30, 14)
+    # CMYK JPEG (TF would misread the channels) and TIFF (TF cannot decode): PNG of PIL's RGB pixels
+    for image, save in ((Image.fromarray(pixels).convert("CMYK"), {"format": "JPEG"}),
+                        (Image.fromarray(pixels), {"format": "TIFF"})):
+        data = _encoded(image, **save)
+        stored = preprocess.original_image(data)
+        assert stored.reencoded and stored.data != data and (stored.height, stored.width) == (30, 14)
+        with Image.open(__import__("io").BytesIO(data)) as original:
+            expected = np.asarray(original.convert("RGB"))
+        np.testing.assert_array_equal(tf.io.decode_png(stored.data, channels=3).numpy(), expected)
+    with pytest.raises(Exception):
+        preprocess.original_image(b"\xff\xd8 not an image")
