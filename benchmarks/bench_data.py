@@ -47,7 +47,7 @@ def bench_preprocess(root: str, out: str, image_size, workers: int) -> dict:
         options = preprocess.local_pipeline_options([f"--direct_running_mode={mode}",
                                                      f"--direct_num_workers={1 if mode == 'in_memory' else workers}"])
         started = time.time()
-        summary = preprocess.run_preprocess(splits, root, out, image_size=image_size, pipeline_options=options)
+        summary = preprocess.run_preprocess(splits, root, out, pipeline_options=options)
         wall = time.time() - started
         modes[mode] = {"images": summary["images_written"], "wall_seconds": round(wall, 2),
                        "images_per_second": round(summary["images_written"] / wall, 1)}
@@ -100,20 +100,25 @@ def bench_train_step(image_size, steps: int = 3) -> dict:
 
 
 def main() -> None:
-    from kdem_tf.data import preprocess, synthetic
+    from kdem_tf.data import synthetic
+    from kdem_tf.image_contract import parse_size
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--identities", type=int, default=60)
     parser.add_argument("--copies", type=int, default=5, help="extra copies of each image (see replicate)")
-    parser.add_argument("--image-size", type=preprocess.parse_image_size, default=(288, 144))
+    parser.add_argument("--image-size", type=parse_size, default=(288, 144), help="the model's input size")
+    parser.add_argument("--original-size", type=parse_size, default=None,
+                        help="size the synthetic originals are rendered at (default: --image-size); TFRecords "
+                             "keep originals, so the input pipeline resizes them per step")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
-    results = {"machine": machine_info(), "image_size": list(args.image_size)}
+    original_size = args.original_size or args.image_size
+    results = {"machine": machine_info(), "image_size": list(args.image_size), "original_size": list(original_size)}
     with tempfile.TemporaryDirectory() as tmp:
         root = synthetic.generate_sysu(os.path.join(tmp, "raw"), identities=args.identities,
-                                       image_size=args.image_size, images_per_camera=6, progress=True)
+                                       image_size=original_size, images_per_camera=6, progress=True)
         results["images"] = replicate(root, args.copies)
         out = os.path.join(tmp, "tfrecords")
         results["preprocess"] = bench_preprocess(root, out, args.image_size, args.workers)

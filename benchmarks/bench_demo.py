@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def prepare_data(work: str, identities: int, image_size) -> str:
-    """The synthetic set rendered and written at the training size (as `make demo` does)."""
+    """The synthetic set rendered at the training size (as `make demo` does) and written as it is."""
     from kdem_tf.data import preprocess, synthetic
 
     size = "x".join(str(v) for v in image_size)
@@ -43,7 +43,7 @@ def prepare_data(work: str, identities: int, image_size) -> str:
     if not os.path.exists(os.path.join(out, "_SUCCESS")):
         if not os.path.isdir(raw):
             synthetic.generate_sysu(raw, identities=identities, images_per_camera=3, image_size=image_size, seed=0)
-        preprocess.run_preprocess(preprocess.plan_splits("sysu", raw), raw, out, image_size=image_size,
+        preprocess.run_preprocess(preprocess.plan_splits("sysu", raw), raw, out,
                                   pipeline_options=preprocess.local_pipeline_options(
                                       ["--runner=DirectRunner", "--direct_running_mode=in_memory"]),
                                   overwrite=True)

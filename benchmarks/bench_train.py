@@ -109,7 +109,7 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
 
 
 def main() -> None:
-    from kdem_tf.data.preprocess import parse_image_size
+    from kdem_tf.image_contract import parse_size as parse_image_size
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=parse_image_size, default=(288, 144))

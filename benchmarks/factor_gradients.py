@@ -18,7 +18,7 @@ import numpy as np
 
 
 def main() -> None:
-    from kdem_tf.data.preprocess import parse_image_size
+    from kdem_tf.image_contract import parse_size as parse_image_size
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="TFRecord folder with a train split")

@@ -21,6 +21,7 @@ class DataConfig:
     num_instances: int = 4                     # K images per modality per identity
     random_erasing: float = 0.5
     channel_augmentation: bool = False
+    normalization: str = "auto"                # auto: the backbone weights' (kdem_tf.image_contract)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +191,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"data.image_size {config.data.image_size} is below 32 pixels")
     if config.optim.epochs < 1:
         raise ConfigError("optim.epochs must be at least 1")
+    from kdem_tf.image_contract import ContractError, resolve_normalization
+
+    try:
+        resolve_normalization(config.data.normalization, config.model.backbone_weights)
+    except ContractError as error:
+        raise ConfigError(str(error)) from None
 
 
 def to_dict(config: TrainConfig) -> Dict[str, Any]:

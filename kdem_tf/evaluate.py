@@ -7,7 +7,13 @@ Features (`--features F.npz`): `paths` (str [N], relative to the data root exact
 in the dataset, e.g. "cam3/0001/0001.jpg", "Thermal/1/x.bmp") and `features`
 (float [N, D]); per-trial sets as `paths_trial{t}` / `features_trial{t}` (used for
 trial t when present, else the shared pair). A model (`--model`) is a TensorFlow
-SavedModel embedder, see `embed_images`. Bad input exits with status 2 and one line.
+SavedModel embedder, see `embed_images`: it gets the image files' bytes and resizes them
+with its own image contract. Bad input exits with status 2 and one line.
+
+    python -m kdem_tf.evaluate --dataset sysu --tfrecords data/sysu_tfrecords --model runs/x/export
+
+evaluates a preprocessing output instead of the raw folder, through the same protocol code
+(`kdem_tf.record_evaluation`): the TFRecords hold the paths, cameras, ids and original bytes.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -110,76 +116,80 @@ def resolve_saved_model(model_path: str) -> str:
                              f"inference_model/ below it (or a numbered version folder inside those)")
 
 
-def embed_images(model_path: str, data_root: str, records: Sequence, image_size: Optional[Tuple[int, int]] = None,
-                 batch_size: int = 64) -> np.ndarray:
-    """Embeds dataset images with an exported kdem-tf embedder.
+def embed_images(model_path: str, data_root: str, records: Sequence, batch_size: int = 64) -> np.ndarray:
+    """Embeds dataset image files with an exported kdem-tf embedder.
 
     Contract of the model: a TF SavedModel (or a run folder, see `resolve_saved_model`)
     whose `serving_default` signature takes `image_bytes` (tf.string [N], encoded
     JPEG/PNG/BMP file contents) and `modality` (tf.string [N], "visible" or "infrared")
-    and returns `embedding` (float [N, D]). Decoding, resizing and normalisation happen
-    inside the model.
+    and returns `embedding` (float [N, D]). The file bytes are sent unchanged: decoding,
+    resizing and normalisation happen inside the model (its image contract).
 
     Args:
         records: [N] (relative_path, modality) pairs, or objects with .path and .modality.
-        image_size: None sends the file bytes unchanged; (height, width) first resizes with
-            PIL (bilinear) and sends lossless PNG bytes, for models that expect a fixed size.
         batch_size: images per signature call.
     Returns:
         [N, D] float32 embeddings in the order of `records`.
     """
+    pairs = [(r.path, r.modality) if hasattr(r, "path") else (r[0], r[1]) for r in records]
+    batches = (([_read_image_bytes(data_root, path) for path, _ in pairs[start:start + batch_size]],
+                [m for _, m in pairs[start:start + batch_size]]) for start in range(0, len(pairs), batch_size))
+    return _embed_batches(model_path, batches, len(pairs))
+
+
+def embed_encoded(model_path: str, images: Sequence[bytes], modalities: Sequence[str],
+                  batch_size: int = 64) -> np.ndarray:
+    """Like `embed_images`, for encoded images already in memory (e.g. the bytes a TFRecord stores)."""
+    if len(images) != len(modalities):
+        raise ev.EvaluationError(f"embed_encoded: {len(images)} images but {len(modalities)} modalities")
+    batches = ((list(images[start:start + batch_size]), list(modalities[start:start + batch_size]))
+               for start in range(0, len(images), batch_size))
+    return _embed_batches(model_path, batches, len(images))
+
+
+def _embed_batches(model_path: str, batches: Iterable[Tuple[List[bytes], List[str]]], total: int) -> np.ndarray:
+    """Runs `serving_default` of the SavedModel at `model_path` on (image bytes, modalities) batches."""
     import tensorflow as tf
     from tqdm import tqdm
 
-    pairs = [(r.path, r.modality) if hasattr(r, "path") else (r[0], r[1]) for r in records]
-    if not pairs:
+    if not total:
         raise ev.EvaluationError("embed_images: no images to embed")
     folder = resolve_saved_model(model_path)
     signature = tf.saved_model.load(folder).signatures.get("serving_default")
     if signature is None:
         raise ev.EvaluationError(f"{folder}: SavedModel has no 'serving_default' signature")
     out = []
-    with tqdm(total=len(pairs), desc="embedding", unit="img", file=sys.stderr) as bar:
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start:start + batch_size]
-            images = [_read_image_bytes(data_root, path, image_size) for path, _ in batch]
-            result = signature(image_bytes=tf.constant(images, tf.string),
-                               modality=tf.constant([m for _, m in batch], tf.string))
+    with tqdm(total=total, desc="embedding", unit="img", file=sys.stderr) as bar:
+        for images, modalities in batches:
+            result = signature(image_bytes=tf.constant(images, tf.string), modality=tf.constant(modalities, tf.string))
             if "embedding" not in result:
                 raise ev.EvaluationError(f"{folder}: serving_default returns {sorted(result)}, not 'embedding'")
             emb = np.asarray(result["embedding"])
-            if emb.ndim != 2 or len(emb) != len(batch):
-                raise ev.EvaluationError(f"{folder}: embedding shape {emb.shape}, expected [{len(batch)}, D]")
+            if emb.ndim != 2 or len(emb) != len(images):
+                raise ev.EvaluationError(f"{folder}: embedding shape {emb.shape}, expected [{len(images)}, D]")
             out.append(emb.astype(np.float32))
-            bar.update(len(batch))
+            bar.update(len(images))
     return np.concatenate(out)
 
 
-def _read_image_bytes(data_root: str, rel_path: str, image_size: Optional[Tuple[int, int]]) -> bytes:
-    import io
+def _read_image_bytes(data_root: str, rel_path: str) -> bytes:
     import tensorflow as tf
 
     full = os.path.join(data_root, rel_path) if "://" not in data_root else f"{data_root.rstrip('/')}/{rel_path}"
     try:
         with tf.io.gfile.GFile(full, "rb") as f:
-            raw = f.read()
+            return f.read()
     except tf.errors.NotFoundError:
         raise ev.EvaluationError(f"{full}: image not found") from None
-    if image_size is None:
-        return raw
-    from PIL import Image
-
-    with Image.open(io.BytesIO(raw)) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").resize((image_size[1], image_size[0]), Image.BILINEAR).save(buf, format="PNG")
-        return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _features_provider(args, trials: List[ev.Trial]):
-    """Returns features_for(trial) -> (query [Q, D], gallery [G, D]) for --features or --model."""
+def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = None):
+    """Returns features_for(trial) -> (query [Q, D], gallery [G, D]) for --features or --model.
+
+    `splits`: with --tfrecords, the evaluation splits (their stored bytes are embedded)."""
     if args.features:
         tables = load_feature_tables(args.features)
 
@@ -192,28 +202,35 @@ def _features_provider(args, trials: List[ev.Trial]):
                     table.lookup(trial.gallery.paths, f"trial {trial.trial} gallery"))
         return from_npz
 
-    size = tuple(args.image_size) if args.image_size else None
-
-    def records(trial_list):
-        seen = {}
-        for t in trial_list:
-            for split in (t.query, t.gallery):
-                for p in split.paths:
-                    seen.setdefault(p, split.modality)
-        return list(seen.items())
-
-    def table_for(model: str, trial_list) -> FeatureTable:
-        recs = records(trial_list)
-        feats = embed_images(model, args.data_root, recs, size, args.batch_size)
-        return FeatureTable([p for p, _ in recs], feats, model)
-
     per_trial = "{trial}" in args.model  # e.g. RegDB: one trained model per trial
+    if args.tfrecords:
+        from kdem_tf import record_evaluation
+
+        def table_for(model: str, trial_list) -> FeatureTable:
+            paths, feats = record_evaluation.embed_saved_model(model, splits, args.batch_size)
+            return FeatureTable(paths, feats, model)
+    else:
+        def table_for(model: str, trial_list) -> FeatureTable:
+            recs = _records(trial_list)
+            return FeatureTable([p for p, _ in recs], embed_images(model, args.data_root, recs, args.batch_size),
+                                model)
+
     shared = None if per_trial else table_for(args.model, trials)
 
     def from_model(trial: ev.Trial):
         table = table_for(args.model.format(trial=trial.trial), [trial]) if per_trial else shared
         return table.lookup(trial.query.paths, "query"), table.lookup(trial.gallery.paths, "gallery")
     return from_model
+
+
+def _records(trial_list) -> List[Tuple[str, str]]:
+    """(path, modality) of every image of the trials, each once, in first-seen order."""
+    seen: Dict[str, str] = {}
+    for t in trial_list:
+        for split in (t.query, t.gallery):
+            for p in split.paths:
+                seen.setdefault(p, split.modality)
+    return list(seen.items())
 
 
 def _title(args) -> str:
@@ -310,7 +327,10 @@ def _plots(args, trial: ev.Trial, features_for, results, cmc_mean: np.ndarray) -
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kdem_tf.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=("sysu", "regdb"))
-    p.add_argument("--data-root", required=True, help="dataset root in its published layout")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-root", help="dataset root in its published layout")
+    data.add_argument("--tfrecords", help="a preprocessing output (kdem_tf.data.preprocess): same protocol, "
+                                          "images from the TFRecords")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="SavedModel embedder or run folder; '{trial}' in it = one model per trial")
     src.add_argument("--features", help=".npz with 'paths' and 'features' (or '*_trial{t}')")
@@ -322,7 +342,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", help="write metrics JSON here")
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
     p.add_argument("--batch-size", type=int, default=64, help="--model: images per call")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="--model: resize before sending")
     p.add_argument("--gallery-sampling", choices=ev.GALLERY_SAMPLINGS, default="agw",
                    help="SYSU gallery draw per trial: AGW's seeded random.choice (default) or the official "
                         "exp/rand_perm_cam.mat of the dataset's MATLAB evaluation")
@@ -340,18 +359,32 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--mode and --multi-shot are SYSU options")
     if args.dataset == "regdb" and args.gallery_sampling != "agw":
         p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files)")
+    if args.tfrecords and args.plots:
+        p.error("--plots draws the retrieval montage from the raw images: use --data-root")
+    if args.tfrecords and args.gallery_sampling != "agw":
+        p.error("--gallery-sampling official reads exp/rand_perm_cam.mat of the raw folder: use --data-root")
     return args
+
+
+def _trials(args: argparse.Namespace) -> Tuple[List[ev.Trial], Optional[dict]]:
+    """The protocol trials, from the raw folder or from a preprocessing output (then with its splits)."""
+    if args.tfrecords:
+        from kdem_tf import record_evaluation
+
+        splits = record_evaluation.load_eval_splits(args.dataset, args.tfrecords)
+        return record_evaluation.record_trials(args.dataset, args.tfrecords, splits, args.mode, args.trials,
+                                               args.multi_shot, args.direction), splits
+    if args.dataset == "sysu":
+        return ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot, sampling_label(args)), None
+    return ev.regdb_trials(args.data_root, args.trials, args.direction), None
 
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluates, prints the table, writes JSON / plots; returns the metrics dict."""
-    if args.dataset == "sysu":
-        trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot, sampling_label(args))
-        settings = {"mode": args.mode, "multi_shot": args.multi_shot}
-    else:
-        trials = ev.regdb_trials(args.data_root, args.trials, args.direction)
-        settings = {"direction": args.direction}
-    features_for = _features_provider(args, trials)
+    trials, splits = _trials(args)
+    settings = {"mode": args.mode, "multi_shot": args.multi_shot} if args.dataset == "sysu" else \
+        {"direction": args.direction}
+    features_for = _features_provider(args, trials, splits)
     rerank = getattr(args, "rerank", None) or None  # RerankParams (parse_args), or absent/False
     variants = ev.group_variants(ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank))
     results = variants[ev.PLAIN]
@@ -364,7 +397,7 @@ def run(args: argparse.Namespace) -> dict:
                    **settings, trials=[r.trial for r in results], num_trials=len(results),
                    query_count=counts[0] if len(counts) == 1 else [r.num_query for r in results],
                    gallery_sizes=[r.num_gallery for r in results], distance=args.distance,
-                   source=args.model or args.features, data_root=args.data_root)
+                   source=args.model or args.features, data_root=args.data_root, tfrecords=args.tfrecords)
     rows = [(str(r["trial"]), r) for r in per_trial] + [("Mean", mean)]
     sizes = sorted(set(metrics["gallery_sizes"]))
     gallery = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"

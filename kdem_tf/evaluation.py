@@ -26,6 +26,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kdem_tf import reranking
+from kdem_tf.image_contract import INFRARED, VISIBLE
 
 SYSU_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_QUERY_CAMERAS = (3, 6)
@@ -290,7 +291,7 @@ def sysu_query(root: str) -> Split:
         raise EvaluationError(str(e)) from e
     paths = [r.path for r in query]
     cams, pids = zip(*(_sysu_path(p) for p in paths)) if paths else ((), ())
-    return _split(paths, pids, cams, "infrared", "SYSU query (no cam3/cam6 images of test ids)")
+    return _split(paths, pids, cams, INFRARED, "SYSU query (no cam3/cam6 images of test ids)")
 
 
 def sysu_gallery(root: str, mode: str = "all", trial: int = 0, multi_shot: bool = False) -> Split:
@@ -307,17 +308,61 @@ def sysu_gallery(root: str, mode: str = "all", trial: int = 0, multi_shot: bool 
         ids = sorted(datasets.read_sysu_ids(root, "test"))
     except datasets.DatasetError as e:
         raise EvaluationError(str(e)) from e
+    return draw_sysu_gallery(ids, lambda cam, pid: datasets.sysu_image_files(root, cam, pid), mode, trial,
+                             multi_shot)
+
+
+def draw_sysu_gallery(ids: Sequence[int], files_of: Callable[[int, int], List[str]], mode: str = "all",
+                      trial: int = 0, multi_shot: bool = False) -> Split:
+    """The SYSU single-/multi-shot gallery draw of one trial, whatever lists the files.
+
+    ids: test ids; files_of(camera, pid): sorted file names of that id under that camera
+    (the raw folder's listing, or the names in a preprocessed gallery split).
+    """
+    if mode not in SYSU_GALLERY_CAMERAS:
+        raise EvaluationError(f"SYSU mode must be 'all' or 'indoor', got {mode!r}")
     rng = random.Random(trial)  # same stream as random.seed(trial) + random.choice
     paths = []
-    for pid in ids:
+    for pid in sorted(ids):
         for cam in SYSU_GALLERY_CAMERAS[mode]:
-            files = datasets.sysu_image_files(root, cam, pid)
+            files = files_of(cam, pid)
             if not files:
                 continue
             chosen = rng.sample(files, min(MULTI_SHOT, len(files))) if multi_shot else [rng.choice(files)]
             paths.extend(f"cam{cam}/{pid:04d}/{name}" for name in chosen)
     cams, pids = zip(*(_sysu_path(p) for p in paths)) if paths else ((), ())
-    return _split(paths, pids, cams, "visible", f"SYSU gallery (trial {trial}, mode {mode})")
+    return _split(paths, pids, cams, VISIBLE, f"SYSU gallery (trial {trial}, mode {mode})")
+
+
+def sysu_trials_from_paths(query_paths: Sequence[str], gallery_paths: Sequence[str], mode: str = "all",
+                           trials: int = 10, multi_shot: bool = False) -> List[Trial]:
+    """SYSU trials from the query and gallery pools of a preprocessed dataset (their "camC/PPPP/name"
+    paths): the same query order and gallery draws as `sysu_trials` on the raw folder."""
+    by_folder: dict = {}
+    for path in gallery_paths:
+        cam, pid = _sysu_path(path)
+        by_folder.setdefault((cam, pid), []).append(path.split("/")[2])
+    for names in by_folder.values():
+        names.sort()
+    keys = {p: (_sysu_path(p)[1], _sysu_path(p)[0], p.split("/")[2]) for p in query_paths}
+    ordered = sorted(query_paths, key=keys.get)  # AGW's order: id, then camera, then file name
+    cams, pids = zip(*(_sysu_path(p) for p in ordered)) if ordered else ((), ())
+    query = _split(ordered, pids, cams, INFRARED, "SYSU query split")
+    ids = sorted({pid for _, pid in by_folder} | set(pids))
+    return [Trial(t, query, draw_sysu_gallery(ids, lambda cam, pid: by_folder.get((cam, pid), []), mode, t,
+                                              multi_shot)) for t in range(trials)]
+
+
+def regdb_trial_from_records(trial: int, visible: Tuple[Sequence[str], Sequence[int]],
+                             thermal: Tuple[Sequence[str], Sequence[int]], direction: str = "v2i") -> Trial:
+    """One RegDB trial from (paths, identity ids) of its visible and thermal test lists."""
+    if direction not in REGDB_DIRECTIONS:
+        raise EvaluationError(f"RegDB direction must be 'v2i' or 'i2v', got {direction!r}")
+    sides = {name: _split(list(paths), list(pids), [cam] * len(paths), modality, f"RegDB trial {trial} {name}")
+             for name, (paths, pids), modality, cam in (("visible", visible, VISIBLE, 1),
+                                                         ("thermal", thermal, INFRARED, 2))}
+    query, gallery = ("visible", "thermal") if direction == "v2i" else ("thermal", "visible")
+    return Trial(trial, sides[query], sides[gallery])
 
 
 def sysu_trials(root: str, mode: str = "all", trials: int = 10, multi_shot: bool = False,
@@ -353,7 +398,7 @@ def regdb_trials(root: str, trials: int = 10, direction: str = "v2i") -> List[Tr
     out = []
     for t in range(1, trials + 1):
         sides = {}
-        for name, modality, cam in (("visible", "visible", 1), ("thermal", "infrared", 2)):
+        for name, modality, cam in (("visible", VISIBLE, 1), ("thermal", INFRARED, 2)):
             try:
                 entries = datasets.read_regdb_list(root, "test", name, t)
             except datasets.DatasetError as e:

@@ -96,9 +96,29 @@ def resolve_normalization(requested: str, backbone_weights: Optional[str]) -> st
     return requested
 
 
+# ----------------------------------------------------------------------------- decoding
+
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"  # libjpeg's ISLOW: PIL's JPEG pixels (AGW's loader), bit for bit
+
+
+def decode_rgb(encoded):
+    """Encoded image bytes (scalar tf.string) → uint8 [h, w, 3] RGB at the file's own size.
+
+    JPEGs are decoded with the accurate integer IDCT, which gives PIL's pixels exactly
+    (TF's default fast IDCT differs by about 1 grey level on average); PNG/BMP/GIF are lossless."""
+    import tensorflow as tf
+
+    image = tf.cond(tf.io.is_jpeg(encoded),
+                    lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
+                    lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    image.set_shape([None, None, 3])
+    return image
+
+
 # ----------------------------------------------------------------------------- the contract
 
 CONTRACT_FILE = "image_contract.json"
+LEGACY_NORMALIZATION = "torchvision"  # what a size without a recorded contract means (see as_contract)
 RESIZE_METHOD = "lanczos3"  # tf.image.resize method, antialiased: PIL's LANCZOS (AGW's Image.ANTIALIAS) in TF
 
 
@@ -112,7 +132,7 @@ class ImageContract:
         resize_method: the tf.image.resize method (always antialiased).
     """
     image_size: Tuple[int, int]
-    normalization: str = "torchvision"
+    normalization: str = LEGACY_NORMALIZATION
     resize_method: str = RESIZE_METHOD
 
     def __post_init__(self):
@@ -150,11 +170,7 @@ class ImageContract:
     # --- TensorFlow functions: the only implementations of decode, resize and normalise
     def decode(self, encoded):
         """Encoded JPEG/PNG/BMP/GIF bytes (scalar tf.string) → float32 [H, W, 3] in 0..255 at the contract's size."""
-        import tensorflow as tf
-
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return self.resize(image)
+        return self.resize(decode_rgb(encoded))
 
     def resize(self, image):
         """[h, w, 3] or [N, h, w, 3] (any dtype, 0..255) → float32 at (H, W), antialiased, clipped to 0..255.
@@ -235,6 +251,15 @@ class ImageContract:
         requested = getattr(config.data, "normalization", "auto")
         return cls(image_size=config.data.image_size,
                    normalization=resolve_normalization(requested, config.model.backbone_weights))
+
+
+def as_contract(size_or_contract) -> ImageContract:
+    """An ImageContract as it is, or the contract of a bare (H, W): torchvision normalisation, the
+    normalisation every kdem-tf stage used before contracts were recorded (old run folders, callers
+    that only know a size)."""
+    if isinstance(size_or_contract, ImageContract):
+        return size_or_contract
+    return ImageContract(image_size=tuple(size_or_contract), normalization=LEGACY_NORMALIZATION)
 
 
 def parse_size(text: str) -> Tuple[int, int]:

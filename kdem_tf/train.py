@@ -8,7 +8,8 @@ gets a whole P×K batch, so triplets are mined within a replica.
 Run folder::
 
     RUN_DIR/config.yaml            the resolved config
-    RUN_DIR/run_info.json          dataset, num_classes, image_size, embedding_dim, steps
+    RUN_DIR/run_info.json          dataset, num_classes, image_size, image_contract, embedding_dim, steps
+    RUN_DIR/image_contract.json    the image contract (size, resize, normalisation) every later stage reads
     RUN_DIR/history.jsonl          one line of metrics per epoch (and evaluation results; with
                                    evaluation on, an "epoch": 0 line evaluates the untrained model)
     RUN_DIR/checkpoints/           epoch-NNNN/ folders + latest.json (written atomically)
@@ -31,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from kdem_tf import config as config_lib
+from kdem_tf.image_contract import ImageContract
 from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
                                  make_strategy, latest_checkpoint, save_checkpoint, read_json)
 
@@ -80,6 +82,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     replicas = strategy.num_replicas_in_sync
     is_chief = _is_chief(strategy)
 
+    contract = ImageContract.from_config(config)  # the one contract of this run
     split = input_pipeline.load_split(data_dir, "train")
     num_classes = input_pipeline.num_classes(split)
     info_path = os.path.join(run_dir, "run_info.json")
@@ -120,9 +123,11 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             print(f"resumed from {latest['prefix']} (epoch {start_epoch}, step {int(setup.optimizer.iterations.numpy())})")
     if is_chief:
         atomic_write_text(os.path.join(run_dir, "config.yaml"), config_lib.to_yaml(config))
+        contract.save(run_dir)
         atomic_write_text(info_path, json.dumps({
             "dataset": dataset, "data_dir": data_dir, "num_classes": num_classes,
-            "image_size": list(config.data.image_size), "embedding_dim": int(inference_model.output["embedding"].shape[-1]),
+            "image_size": list(contract.image_size), "image_contract": contract.to_dict(),
+            "embedding_dim": int(inference_model.output["embedding"].shape[-1]),
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "replicas": replicas,
             "mixed_precision": policy, "ablation": config.loss.ablation}, indent=2))
 
@@ -132,7 +137,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         dataset, _ = input_pipeline.train_dataset(
             split, config.data.image_size, config.data.num_identities, config.data.num_instances, 1,
             pipeline_seed, start_epoch=start_epoch, erasing=config.data.random_erasing,
-            channel_augmentation=config.data.channel_augmentation)
+            channel_augmentation=config.data.channel_augmentation, contract=contract)
         return dataset
 
     iterator = iter(strategy.distribute_datasets_from_function(replica_dataset))
@@ -148,7 +153,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     if config.eval_every and step == 0 and is_chief:
         # Epoch 0: the untrained model, the reference for what training achieved.
         record = {"epoch": 0, "step": 0, "eval": _evaluate(inference_model, dataset, data_dir,
-                                                           config.data.image_size, verbose, "untrained ")}
+                                                           contract, verbose, "untrained ")}
         _write_eval_summaries(writer, 0, record["eval"])
         with open(history_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -182,7 +187,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                 tf.summary.scalar(f"train/{k}", v)
             tf.summary.scalar("train/learning_rate", lr)
         if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
-            record["eval"] = _evaluate(inference_model, dataset, data_dir, config.data.image_size, verbose)
+            record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose)
             _write_eval_summaries(writer, step, record["eval"])
         save_checkpoint(checkpoint, ckpt_dir, epoch, is_chief)
         if is_chief:
@@ -238,10 +243,10 @@ def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
     return np.concatenate(values)
 
 
-def _evaluate(inference_model, dataset: str, data_dir: str, image_size, verbose: int, label: str = "") -> dict:
-    from kdem_tf.eval_tfrecords import evaluate_model_on_tfrecords
+def _evaluate(inference_model, dataset: str, data_dir: str, contract, verbose: int, label: str = "") -> dict:
+    from kdem_tf.record_evaluation import evaluate_keras_model
 
-    result = evaluate_model_on_tfrecords(inference_model, dataset, data_dir, image_size)
+    result = evaluate_keras_model(inference_model, dataset, data_dir, contract)
     if verbose:
         print(f"{label}eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
     return result

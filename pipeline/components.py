@@ -47,7 +47,6 @@ class ReidExampleGenSpec(ComponentSpec):
         "dataset": ExecutionParameter(type=str),
         "data_root": ExecutionParameter(type=str),
         "trial": ExecutionParameter(type=int),
-        "image_size": ExecutionParameter(type=str),       # "HxW"
         "num_shards": ExecutionParameter(type=int),       # 0 = automatic
         "input_fingerprint": ExecutionParameter(type=str, optional=True),  # cache key of the raw data
     }
@@ -69,7 +68,6 @@ class ReidExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
         dataset = exec_properties["dataset"]
         data_root = exec_properties["data_root"]
         trial = int(exec_properties.get("trial") or 1)
-        image_size = preprocess.parse_image_size(exec_properties["image_size"])
         num_shards = int(exec_properties.get("num_shards") or 0) or None
         try:
             if not tf.io.gfile.isdir(data_root):
@@ -84,7 +82,7 @@ class ReidExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
         logging.info("ReidExampleGen: %s at %s, trial %d → %s (Beam args %s)", dataset, data_root, trial,
                      examples.uri, self._beam_pipeline_args)
         summary = preprocess.run_preprocess(
-            splits, data_root, examples.uri, image_size, num_shards, PipelineOptions(self._beam_pipeline_args),
+            splits, data_root, examples.uri, num_shards, PipelineOptions(self._beam_pipeline_args),
             overwrite=True, settings={"dataset": dataset, "data_root": data_root, "trial": trial},
             tfx_layout=True)
         if summary["skipped"] and not summary["images_written"]:
@@ -93,7 +91,6 @@ class ReidExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
         examples.set_string_custom_property("dataset", dataset)
         examples.set_string_custom_property("data_root", data_root)
         examples.set_int_custom_property("trial", trial)
-        examples.set_string_custom_property("image_size", exec_properties["image_size"])
         for split, info in summary["splits"].items():
             examples.set_int_custom_property(f"num_images_{split}", info["images"])
             examples.set_int_custom_property(f"num_identities_{split}", info["identities"])
@@ -110,11 +107,10 @@ class ReidExampleGen(base_component.BaseComponent):
     SPEC_CLASS = ReidExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(ReidExampleGenExecutor)
 
-    def __init__(self, dataset: str, data_root: str, trial: int = 1, image_size=(288, 144),
-                 num_shards: int = 0, input_fingerprint: str = ""):
+    def __init__(self, dataset: str, data_root: str, trial: int = 1, num_shards: int = 0,
+                 input_fingerprint: str = ""):
         super().__init__(spec=ReidExampleGenSpec(
-            dataset=dataset, data_root=data_root, trial=int(trial),
-            image_size=f"{int(image_size[0])}x{int(image_size[1])}", num_shards=int(num_shards),
+            dataset=dataset, data_root=data_root, trial=int(trial), num_shards=int(num_shards),
             input_fingerprint=input_fingerprint,
             examples=types.Channel(type=standard_artifacts.Examples)))
 
@@ -177,7 +173,7 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
     modalities (the P of P×K batches); evaluation splits have label -1 and the one modality
     the protocol expects (SYSU query infrared, gallery visible; RegDB test_visible visible,
     test_thermal infrared); no identity is both in train and in an evaluation split; the
-    query and gallery share identities; every image has one size.
+    query and gallery share identities. Image sizes are reported, not checked (originals).
     """
     from kdem_tf.data import schema
 
@@ -247,9 +243,9 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
         if query_ids and gallery_ids and not query_ids & gallery_ids:
             problems.append(f"no identity of {expected[1]} appears in {expected[2]}: nothing to retrieve")
         report["query_identities_without_gallery"] = sorted(query_ids - gallery_ids)
-    if len(sizes) > 1:
-        problems.append(f"images have several sizes {sorted(sizes)[:5]}")
-    report["image_sizes"] = sorted(list(s) for s in sizes)
+    # Originals keep their own sizes (every stage resizes with the image contract): reported only.
+    report["num_image_sizes"] = len(sizes)
+    report["image_sizes"] = sorted(list(s) for s in sizes)[:20]
     report["problems"] = problems
     return report
 
@@ -285,41 +281,15 @@ def ReidDataCheck(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def embed_split_with_saved_model(signature, examples_uri: str, split: str, batch_size: int = 64) -> dict:
-    """Embeds one split of an Examples artifact with a serving signature (image bytes + modality).
-
-    Returns {"features" [N, D], "paths", "pids", "cams"} in path order, as
-    `kdem_tf.eval_tfrecords.embed_split` does for a Keras model.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    from kdem_tf.data import input_pipeline, schema
-
-    arrays = input_pipeline.load_split(examples_uri, split)
-    names = np.array(schema.MODALITIES, dtype=object)[arrays.modalities]
-    order = np.argsort(arrays.paths, kind="stable")
-    features = []
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        out = signature(image_bytes=tf.constant(list(arrays.images[index]), tf.string),
-                        modality=tf.constant(list(names[index]), tf.string))
-        features.append(np.asarray(out["embedding"], np.float32))
-    return {"features": np.concatenate(features), "paths": [arrays.paths[i] for i in order],
-            "pids": arrays.person_ids[order], "cams": arrays.cameras[order]}
-
-
 def evaluate_saved_model(model_dir: str, examples_uri: str, dataset: str, query_split: str,
                          gallery_split: str, mode: str = "all", trials: int = 10) -> dict:
-    """Protocol metrics (percent) of an exported embedder on the evaluation splits."""
-    import tensorflow as tf
+    """Protocol metrics (percent) of an exported embedder on the evaluation splits: the stored
+    bytes through its `serving_default`, the trials and metrics of `kdem_tf.evaluation`
+    (`kdem_tf.record_evaluation`, as `python -m kdem_tf.evaluate --tfrecords`)."""
+    from kdem_tf import record_evaluation
 
-    from kdem_tf import eval_tfrecords
-
-    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
-    query = embed_split_with_saved_model(signature, examples_uri, query_split)
-    gallery = embed_split_with_saved_model(signature, examples_uri, gallery_split)
-    return eval_tfrecords.evaluate_embedded(dataset, query, gallery, mode, trials)
+    return record_evaluation.evaluate_saved_model(model_dir, dataset, examples_uri, mode, trials,
+                                                  split_names=(query_split, gallery_split))
 
 
 def format_metrics(name: str, metrics: dict) -> str:

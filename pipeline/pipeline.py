@@ -28,20 +28,18 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
     """Returns the pipeline; builds nothing and touches no file.
 
     Args:
-        settings: resolved settings (`local_runner.resolve_settings`): data_root and
-            image_size set, fingerprints computed.
+        settings: resolved settings (`local_runner.resolve_settings`): data_root set,
+            fingerprints computed.
         beam_pipeline_args: flags of every Beam-based component (configs.beam_pipeline_args).
         metadata_connection_config: ML Metadata connection; None lets the orchestrator decide
             (Kubeflow/Vertex bring their own).
     """
     if not settings.data_root:
         raise ValueError("settings.data_root is empty: resolve the settings first")
-    if settings.image_size is None:
-        raise ValueError("settings.image_size is None: resolve the settings first")
 
     example_gen = components.ReidExampleGen(
         dataset=settings.dataset, data_root=settings.data_root, trial=settings.trial,
-        image_size=settings.image_size, num_shards=settings.num_shards,
+        num_shards=settings.num_shards,
         input_fingerprint=settings.data_fingerprint)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if settings.schema_path:

@@ -40,7 +40,7 @@ def run_fn(fn_args) -> None:
                               max_steps=fn_args.train_steps or None, log_dir=os.path.join(run_dir, "logs"),
                               verbose=int(custom.get("verbose", 2)))
     model, run_info = export.load_run(run_dir)
-    export.export_saved_model(model, run_info["image_size"], fn_args.serving_model_dir,
+    export.export_saved_model(model, export.run_contract(run_dir, run_info), fn_args.serving_model_dir,
                               extra_info={"dataset": custom["dataset"], "preset": custom.get("preset"),
                                           "steps": summary.get("steps"), "num_classes": run_info.get("num_classes")})
     with open(os.path.join(run_dir, "train_summary.json"), "w") as f:

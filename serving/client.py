@@ -18,6 +18,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 import requests
 
+from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE
+
 
 class ServingClientError(RuntimeError):
     """The server answered with an error: `status` (HTTP) and its `{"error": ...}` message."""
@@ -97,7 +99,7 @@ class ServingClient:
         return self._call("POST", f"{self.url}/v1/models/{self.model}:search", body)["results"]
 
 
-def load_test(url: str, images: Sequence[bytes], modality: str = "visible", clients: int = 8,
+def load_test(url: str, images: Sequence[bytes], modality: str = VISIBLE, clients: int = 8,
               requests_per_client: int = 25, model: str = "kdem") -> dict:
     """Closed-loop load: `clients` threads each send one-image predict requests back to back.
 
@@ -139,7 +141,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="kdem")
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
-    parser.add_argument("--modality", default="infrared", choices=("visible", "infrared"))
+    parser.add_argument("--modality", default=INFRARED, choices=MODALITIES)
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
     client = ServingClient(args.url, args.model, args.version)

@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kdem_tf.data.input_pipeline import decode
-from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE, list_versions, read_info
+from kdem_tf.image_contract import ImageContract
+from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE, list_versions, read_contract, read_info
 
 
 def resolve_version_dir(model: str, version: Optional[int] = None) -> str:
@@ -35,11 +35,12 @@ def version_of(version_dir: str) -> Optional[int]:
     return int(name) if name.isdigit() else None
 
 
-# Decodes exactly as the SavedModel does, so that the server can check (and decode) each
-# request's images before they join a batch: one bad image then fails only its own request.
-@tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([2], tf.int32)])
-def decode_one(image_bytes, image_size):
-    return decode(image_bytes, image_size)
+def decode_one(image_bytes, contract: ImageContract):
+    """One encoded image -> float32 [H, W, 3] RGB 0..255, decoded and resized exactly as the
+    SavedModel's `serving_default` does (the same contract, the same ops), so that the server can
+    check (and decode) each request's images before they join a batch: one bad image then fails
+    only its own request."""
+    return contract.decode(image_bytes)
 
 
 class Embedder:
@@ -58,9 +59,12 @@ class Embedder:
         info = read_info(self.path)
         images_fn = self.signatures[IMAGES_SIGNATURE]
         spec = images_fn.structured_input_signature[1]["images"]
-        self.image_size = tuple(info.get("image_size") or spec.shape[1:3])
+        self.contract = read_contract(self.path, fallback_size=spec.shape[1:3])
+        self.image_size = self.contract.image_size
         self.embedding_dim = int(info.get("embedding_dim") or
                                  images_fn.structured_outputs["embedding"].shape[-1])
+        self._decode = tf.function(lambda image_bytes: decode_one(image_bytes, self.contract),
+                                   input_signature=[tf.TensorSpec([], tf.string)])
 
     def embed_bytes(self, image_bytes: Sequence[bytes], modalities: Sequence[str]) -> np.ndarray:
         """Encoded images + "visible"/"infrared" -> float32 [N, D] via `serving_default`."""
@@ -76,4 +80,4 @@ class Embedder:
 
     def decode(self, image_bytes: bytes) -> np.ndarray:
         """One encoded image -> float32 [H, W, 3] (raises tf.errors.InvalidArgumentError when not an image)."""
-        return decode_one(tf.constant(image_bytes), tf.constant(self.image_size, tf.int32)).numpy()
+        return self._decode(tf.constant(image_bytes)).numpy()

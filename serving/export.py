@@ -6,14 +6,17 @@ writes `MODEL_BASE/<version>/` (TF Serving's layout) with two signatures:
 
 - `serving_default`: `image_bytes` string [N] (JPEG, PNG or BMP) and `modality`
   string [N] ("visible" or "infrared") -> `embedding` float32 [N, D], L2-normalised.
-  Decoding, resizing and ImageNet normalisation run inside the graph with the very
-  functions of the evaluation input path (`kdem_tf.data.input_pipeline`).
-- `embed_images`: `images` float32 [N, H, W, 3] in 0..255 and `modality` -> `embedding`.
+  Decoding, the antialiased resize and the normalisation run inside the graph with the
+  run's image contract (`kdem_tf.image_contract`): the very functions of training and
+  evaluation, with the size and normalisation the model was trained with.
+- `embed_images`: `images` float32 [N, H, W, 3] RGB in 0..255 (already at the contract's
+  size, e.g. `ImageContract.decode`) and `modality` -> `embedding`.
 
 Only stock TensorFlow ops are used, so the stock `tensorflow_model_server` runs it.
 A version folder appears atomically: the SavedModel is written into a hidden temp
 folder beside it (TF Serving only sees all-digit folder names) and renamed.
-`assets.extra/kdem_info.json` records the image size and embedding dimension.
+`assets.extra/kdem_info.json` records the image contract (`image_contract`), the image
+size and the embedding dimension; `read_contract` reads it back.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from typing import Optional, Sequence, Tuple, Union
 import keras
 import tensorflow as tf
 
+from kdem_tf import image_contract
 from kdem_tf.data import schema
-from kdem_tf.data.input_pipeline import decode, normalize
+from kdem_tf.image_contract import ImageContract, as_contract
 
 INFO_FILE = "kdem_info.json"
 SERVING_SIGNATURE = "serving_default"
@@ -60,18 +64,33 @@ def load_run(run_dir: str) -> Tuple[keras.Model, dict]:
     return model, run_info
 
 
+def run_contract(run_dir: str, run_info: Optional[dict] = None) -> ImageContract:
+    """The image contract a run was trained with: RUN_DIR/image_contract.json, else run_info.json's
+    `image_contract`; a run folder from before contracts (only `image_size`) used torchvision's
+    normalisation (`image_contract.as_contract`)."""
+    if os.path.exists(os.path.join(run_dir, image_contract.CONTRACT_FILE)):
+        return ImageContract.load(run_dir)
+    info_path = os.path.join(run_dir, "run_info.json")
+    if run_info is None:
+        with open(info_path) as f:
+            run_info = json.load(f)
+    if "image_contract" in run_info:
+        return ImageContract.from_dict(run_info["image_contract"], where=f"{info_path} image_contract")
+    return as_contract(run_info["image_size"])
+
+
 def modality_ids(modality: tf.Tensor) -> tf.Tensor:
-    """string [N] "visible"/"infrared" -> int32 [N] 0/1; any other value fails with InvalidArgument."""
-    is_visible = tf.equal(modality, schema.VISIBLE)
-    is_infrared = tf.equal(modality, schema.INFRARED)
-    valid = tf.reduce_all(tf.logical_or(is_visible, is_infrared))
-    check = tf.debugging.Assert(valid, ["modality must be 'visible' or 'infrared'"])
+    """string [N] "visible"/"infrared" -> int32 [N] (the contract's MODALITY_INDEX); any other value
+    fails with InvalidArgument."""
+    known = tf.stack([tf.equal(modality, name) for name in schema.MODALITIES], axis=-1)
+    valid = tf.reduce_all(tf.reduce_any(known, axis=-1))
+    check = tf.debugging.Assert(valid, [f"modality must be one of {list(schema.MODALITIES)}"])
     with tf.control_dependencies([check]):
-        return tf.cast(is_infrared, tf.int32)
+        return tf.cast(tf.argmax(tf.cast(known, tf.int32), axis=-1), tf.int32)
 
 
-def export_saved_model(inference_model: keras.Model, image_size: Sequence[int], export_dir: str,
-                       extra_info: Optional[dict] = None) -> str:
+def export_saved_model(inference_model: keras.Model, image_size: Union[ImageContract, Sequence[int]],
+                       export_dir: str, extra_info: Optional[dict] = None) -> str:
     """Writes the embedder SavedModel straight into `export_dir` (no versioning).
 
     Used as is by the TFX Trainer (its serving_model_dir); `export_embedder` adds
@@ -79,24 +98,30 @@ def export_saved_model(inference_model: keras.Model, image_size: Sequence[int], 
 
     Args:
         inference_model: the Keras inference model of `build_kdem_models`.
-        image_size: (H, W) the model was trained at.
+        image_size: the run's ImageContract (`run_contract`); a bare (H, W) means the
+            pre-contract torchvision normalisation (`image_contract.as_contract`).
         export_dir: target folder (must not exist or be empty).
         extra_info: more keys for `assets.extra/kdem_info.json`.
 
     Returns:
         export_dir.
     """
-    height, width = (int(v) for v in image_size)
+    contract = as_contract(image_size)
+    height, width = contract.image_size
+    model_size = tuple(inference_model.input["image"].shape[1:3])
+    if None not in model_size and model_size != contract.image_size:
+        raise ValueError(f"{export_dir}: the model takes {model_size[0]}x{model_size[1]} images but the image "
+                         f"contract says {height}x{width}")
     embedding_dim = int(inference_model.output["embedding"].shape[-1])
 
     def embed_images(images, modality):
-        outputs = inference_model({"image": normalize(images), "modality": modality_ids(modality)},
+        outputs = inference_model({"image": contract.normalize(images), "modality": modality_ids(modality)},
                                   training=False)
         return {"embedding": outputs["embedding"]}
 
     def serve_bytes(image_bytes, modality):
-        # One decode per image: the evaluation path's decode (+ bilinear resize when needed).
-        images = tf.map_fn(lambda b: decode(b, (height, width)), image_bytes,
+        # One decode per image: the contract's decode + antialiased resize, as in training/evaluation.
+        images = tf.map_fn(contract.decode, image_bytes,
                            fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
         return embed_images(images, modality)
 
@@ -110,7 +135,7 @@ def export_saved_model(inference_model: keras.Model, image_size: Sequence[int], 
         tf.TensorSpec([None], tf.string, name="modality")])
     archive.write_out(export_dir, verbose=False)
 
-    info = {"image_size": [height, width], "embedding_dim": embedding_dim,
+    info = {"image_size": [height, width], "image_contract": contract.to_dict(), "embedding_dim": embedding_dim,
             "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE], "exported_at": time.time()}
     info.update(extra_info or {})
     os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
@@ -133,7 +158,23 @@ def read_info(version_dir: str) -> dict:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error})") from None
+
+
+def read_contract(version_dir: str, fallback_size: Optional[Sequence[int]] = None) -> ImageContract:
+    """The image contract baked into an exported version (kdem_info.json `image_contract`); an export
+    from before contracts: its `image_size` (or `fallback_size`) with the normalisation of that time."""
+    info = read_info(version_dir)
+    where = os.path.join(version_dir, "assets.extra", INFO_FILE)
+    if "image_contract" in info:
+        return ImageContract.from_dict(info["image_contract"], where=f"{where} image_contract")
+    size = info.get("image_size") or fallback_size
+    if not size:
+        raise ValueError(f"{where}: no image_contract and no image_size (is {version_dir} a kdem-tf export?)")
+    return as_contract(size)
 
 
 def publish_dir(write, model_base: str, version: Optional[int] = None) -> str:
@@ -168,15 +209,16 @@ def publish_dir(write, model_base: str, version: Optional[int] = None) -> str:
 
 
 def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base: str,
-                    version: Optional[int] = None, image_size: Optional[Sequence[int]] = None) -> str:
+                    version: Optional[int] = None,
+                    image_size: Optional[Union[ImageContract, Sequence[int]]] = None) -> str:
     """Exports a run's inference model as `model_base/<version>/`, atomically.
 
     Args:
         run_dir_or_keras_model: a training run folder, or the Keras inference model itself
-            (then `image_size` defaults to the model's input size).
+            (then `image_size` defaults to the model's input size, see `as_contract`).
         model_base: TF Serving base path.
         version: version number; default max existing + 1.
-        image_size: (H, W); default the run's `image_size`.
+        image_size: an ImageContract or (H, W); default the run's contract (`run_contract`).
 
     Returns:
         the written version folder.
@@ -184,7 +226,7 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
     extra = {}
     if isinstance(run_dir_or_keras_model, str):
         model, run_info = load_run(run_dir_or_keras_model)
-        image_size = image_size or run_info["image_size"]
+        image_size = image_size or run_contract(run_dir_or_keras_model, run_info)
         extra = {k: run_info[k] for k in ("dataset", "num_classes") if k in run_info}
         extra["run_dir"] = os.path.abspath(run_dir_or_keras_model)
     else:
@@ -201,7 +243,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     path = export_embedder(args.run, args.out, args.version)
     info = read_info(path)
-    print(f"exported {path} (image size {info['image_size']}, embedding dim {info['embedding_dim']})")
+    print(f"exported {path} (image contract {info['image_contract']}, embedding dim {info['embedding_dim']})")
 
 
 if __name__ == "__main__":

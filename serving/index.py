@@ -4,7 +4,9 @@
         [--modality visible] [--batch-size 64] [--retrieval-model OUT]
 
 The gallery is a folder of images (one modality, `--modality`) or TFRecords in our
-schema (a folder searched recursively for `*.tfrecord*`, or a glob pattern). Each
+schema (a folder searched recursively for `*.tfrecord*`, or a glob pattern). Either way the
+encoded bytes go to the embedder's `serving_default`, which decodes and resizes them with
+the model's image contract (recorded in the manifest). Each
 entry keeps its person id, camera, path and modality. Small galleries are searched
 exactly (ScaNN brute force); from `BRUTE_FORCE_BELOW` entries on, a k-means tree +
 anisotropic hashing + exact re-ordering, with parameters from `auto_params`.
@@ -203,8 +205,12 @@ class GalleryIndex:
 
 
 def save_index(out: str, embeddings: np.ndarray, entries: List[GalleryEntry], params: dict,
-               model_path: str = "", model_version: Optional[int] = None, searcher=None) -> str:
-    """Builds (unless given) and writes the searcher with its manifest to `out`, atomically."""
+               model_path: str = "", model_version: Optional[int] = None, searcher=None,
+               image_contract: Optional[dict] = None) -> str:
+    """Builds (unless given) and writes the searcher with its manifest to `out`, atomically.
+
+    `image_contract`: the embedder's contract dict, recorded in the manifest (the pixels the
+    gallery was embedded from: queries must be embedded under the same contract)."""
     if os.path.exists(out):
         raise FileExistsError(f"{out}: already exists")
     searcher = searcher or build_searcher(embeddings, params)
@@ -223,7 +229,7 @@ def save_index(out: str, embeddings: np.ndarray, entries: List[GalleryEntry], pa
         manifest = {"format": 1, "count": len(entries), "embedding_dim": int(embeddings.shape[1]),
                     "model_path": os.path.abspath(model_path) if model_path else "",
                     "model_version": model_version, "params": params, "metric": "dot_product",
-                    "created": time.time()}
+                    "image_contract": image_contract, "created": time.time()}
         with open(os.path.join(temp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
         os.rename(temp, out)
@@ -283,7 +289,8 @@ def build_index(model: str, gallery: str, out: str, modality: str = schema.VISIB
     embedder = Embedder(model)
     embeddings, entries = embed_gallery(embedder, gallery, modality, batch_size, progress)
     params = params or auto_params(len(entries))
-    save_index(out, embeddings, entries, params, embedder.path, embedder.version)
+    save_index(out, embeddings, entries, params, embedder.path, embedder.version,
+               image_contract=embedder.contract.to_dict())
     return load_index(out)
 
 

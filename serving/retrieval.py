@@ -26,7 +26,7 @@ import tensorflow as tf
 from scann.scann_ops.py import scann_ops  # registers the Scann>* ops
 
 from serving.embedder import resolve_version_dir, version_of
-from serving.export import SERVING_SIGNATURE, publish_dir
+from serving.export import SERVING_SIGNATURE, publish_dir, read_contract
 
 # (file in the index's scann/ folder, dtype); missing assets become scalars, as ScaNN's own
 # `scann_to_tensors` returns them.
@@ -114,7 +114,8 @@ def export_retrieval_model(model: str, index_dir: str, out_base: str, version: O
     embedder_dir = resolve_version_dir(model, model_version)
     module = RetrievalModule(tf.saved_model.load(embedder_dir), index_dir)
     info = {"embedder": os.path.abspath(embedder_dir), "embedder_version": version_of(embedder_dir),
-            "index": os.path.abspath(index_dir), "count": module.count, "custom_ops": ["Scann"]}
+            "index": os.path.abspath(index_dir), "count": module.count, "custom_ops": ["Scann"],
+            "image_contract": read_contract(embedder_dir).to_dict()}
 
     def write(export_dir):
         tf.saved_model.save(module, export_dir, signatures={SERVING_SIGNATURE: module.search},

@@ -51,6 +51,41 @@ def regdb(tmp_path_factory):
     return root, arrays
 
 
+def preprocess_test_splits(dataset: str, root: Path, out: Path) -> str:
+    """The evaluation splits of a raw tree through the real Beam writer (two shards: not path order)."""
+    from kdem_tf.data import datasets, preprocess
+
+    if dataset == "sysu":
+        query, gallery = datasets.sysu_test_records(str(root))
+        splits = {"query": query, "gallery": gallery}
+    else:
+        test = datasets.regdb_records(str(root), "test", 1)
+        splits = {"test_visible": test["visible"], "test_thermal": test["infrared"]}
+    options = preprocess.local_pipeline_options(["--direct_running_mode=in_memory"])
+    preprocess.run_preprocess(splits, str(root), str(out), num_shards=2, pipeline_options=options,
+                              settings={"dataset": dataset, "trial": 1})
+    return str(out)
+
+
+@pytest.mark.parametrize("dataset", ["sysu", "regdb"])
+def test_tfrecords_give_the_raw_folder_metrics(dataset, sysu, regdb, tmp_path, capsys):
+    """--tfrecords DIR runs the raw folder's protocol: same trials, same features → same numbers."""
+    root, _ = sysu if dataset == "sysu" else regdb
+    tfrecords = preprocess_test_splits(dataset, root, tmp_path / "tfr")
+    npz = root.parent / "feats.npz"
+    extra = ["--trials", 10, "--mode", "indoor"] if dataset == "sysu" else ["--trials", 1]
+    results = {}
+    for source in (["--data-root", root], ["--tfrecords", tfrecords]):
+        code, stdout, err = run_cli(["--dataset", dataset, *source, "--features", npz, *extra,
+                                     "--output", tmp_path / "m.json"], capsys)
+        assert code == 0, err
+        results[source[0]] = json.loads((tmp_path / "m.json").read_text())
+    raw, records = results["--data-root"], results["--tfrecords"]
+    for key in KEYS + ("cmc", "per_trial", "trials", "query_count", "gallery_sizes"):
+        assert raw[key] == records[key], key
+    assert records["tfrecords"] == tfrecords and records["data_root"] is None
+
+
 def run_cli(argv, capsys):
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -144,7 +179,7 @@ def test_model_run_folder_end_to_end(sysu, tmp_path, capsys):
     root, _ = sysu
     build_embedder(tmp_path / "run" / "export" / "3")
     records = [("cam1/0001/0001.jpg", "visible"), ("cam3/0003/0002.jpg", "infrared")]
-    emb = cli.embed_images(str(tmp_path / "run"), str(root), records, image_size=None, batch_size=1)
+    emb = cli.embed_images(str(tmp_path / "run"), str(root), records, batch_size=1)
     for (path, _), row in zip(records, emb):
         np.testing.assert_allclose(row[:3], np.asarray(Image.open(root / path).convert("RGB"), float).mean((0, 1)), atol=3.0)
     assert emb.shape == (2, 4) and emb[1, 3] == 10.0 and emb[0, 3] == 0.0

@@ -291,3 +291,24 @@ def test_regdb_directions_swap_query_and_gallery(tmp_path):
     np.testing.assert_array_equal(i2v[0].query.pids, np.repeat(np.arange(6), 2))
     with pytest.raises(ev.EvaluationError, match="trial 3.*test_visible_3.txt"):
         ev.regdb_trials(str(root), trials=3)
+
+
+@pytest.mark.parametrize("mode,multi_shot", [("all", False), ("indoor", False), ("all", True)])
+def test_sysu_trials_from_pool_paths_equal_the_raw_folder_trials(mode, multi_shot, tmp_path):
+    """The preprocessed path (pools in any order) rebuilds AGW's query order and gallery draws."""
+    root = make_sysu(tmp_path / "SYSU", test_ids=(1, 2, 3, 5, 8, 13), per_camera=3)
+    raw = ev.sysu_trials(str(root), mode, 10, multi_shot)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    rng = np.random.default_rng(0)
+    query = [p for p in files if p.startswith(("cam3/", "cam6/"))]
+    gallery = [p for p in files if not p.startswith(("cam3/", "cam6/"))]
+    pools = ev.sysu_trials_from_paths(list(rng.permutation(query)), list(rng.permutation(gallery)), mode, 10,
+                                      multi_shot)
+    assert len(pools) == len(raw) == 10
+    assert len({t.gallery.paths for t in raw}) > 1  # the draws differ between trials
+    for a, b in zip(raw, pools):
+        assert a.trial == b.trial and a.query.paths == b.query.paths and a.gallery.paths == b.gallery.paths
+        for side_a, side_b in ((a.query, b.query), (a.gallery, b.gallery)):
+            np.testing.assert_array_equal(side_a.pids, side_b.pids)
+            np.testing.assert_array_equal(side_a.cams, side_b.cams)
+            assert side_a.modality == side_b.modality

@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import tensorflow as tf
 
-from kdem_tf.data.schema import INFRARED, VISIBLE
+from kdem_tf.image_contract import INFRARED, VISIBLE
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SYSU_VISIBLE_CAMERAS = (1, 2, 4, 5)

@@ -7,9 +7,10 @@ One batch is a dict of images plus a dict of labels::
     ({"visible": [P*K, H, W, 3], "infrared": [P*K, H, W, 3]},
      {"label_v": [P*K], "label_i": [P*K]})
 
-Encoded JPEG bytes of the train split are held in memory (about 10 kB an image at
-288x144, 0.35 GB for SYSU-MM01); a seeded NumPy sampler draws indices and the
-decode + augment work runs in parallel tf.data maps.
+The original encoded bytes of the train split are held in memory (SYSU-MM01's train
+originals: about 0.7 GB); a seeded NumPy sampler draws indices and the decode + resize
++ augment work runs in parallel tf.data maps. Decoding, resizing and normalisation are
+the image contract's (`kdem_tf.image_contract`), the same functions as in the export.
 """
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdem_tf.data import schema
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from kdem_tf.image_contract import ImageContract, as_contract
 
 
 class InputError(ValueError):
@@ -65,7 +64,8 @@ def load_split(tfrecord_dir: str, split: str) -> SplitArrays:
     if not columns[schema.LABEL]:
         raise InputError(f"{tfrecord_dir}: split {split!r} has no examples")
     cat = {k: np.concatenate(v) for k, v in columns.items()}
-    modality = np.array([schema.MODALITY_INDEX[m.decode()] for m in cat[schema.MODALITY]], np.int32)
+    modality = np.array([schema.modality_index(m.decode(), f"{tfrecord_dir} split {split!r}: modality")
+                         for m in cat[schema.MODALITY]], np.int32)
     return SplitArrays(images=cat[schema.IMAGE].astype(object), labels=cat[schema.LABEL],
                        person_ids=cat[schema.PERSON_ID], cameras=cat[schema.CAMERA], modalities=modality,
                        paths=np.array([p.decode() for p in cat[schema.PATH]], dtype=object))
@@ -132,22 +132,6 @@ class IdentitySampler:
 # ----------------------------------------------------------------------------- decode and augment
 
 
-def normalize(image: tf.Tensor) -> tf.Tensor:
-    """uint8/float [.., H, W, 3] in 0..255 → ImageNet-normalised float32."""
-    image = tf.cast(image, tf.float32) / 255.0
-    return (image - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def decode(encoded: tf.Tensor, image_size: Tuple[int, int]) -> tf.Tensor:
-    """JPEG/PNG/BMP bytes → float32 [H, W, 3] in 0..255, resized when not already at `image_size`."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    image = tf.cast(image, tf.float32)
-    shape = tf.shape(image)
-    return tf.cond(tf.reduce_all(shape[:2] == image_size), lambda: image,
-                   lambda: tf.image.resize(image, image_size, method="bilinear"))
-
-
 def random_erasing(image: tf.Tensor, seed: tf.Tensor, probability: float = 0.5,
                    area: Tuple[float, float] = (0.02, 0.4), aspect: Tuple[float, float] = (0.3, 3.3)) -> tf.Tensor:
     """Erases one random rectangle (to 0, the mean after normalisation), as AGW's RandomErasing."""
@@ -186,13 +170,17 @@ def crop_padding(height: int) -> int:
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, image_size: Tuple[int, int], erasing: float = 0.5,
-            channel: bool = False) -> tf.Tensor:
+            channel: bool = False, contract: Optional[ImageContract] = None) -> tf.Tensor:
     """Pad + random crop back, horizontal flip, [channel exchange], normalise, random erasing.
+
+    `image` is at the contract's size in 0..255 RGB (`contract.decode`); the normalisation is
+    the contract's (default: `as_contract(image_size)`).
 
     The padding is AGW's 10 pixels at 288x144, scaled with the image height
     (`crop_padding`): 10 pixels would shift a 64x32 person by a third of its width.
     """
-    height, width = image_size
+    contract = contract or as_contract(image_size)
+    height, width = contract.image_size
     seeds = tf.random.experimental.stateless_split(seed, 4)
     if channel:
         image = channel_augment(image, seeds[3])
@@ -200,7 +188,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: Tuple[int, int], eras
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     image = tf.image.stateless_random_crop(padded, [height, width, 3], seeds[0])
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    image = normalize(image)
+    image = contract.normalize(image)
     if erasing > 0:
         image = random_erasing(image, seeds[2], probability=erasing)
     return image
@@ -208,19 +196,22 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: Tuple[int, int], eras
 
 def train_dataset(split: SplitArrays, image_size: Tuple[int, int], num_identities: int = 8,
                   num_instances: int = 4, replicas: int = 1, seed: int = 0, start_epoch: int = 0,
-                  erasing: float = 0.5, channel_augmentation: bool = False) -> Tuple[tf.data.Dataset, IdentitySampler]:
+                  erasing: float = 0.5, channel_augmentation: bool = False,
+                  contract: Optional[ImageContract] = None) -> Tuple[tf.data.Dataset, IdentitySampler]:
     """Endless dataset of P×K paired batches; `replicas` whole P×K batches are concatenated
-    so that `strategy.experimental_distribute_dataset` hands each replica a complete one."""
+    so that `strategy.experimental_distribute_dataset` hands each replica a complete one.
+    Images are decoded, resized and normalised by `contract` (default: `as_contract(image_size)`)."""
     sampler = IdentitySampler(split.labels, split.modalities, num_identities, num_instances, seed)
     images = tf.constant(list(split.images), dtype=tf.string)
     labels = tf.constant(split.labels, dtype=tf.int32)
-    size = tuple(int(v) for v in image_size)
+    contract = contract or as_contract(image_size)
+    size = contract.image_size
     # The visible augmentation may exchange channels; infrared images are grey already.
     def load(v, i, counter):
         seed_v = tf.stack([tf.cast(seed, tf.int64), counter * 2])
         seed_i = tf.stack([tf.cast(seed, tf.int64), counter * 2 + 1])
-        visible = augment(decode(tf.gather(images, v), size), seed_v, size, erasing, channel_augmentation)
-        infrared = augment(decode(tf.gather(images, i), size), seed_i, size, erasing, False)
+        visible = augment(contract.decode(tf.gather(images, v)), seed_v, size, erasing, channel_augmentation, contract)
+        infrared = augment(contract.decode(tf.gather(images, i)), seed_i, size, erasing, False, contract)
         return visible, infrared, tf.gather(labels, v), tf.gather(labels, i)
 
     dataset = tf.data.Dataset.from_generator(
@@ -234,12 +225,15 @@ def train_dataset(split: SplitArrays, image_size: Tuple[int, int], num_identitie
     return dataset, sampler
 
 
-def eval_dataset(tfrecord_dir: str, split: str, image_size: Tuple[int, int], batch_size: int = 64) -> tf.data.Dataset:
-    """Batches of {"image", "modality", "person_id", "camera", "path"} in file order, no augmentation."""
-    size = tuple(int(v) for v in image_size)
+def eval_dataset(tfrecord_dir: str, split: str, contract, batch_size: int = 64) -> tf.data.Dataset:
+    """Batches of {"image", "modality", "person_id", "camera", "path"} in file order, no augmentation.
+
+    `contract`: the ImageContract that decodes, resizes and normalises (or a bare (H, W), see
+    `as_contract`)."""
+    contract = as_contract(contract)
 
     def prepare(features):
-        image = normalize(decode(features[schema.IMAGE], size))
+        image = contract.preprocess(features[schema.IMAGE])
         modality = tf.cast(tf.equal(features[schema.MODALITY], schema.INFRARED), tf.int32)
         return {"image": image, "modality": modality, "person_id": features[schema.PERSON_ID],
                 "camera": features[schema.CAMERA], "path": features[schema.PATH]}

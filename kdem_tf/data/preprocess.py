@@ -1,11 +1,15 @@
 """Beam preprocessing: a raw SYSU-MM01 or RegDB folder → sharded TFRecords, one set per split.
 
     python -m kdem_tf.data.preprocess --dataset sysu --data-root DIR --output DIR \
-        [--trial N] [--image-size 288x144] [--num-shards N] [Beam pipeline options]
+        [--trial N] [--num-shards N] [Beam pipeline options]
 
-Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated,
-resized once to the target size and re-encoded as JPEG into a `tf.train.Example`
-of `kdem_tf.data.schema`. Unreadable images are skipped and reported, never fatal.
+Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated
+(PIL decodes it fully) and stored as it is, with its original height and width, in a
+`tf.train.Example` of `kdem_tf.data.schema`: the file's own JPEG/PNG/BMP bytes when
+TensorFlow decodes them, else a lossless PNG re-encoding. Nothing is resized here: every
+later stage (training, evaluation, export, index, server) resizes with the one function
+of `kdem_tf.image_contract`, so they all see the same pixels for the same file.
+Unreadable images are skipped and reported, never fatal.
 
 Output layout (written to OUTPUT.tmp-*, renamed to OUTPUT when complete)::
 
@@ -19,6 +23,7 @@ and records are sorted by path inside a shard, so re-runs give identical files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -35,10 +40,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from kdem_tf.data import datasets, schema
 
-DEFAULT_IMAGE_SIZE = (288, 144)
-JPEG_QUALITY = 95
 SUCCESS_MARKER = "_SUCCESS"
 SUMMARY_FILE = "summary.json"
+REENCODED = "reencoded_png"  # counter key: images stored as a lossless PNG instead of their own bytes
+STORED_IMAGES = ("original encoded bytes (JPEG/PNG/BMP as read), a lossless PNG where TensorFlow cannot "
+                 "decode the file; original height/width; resized by every stage with kdem_tf.image_contract")
 
 
 # ----------------------------------------------------------------------------- split planning
@@ -82,29 +88,59 @@ def shard_name(split: str, index: int, num_shards: int, tfx_layout: bool = False
 # ----------------------------------------------------------------------------- per-image work
 
 
-def encode_image(data: bytes, image_size: Tuple[int, int]) -> bytes:
-    """Decodes any PIL-readable image, converts to RGB, resizes to (H, W), re-encodes as JPEG."""
+# Formats kept as their original bytes when tf.io.decode_image reads them to the size PIL reads
+# (PIL modes it decodes the same way: CMYK/YCbCr JPEGs, 16-bit or exotic modes get re-encoded).
+KEPT_FORMATS = ("JPEG", "PNG", "BMP")
+KEPT_MODES = ("RGB", "L", "RGBA", "LA", "P")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredImage:
+    """What a TFRecord holds of one image: encoded bytes and the original size."""
+    data: bytes
+    height: int
+    width: int
+    reencoded: bool  # True: a lossless PNG of the PIL-decoded RGB pixels, not the file's bytes
+
+
+def original_image(data: bytes) -> StoredImage:
+    """Validates one image file (PIL decodes it fully) and returns what to store: the file's own
+    bytes when TensorFlow decodes them (JPEG/PNG/BMP), else a lossless PNG re-encoding.
+
+    No resize and no lossy re-encoding: every stage resizes with the image contract.
+    Raises whatever PIL raises on a corrupt or truncated file.
+    """
     from PIL import Image  # imported in the worker
 
     with Image.open(io.BytesIO(data)) as image:
         image.load()  # truncated files fail here, not later in training
+        file_format, mode, (width, height) = image.format, image.mode, image.size
+        if file_format in KEPT_FORMATS and mode in KEPT_MODES and _tf_decodes(data, height, width):
+            return StoredImage(data, height, width, reencoded=False)
         rgb = image.convert("RGB")
-    height, width = image_size
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.BILINEAR)
     out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
-    return out.getvalue()
+    rgb.save(out, format="PNG")
+    return StoredImage(out.getvalue(), height, width, reencoded=True)
+
+
+def _tf_decodes(data: bytes, height: int, width: int) -> bool:
+    """Whether tf.io.decode_image (the decoder of every later stage) reads the bytes at PIL's size."""
+    import tensorflow as tf
+
+    try:
+        shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        return False
+    return tuple(shape) == (height, width, 3)
 
 
 class EncodeRecord(beam.DoFn):
-    """(split, ImageRecord) → (shard key, (path, serialized Example)), or a `skipped` output."""
+    """(split, ImageRecord) → (shard key, (path, modality, serialized Example, re-encoded)), or `skipped`."""
 
     SKIPPED = "skipped"
 
-    def __init__(self, data_root: str, image_size: Tuple[int, int], num_shards: Dict[str, int]):
+    def __init__(self, data_root: str, num_shards: Dict[str, int]):
         self._data_root = data_root
-        self._image_size = image_size
         self._num_shards = num_shards
 
     def process(self, element):
@@ -113,16 +149,15 @@ class EncodeRecord(beam.DoFn):
         try:
             with FileSystems.open(full_path, compression_type="uncompressed") as f:
                 raw = f.read()
-            encoded = encode_image(raw, self._image_size)
+            stored = original_image(raw)
         except Exception as error:  # any unreadable or corrupt file is reported, not fatal
             yield beam.pvalue.TaggedOutput(self.SKIPPED, (record.path, f"{type(error).__name__}: {error}"))
             return
         example = schema.make_example(
-            image=encoded, person_id=record.person_id, label=record.label, camera=record.camera,
-            modality=record.modality, split=split, path=record.path,
-            height=self._image_size[0], width=self._image_size[1])
+            image=stored.data, person_id=record.person_id, label=record.label, camera=record.camera,
+            modality=record.modality, split=split, path=record.path, height=stored.height, width=stored.width)
         key = (split, shard_of(record.path, self._num_shards[split]))
-        yield key, (record.path, record.modality, example.SerializeToString(deterministic=True))
+        yield key, (record.path, record.modality, example.SerializeToString(deterministic=True), stored.reencoded)
 
 
 class WriteShard(beam.DoFn):
@@ -141,9 +176,10 @@ class WriteShard(beam.DoFn):
         path = datasets.join(self._output_dir, shard_name(split, index, self._num_shards[split], self._tfx_layout))
         counts = Counter()
         with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-            for _, modality, serialized in items:
+            for _, modality, serialized, reencoded in items:
                 writer.write(serialized)
                 counts[modality] += 1
+                counts[REENCODED] += int(reencoded)
         yield split, dict(counts)
 
 
@@ -165,7 +201,7 @@ def _empty_shards(output_dir: str, num_shards: Dict[str, int], written: Iterable
 
 
 def default_num_shards(count: int) -> int:
-    """About 2,000 images (~20 MB at 288x144) per shard, at least 1."""
+    """About 2,000 images per shard (SYSU-MM01's originals: ~30 MB), at least 1."""
     return max(1, min(64, -(-count // 2000)))
 
 
@@ -176,7 +212,7 @@ def local_pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
     binary, which fails offline. Default: the DirectRunner's FnApiRunner in one
     process (`in_memory`). Measured on a 2-core machine, 7,020 images at 288x144:
     in_memory 989 images/s, multi_threading 1,016, multi_processing 654 (each worker
-    process imports TensorFlow and every element crosses gRPC). multi_threading lost
+    process imports TensorFlow and every element crosses gRPC; measured when Beam still resized). multi_threading lost
     one record in one of four runs here (Beam 2.74), so it is not the default;
     `run_preprocess` checks the counts whatever the mode. `--direct_running_mode=...`
     and `--direct_num_workers=N` in argv choose another mode; any `--runner=...` wins
@@ -195,7 +231,7 @@ def local_pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
 
 
 def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str, output_dir: str,
-                   image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE, num_shards: Optional[int] = None,
+                   num_shards: Optional[int] = None,
                    pipeline_options: Optional[PipelineOptions] = None, overwrite: bool = False,
                    settings: Optional[dict] = None, tfx_layout: bool = False) -> dict:
     """Runs the Beam job and atomically publishes `output_dir`. Returns the summary dict.
@@ -216,7 +252,7 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
     with beam.Pipeline(options=options) as pipeline:
         encoded = (pipeline
                    | "ListImages" >> beam.Create(elements, reshuffle=True)
-                   | "Encode" >> beam.ParDo(EncodeRecord(data_root, image_size, shards))
+                   | "Encode" >> beam.ParDo(EncodeRecord(data_root, shards))
                    .with_outputs(EncodeRecord.SKIPPED, main="examples"))
         written = (encoded.examples
                    | "GroupByShard" >> beam.GroupByKey()
@@ -227,7 +263,7 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
              | "WriteSkipped" >> beam.io.WriteToText(datasets.join(staging, "_counts/skipped"), shard_name_template="-SS-of-NN"))
     seconds = time.time() - started
 
-    summary = _summarise(staging, splits, shards, seconds, image_size, settings or {}, tfx_layout)
+    summary = _summarise(staging, splits, shards, seconds, settings or {}, tfx_layout)
     _check_counts(summary, splits, staging)
     written_shards = {tuple(s) for s in summary.pop("_written")}
     _empty_shards(staging, shards, written_shards, tfx_layout)
@@ -263,7 +299,7 @@ def tf_exists(path: str) -> bool:
     return tf.io.gfile.exists(path)
 
 
-def _summarise(staging, splits, shards, seconds, image_size, settings, tfx_layout) -> dict:
+def _summarise(staging, splits, shards, seconds, settings, tfx_layout) -> dict:
     import tensorflow as tf
 
     counts: Dict[str, Counter] = {split: Counter() for split in splits}
@@ -282,16 +318,18 @@ def _summarise(staging, splits, shards, seconds, image_size, settings, tfx_layou
         for index in range(n):
             if tf.io.gfile.exists(datasets.join(staging, shard_name(split, index, n, tfx_layout))):
                 written.append((split, index))
+    reencoded = {split: c.pop(REENCODED, 0) for split, c in counts.items()}
     total = sum(sum(c.values()) for c in counts.values())
     return {
         "splits": {split: {"images": sum(c.values()), "by_modality": dict(sorted(c.items())),
+                           "reencoded_png": reencoded[split],
                            "identities": len(datasets.identities(splits[split])),
                            "num_shards": shards[split]} for split, c in counts.items()},
         "images_written": total,
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
         "seconds": round(seconds, 2),
         "images_per_second": round((total + len(skipped)) / max(seconds, 1e-9), 1),
-        "image_size": list(image_size),
+        "stored_images": STORED_IMAGES,
         "settings": settings,
         "_written": written,
     }
@@ -328,16 +366,6 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_image_size(text: str) -> Tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 288x144, got {text!r}")
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
-    return height, width
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Unrecognised flags are passed to Beam (e.g. --runner=FlinkRunner).")
@@ -345,14 +373,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--trial", type=int, default=1, help="RegDB trial 1..10")
-    parser.add_argument("--image-size", type=parse_image_size, default=DEFAULT_IMAGE_SIZE, help="HxW, default 288x144")
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
     args, beam_args = parser.parse_known_args(argv)
     try:
         splits = plan_splits(args.dataset, args.data_root, args.trial)
         summary = run_preprocess(
-            splits, args.data_root, args.output, args.image_size, args.num_shards,
+            splits, args.data_root, args.output, args.num_shards,
             local_pipeline_options(beam_args), args.overwrite,
             settings={"dataset": args.dataset, "data_root": args.data_root, "trial": args.trial})
     except (datasets.DatasetError, FileExistsError, PreprocessError) as error:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-VISIBLE = "visible"
-INFRARED = "infrared"
-MODALITIES = (VISIBLE, INFRARED)
-MODALITY_INDEX = {VISIBLE: 0, INFRARED: 1}
+# The modality vocabulary is the image contract's; re-exported here for the schema's users.
+from kdem_tf.image_contract import INFRARED, MODALITIES, MODALITY_INDEX, VISIBLE, modality_index  # noqa: F401
 
 # Split names written by preprocessing. SYSU writes `query` (infrared test pool)
 # and `gallery` (visible test pool); RegDB writes `test_visible` and `test_thermal`.
@@ -19,14 +17,14 @@ TRAIN = "train"
 SYSU_SPLITS = (TRAIN, "query", "gallery")
 REGDB_SPLITS = (TRAIN, "test_visible", "test_thermal")
 
-IMAGE = "image"            # encoded JPEG bytes, resized once by preprocessing
+IMAGE = "image"            # the original encoded bytes (JPEG/PNG/BMP), or a lossless PNG of them
 PERSON_ID = "person_id"    # the dataset's own identity number
 LABEL = "label"            # contiguous training label from 0; -1 outside the train split
 CAMERA = "camera"          # camera number (SYSU 1..6; RegDB 1 visible, 2 thermal)
 MODALITY = "modality"      # "visible" or "infrared"
 SPLIT = "split"            # one of the split names above
 PATH = "path"              # source path relative to the data root, e.g. "cam3/0001/0001.jpg"
-HEIGHT = "height"
+HEIGHT = "height"          # the original image height (every stage resizes with the image contract)
 WIDTH = "width"
 
 FEATURE_SPEC = {
@@ -53,8 +51,7 @@ def _int(value: int) -> tf.train.Feature:
 def make_example(*, image: bytes, person_id: int, label: int, camera: int, modality: str,
                  split: str, path: str, height: int, width: int) -> tf.train.Example:
     """Builds one schema-conformant `tf.train.Example`."""
-    if modality not in MODALITIES:
-        raise ValueError(f"{path}: modality must be one of {MODALITIES}, got {modality!r}")
+    modality_index(modality, f"{path}: modality")
     return tf.train.Example(features=tf.train.Features(feature={
         IMAGE: _bytes(image),
         PERSON_ID: _int(person_id),

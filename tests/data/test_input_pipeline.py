@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kdem_tf.data import input_pipeline as ip
 from kdem_tf.data import preprocess, synthetic
+from kdem_tf.image_contract import NORMALIZATIONS
 
 IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
@@ -16,7 +17,7 @@ def tfrecords(tmp_path_factory):
     base = tmp_path_factory.mktemp("ip")
     root = synthetic.generate_sysu(str(base / "raw"), identities=10, images_per_camera=2, progress=False)
     out = str(base / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out, image_size=(48, 24),
+    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out,
                               pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     return out
 
@@ -71,7 +72,8 @@ def test_dataset_is_deterministic_for_a_seed(train_split):
 def test_augment_normalises_and_erases():
     image = tf.fill([48, 24, 3], 200.0)
     out = ip.augment(image, tf.constant([1, 2], tf.int64), (48, 24), erasing=1.0)
-    normalised = (200.0 / 255.0 - np.array(ip.IMAGENET_MEAN)) / np.array(ip.IMAGENET_STD)
+    torchvision = NORMALIZATIONS["torchvision"]  # the normalisation of a bare (48, 24): as_contract
+    normalised = (200.0 / 255.0 - np.array(torchvision["mean"])) / np.array(torchvision["std"])
     values = out.numpy().reshape(-1, 3)
     assert out.shape == (48, 24, 3)
     # Padding (zeros before normalisation) and erasing (zeros after) leave other values only.

@@ -12,6 +12,7 @@ import tensorflow as tf
 from kdem_tf.data import datasets as ds
 from kdem_tf.data import preprocess, schema, synthetic
 
+ORIGINAL_SIZE = (40, 20)  # synthetic images are written at this size; nothing may resize them
 IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
@@ -24,13 +25,14 @@ def _read(output_dir: str, split: str) -> list:
 @pytest.fixture(scope="module")
 def sysu(tmp_path_factory):
     base = tmp_path_factory.mktemp("sysu")
-    root = synthetic.generate_sysu(str(base / "raw"), identities=8, images_per_camera=2, progress=False)
+    root = synthetic.generate_sysu(str(base / "raw"), identities=8, images_per_camera=2,
+                                   image_size=ORIGINAL_SIZE, progress=False)
     corrupt = os.path.join(root, "cam1", f"{ds.read_sysu_ids(root, 'train')[0]:04d}", "0001.jpg")
     with open(corrupt, "wb") as f:
         f.write(b"\xff\xd8 this is not a JPEG")
     out = str(base / "tfrecords")
     splits = preprocess.plan_splits("sysu", root)
-    summary = preprocess.run_preprocess(splits, root, out, image_size=(48, 24), num_shards=2,
+    summary = preprocess.run_preprocess(splits, root, out, num_shards=2,
                                         pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     return root, out, splits, summary, os.path.relpath(corrupt, root)
 
@@ -46,9 +48,12 @@ def test_sysu_round_trip(sysu):
             record = expected[e["path"].decode()]
             assert (e["person_id"], e["label"], e["camera"]) == (record.person_id, record.label, record.camera)
             assert e["modality"].decode() == record.modality and e["split"].decode() == split
-            image = tf.io.decode_jpeg(e["image"]).numpy()
-            assert image.shape == (48, 24, 3) and (e["height"], e["width"]) == (48, 24)
+            with open(os.path.join(root, record.path), "rb") as f:
+                assert e["image"] == f.read()  # the original bytes, not a resized re-encoding
+            assert (e["height"], e["width"]) == ORIGINAL_SIZE
         assert summary["splits"][split]["images"] == len(expected)
+        assert summary["splits"][split]["reencoded_png"] == 0
+    assert "original encoded bytes" in summary["stored_images"]
     assert {e["modality"].decode() for e in _read(out, "query")} == {"infrared"}
     assert {e["modality"].decode() for e in _read(out, "gallery")} == {"visible"}
 
@@ -74,7 +79,7 @@ def test_every_shard_exists_and_rerun_is_byte_identical(sysu, tmp_path):
     for split in splits:
         assert len(glob.glob(os.path.join(out, split, "*.tfrecord.gz"))) == 2
     again = str(tmp_path / "again")
-    preprocess.run_preprocess(splits, root, again, image_size=(48, 24), num_shards=2,
+    preprocess.run_preprocess(splits, root, again, num_shards=2,
                               pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     for path in sorted(glob.glob(os.path.join(out, "*", "*.tfrecord.gz"))):
         twin = os.path.join(again, os.path.relpath(path, out))
@@ -85,7 +90,7 @@ def test_every_shard_exists_and_rerun_is_byte_identical(sysu, tmp_path):
 def test_existing_output_is_not_overwritten_without_flag(sysu):
     root, out, splits, _, _ = sysu
     with pytest.raises(FileExistsError, match="already holds a complete"):
-        preprocess.run_preprocess(splits, root, out, image_size=(48, 24))
+        preprocess.run_preprocess(splits, root, out)
 
 
 def test_failed_run_leaves_no_complete_looking_output(sysu, tmp_path, monkeypatch):
@@ -97,7 +102,7 @@ def test_failed_run_leaves_no_complete_looking_output(sysu, tmp_path, monkeypatc
 
     monkeypatch.setattr(preprocess, "_summarise", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        preprocess.run_preprocess(splits, root, out, image_size=(48, 24), num_shards=1,
+        preprocess.run_preprocess(splits, root, out, num_shards=1,
                                   pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     assert not os.path.exists(out)  # only the staging folder exists, named .tmp-*
     assert [n for n in os.listdir(tmp_path) if n.startswith("crashed.tmp-")]
@@ -108,7 +113,7 @@ def test_regdb_round_trip_multiprocess_cli(tmp_path, capsys):
     root = synthetic.generate_regdb(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
     out = str(tmp_path / "tfrecords")
     code = preprocess.main(["--dataset", "regdb", "--data-root", root, "--output", out, "--trial", "3",
-                            "--image-size", "32x16", "--direct_running_mode=multi_processing"])
+                            "--direct_running_mode=multi_processing"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "test_thermal" in printed and "images/s" in printed
@@ -142,7 +147,7 @@ def test_lost_records_fail_the_job_and_publish_nothing(sysu, tmp_path, monkeypat
 
     monkeypatch.setattr(preprocess, "_summarise", lose_one)
     with pytest.raises(preprocess.PreprocessError, match="split 'gallery': .* the Beam runner lost records"):
-        preprocess.run_preprocess(splits, root, out, image_size=(32, 16), num_shards=1,
+        preprocess.run_preprocess(splits, root, out, num_shards=1,
                                   pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     assert not os.path.exists(out)
 
@@ -158,7 +163,35 @@ def test_cli_reports_broken_layout(tmp_path, capsys):
 def test_tfx_layout_names_split_folders(sysu, tmp_path):
     root, _, splits, _, _ = sysu
     out = str(tmp_path / "artifact")
-    preprocess.run_preprocess({"query": splits["query"]}, root, out, image_size=(32, 16), num_shards=1,
+    preprocess.run_preprocess({"query": splits["query"]}, root, out, num_shards=1,
                               pipeline_options=preprocess.local_pipeline_options(IN_PROCESS), tfx_layout=True)
     assert glob.glob(os.path.join(out, "Split-query", "query-00000-of-00001.tfrecord.gz"))
     assert np.all([p.endswith(".gz") for p in glob.glob(os.path.join(out, "Split-query", "*"))])
+
+
+def _encoded(image, **save) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, **save)
+    return buffer.getvalue()
+
+
+def test_originals_are_kept_and_undecodable_formats_become_lossless_png():
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 14, 3), dtype=np.uint8)
+    for fmt in ("PNG", "BMP", "JPEG"):
+        data = _encoded(Image.fromarray(pixels), format=fmt)
+        stored = preprocess.original_image(data)
+        assert stored.data == data and not stored.reencoded and (stored.height, stored.width) == (30, 14)
+    # CMYK JPEG (TF would misread the channels) and TIFF (TF cannot decode): PNG of PIL's RGB pixels
+    for image, save in ((Image.fromarray(pixels).convert("CMYK"), {"format": "JPEG"}),
+                        (Image.fromarray(pixels), {"format": "TIFF"})):
+        data = _encoded(image, **save)
+        stored = preprocess.original_image(data)
+        assert stored.reencoded and stored.data != data and (stored.height, stored.width) == (30, 14)
+        with Image.open(__import__("io").BytesIO(data)) as original:
+            expected = np.asarray(original.convert("RGB"))
+        np.testing.assert_array_equal(tf.io.decode_png(stored.data, channels=3).numpy(), expected)
+    with pytest.raises(Exception):
+        preprocess.original_image(b"\xff\xd8 not an image")

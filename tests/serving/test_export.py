@@ -22,24 +22,53 @@ def test_export_layout_and_info(model_base):
     info = read_info(version_dir)
     assert info["image_size"] == list(IMAGE_SIZE) and info["embedding_dim"] == 2048
     assert info["dataset"] == "sysu"
+    # The fixture's run folder predates contracts (run_info.json holds only a size): torchvision.
+    assert info["image_contract"]["image_size"] == list(IMAGE_SIZE)
+    assert info["image_contract"]["normalization"] == "torchvision"
+    assert info["image_contract"]["resize"] == {"method": "lanczos3", "antialias": True}
+
+
+def test_export_bakes_the_run_contract_into_graph_and_info(run_dir, tmp_path):
+    """A run folder's image_contract.json (caffe here) is what the export records and computes."""
+    import shutil
+
+    from kdem_tf.image_contract import ImageContract
+    from serving.embedder import Embedder
+    from serving.export import export_embedder, load_run, read_contract
+    run = str(tmp_path / "run")
+    shutil.copytree(run_dir, run)
+    contract = ImageContract(IMAGE_SIZE, "caffe")
+    contract.save(run)
+    base = str(tmp_path / "models")
+    version_dir = export_embedder(run, base)
+    assert read_contract(version_dir) == contract
+    model, _ = load_run(run)
+    image = png_bytes(np.random.default_rng(3).integers(0, 256, (96, 40, 3)))  # must be downscaled
+    # BGR, mean-subtracted pixels of the contract's antialiased resize: computed here, not by the export
+    pixels = tf.image.resize(tf.io.decode_png(image, channels=3), IMAGE_SIZE, "lanczos3", antialias=True)
+    caffe = tf.clip_by_value(pixels, 0, 255)[..., ::-1] - tf.constant([103.939, 116.779, 123.68])
+    expected = model({"image": caffe[None], "modality": tf.constant([1])}, training=False)["embedding"].numpy()
+    embedder = Embedder(base)
+    assert embedder.contract == contract
+    np.testing.assert_allclose(embedder.embed_bytes([image], ["infrared"]), expected, atol=EMBEDDING_ATOL)
 
 
 def test_reloaded_embeddings_equal_keras(run_dir, embedder):
-    from kdem_tf.data.input_pipeline import decode, normalize
     from serving.export import load_run
     model, _ = load_run(run_dir)
+    contract = embedder.contract
     rng = np.random.default_rng(0)
     # One image at the model size, one that the graph must resize.
     images = [png_bytes(rng.integers(0, 256, (64, 32, 3))), png_bytes(rng.integers(0, 256, (80, 48, 3)))]
     modalities = ["visible", "infrared"]
     served = embedder.embed_bytes(images, modalities)
-    batch = tf.stack([normalize(decode(tf.constant(b), IMAGE_SIZE)) for b in images])
+    batch = tf.stack([contract.preprocess(tf.constant(b)) for b in images])
     expected = model({"image": batch, "modality": tf.constant([0, 1])}, training=False)["embedding"].numpy()
     assert served.shape == (2, 2048)
     np.testing.assert_allclose(served, expected, atol=EMBEDDING_ATOL)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
     # The float-image signature gives the same embeddings.
-    floats = np.stack([decode(tf.constant(b), IMAGE_SIZE).numpy() for b in images])
+    floats = np.stack([embedder.decode(b) for b in images])
     np.testing.assert_allclose(embedder.embed_images(floats, modalities), expected, atol=EMBEDDING_ATOL)
     # The modality selects the stem: the same image embeds differently per modality.
     assert not np.allclose(embedder.embed_bytes(images[:1], ["infrared"]), served[:1], atol=1e-4)

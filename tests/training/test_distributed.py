@@ -48,7 +48,7 @@ def _free_ports(n):
 def test_two_worker_processes_end_with_identical_weights(tmp_path):
     root = synthetic.generate_sysu(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
     data = str(tmp_path / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, data, image_size=(64, 32),
+    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, data,
                               pipeline_options=preprocess.local_pipeline_options(["--direct_running_mode=in_memory"]))
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

@@ -30,7 +30,7 @@ def tfrecords(tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
     root = synthetic.generate_sysu(str(base / "raw"), identities=8, images_per_camera=2, progress=False)
     out = str(base / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out, image_size=(64, 32),
+    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out,
                               pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
     return out
 
@@ -65,6 +65,8 @@ def test_resumes_after_sigkill_and_finishes(tfrecords, tmp_path):
     assert not [n for n in os.listdir(os.path.join(out, "checkpoints")) if n.startswith(".tmp-")]
     info = json.load(open(os.path.join(out, "run_info.json")))
     assert info["num_classes"] > 0 and info["image_size"] == [64, 32]
+    from kdem_tf.image_contract import ImageContract  # the run's contract, for export/evaluate/serving
+    assert ImageContract.load(out) == ImageContract.from_dict(info["image_contract"]) == ImageContract((64, 32))
 
 
 def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path):
