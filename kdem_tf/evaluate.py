@@ -18,6 +18,7 @@ evaluates a preprocessing output instead of the raw folder, through the same pro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kdem_tf import evaluation as ev
-from kdem_tf import reranking
+from kdem_tf import reranking, tta
 
 MONTAGE_QUERIES = 8
 MONTAGE_TOP_K = 10
@@ -116,7 +117,8 @@ def resolve_saved_model(model_path: str) -> str:
                              f"inference_model/ below it (or a numbered version folder inside those)")
 
 
-def embed_images(model_path: str, data_root: str, records: Sequence, batch_size: int = 64) -> np.ndarray:
+def embed_images(model_path: str, data_root: str, records: Sequence, batch_size: int = 64,
+                 signature_name: str = "serving_default") -> np.ndarray:
     """Embeds dataset image files with an exported kdem-tf embedder.
 
     Contract of the model: a TF SavedModel (or a run folder, see `resolve_saved_model`)
@@ -134,36 +136,42 @@ def embed_images(model_path: str, data_root: str, records: Sequence, batch_size:
     pairs = [(r.path, r.modality) if hasattr(r, "path") else (r[0], r[1]) for r in records]
     batches = (([_read_image_bytes(data_root, path) for path, _ in pairs[start:start + batch_size]],
                 [m for _, m in pairs[start:start + batch_size]]) for start in range(0, len(pairs), batch_size))
-    return _embed_batches(model_path, batches, len(pairs))
+    return _embed_batches(model_path, batches, len(pairs), signature_name)
 
 
 def embed_encoded(model_path: str, images: Sequence[bytes], modalities: Sequence[str],
-                  batch_size: int = 64) -> np.ndarray:
+                  batch_size: int = 64, signature_name: str = "serving_default") -> np.ndarray:
     """Like `embed_images`, for encoded images already in memory (e.g. the bytes a TFRecord stores)."""
     if len(images) != len(modalities):
         raise ev.EvaluationError(f"embed_encoded: {len(images)} images but {len(modalities)} modalities")
     batches = ((list(images[start:start + batch_size]), list(modalities[start:start + batch_size]))
                for start in range(0, len(images), batch_size))
-    return _embed_batches(model_path, batches, len(images))
+    return _embed_batches(model_path, batches, len(images), signature_name)
 
 
-def _embed_batches(model_path: str, batches: Iterable[Tuple[List[bytes], List[str]]], total: int) -> np.ndarray:
-    """Runs `serving_default` of the SavedModel at `model_path` on (image bytes, modalities) batches."""
+def _embed_batches(model_path: str, batches: Iterable[Tuple[List[bytes], List[str]]], total: int,
+                   signature_name: str = "serving_default") -> np.ndarray:
+    """Runs a bytes-in signature (`serving_default`, or `serving_flip` for flip test-time
+    augmentation) of the SavedModel at `model_path` on (image bytes, modalities) batches."""
     import tensorflow as tf
     from tqdm import tqdm
 
     if not total:
         raise ev.EvaluationError("embed_images: no images to embed")
     folder = resolve_saved_model(model_path)
-    signature = tf.saved_model.load(folder).signatures.get("serving_default")
+    signatures = tf.saved_model.load(folder).signatures
+    signature = signatures.get(signature_name)
     if signature is None:
-        raise ev.EvaluationError(f"{folder}: SavedModel has no 'serving_default' signature")
+        hint = " (exported before flip test-time augmentation existed: export it again)" \
+            if signature_name == tta.FLIP_SIGNATURE else ""
+        raise ev.EvaluationError(f"{folder}: SavedModel has no {signature_name!r} signature (it has "
+                                 f"{sorted(signatures)}){hint}")
     out = []
     with tqdm(total=total, desc="embedding", unit="img", file=sys.stderr) as bar:
         for images, modalities in batches:
             result = signature(image_bytes=tf.constant(images, tf.string), modality=tf.constant(modalities, tf.string))
             if "embedding" not in result:
-                raise ev.EvaluationError(f"{folder}: serving_default returns {sorted(result)}, not 'embedding'")
+                raise ev.EvaluationError(f"{folder}: {signature_name} returns {sorted(result)}, not 'embedding'")
             emb = np.asarray(result["embedding"])
             if emb.ndim != 2 or len(emb) != len(images):
                 raise ev.EvaluationError(f"{folder}: embedding shape {emb.shape}, expected [{len(images)}, D]")
@@ -186,10 +194,12 @@ def _read_image_bytes(data_root: str, rel_path: str) -> bytes:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = None):
+def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = None,
+                       signature_name: str = "serving_default"):
     """Returns features_for(trial) -> (query [Q, D], gallery [G, D]) for --features or --model.
 
-    `splits`: with --tfrecords, the evaluation splits (their stored bytes are embedded)."""
+    `splits`: with --tfrecords, the evaluation splits (their stored bytes are embedded).
+    `signature_name`: the SavedModel signature (`serving_flip` for --flip)."""
     if args.features:
         tables = load_feature_tables(args.features)
 
@@ -207,13 +217,13 @@ def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = No
         from kdem_tf import record_evaluation
 
         def table_for(model: str, trial_list) -> FeatureTable:
-            paths, feats = record_evaluation.embed_saved_model(model, splits, args.batch_size)
+            paths, feats = record_evaluation.embed_saved_model(model, splits, args.batch_size, signature_name)
             return FeatureTable(paths, feats, model)
     else:
         def table_for(model: str, trial_list) -> FeatureTable:
             recs = _records(trial_list)
-            return FeatureTable([p for p, _ in recs], embed_images(model, args.data_root, recs, args.batch_size),
-                                model)
+            return FeatureTable([p for p, _ in recs],
+                                embed_images(model, args.data_root, recs, args.batch_size, signature_name), model)
 
     shared = None if per_trial else table_for(args.model, trials)
 
@@ -345,6 +355,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--gallery-sampling", choices=ev.GALLERY_SAMPLINGS, default="agw",
                    help="SYSU gallery draw per trial: AGW's seeded random.choice (default) or the official "
                         "exp/rand_perm_cam.mat of the dataset's MATLAB evaluation")
+    p.add_argument("--flip", action="store_true",
+                   help="--model: also report flip test-time augmentation (each embedding averaged with its "
+                        "horizontal mirror's, then L2-normalised; the SavedModel's serving_flip), as its own rows")
     p.add_argument("--rerank", action="store_true",
                    help="also report k-reciprocal re-ranked numbers (Zhong et al. 2017), as their own rows")
     p.add_argument("--rerank-params", type=_rerank_params, metavar="K1,K2,LAMBDA",
@@ -361,6 +374,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files)")
     if args.tfrecords and args.plots:
         p.error("--plots draws the retrieval montage from the raw images: use --data-root")
+    if args.flip and not args.model:
+        p.error("--flip embeds the images twice (plain and mirrored): it needs --model, not --features")
     if args.tfrecords and args.gallery_sampling != "agw":
         p.error("--gallery-sampling official reads exp/rand_perm_cam.mat of the raw folder: use --data-root")
     return args
@@ -386,7 +401,12 @@ def run(args: argparse.Namespace) -> dict:
         {"direction": args.direction}
     features_for = _features_provider(args, trials, splits)
     rerank = getattr(args, "rerank", None) or None  # RerankParams (parse_args), or absent/False
-    variants = ev.group_variants(ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank))
+    computed = ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank)
+    if args.flip:  # the same trials on flip-averaged embeddings: their own rows
+        flip_for = _features_provider(args, trials, splits, tta.FLIP_SIGNATURE)
+        computed += [dataclasses.replace(r, variant=tta.flip_label(r.variant, ev.PLAIN))
+                     for r in ev.run_trials(trials, flip_for, args.dataset, args.distance, rerank=rerank)]
+    variants = ev.group_variants(computed)
     results = variants[ev.PLAIN]
     cmc, mAP, mINP = ev.average_trials(results)
     mean = ev.summary(cmc, mAP, mINP)
@@ -405,12 +425,14 @@ def run(args: argparse.Namespace) -> dict:
               f"{trials[0].query.modality} | gallery {gallery} {trials[0].gallery.modality} | {args.distance}")
     metrics["rerank"] = rerank_settings(rerank)
     metrics["gallery_sampling"] = sampling_label(args)
-    metrics["variants"] = {label: dict(variant_metrics(label, rs, None if label == ev.PLAIN else rerank),
+    metrics["flip"] = bool(args.flip)
+    metrics["variants"] = {label: dict(variant_metrics(label, rs, rerank if "rerank" in label else None),
                                        gallery_sampling=sampling_label(args)) for label, rs in variants.items()}
     print(format_table(f"{header} | {ev.PLAIN}", rows))
     for label, entry in metrics["variants"].items():
         if label != ev.PLAIN:
-            title = f"{header} | {label} on euclidean between L2-normalised features"
+            how = "euclidean between L2-normalised features" if "rerank" in label else args.distance
+            title = f"{header} | {label} on {how}"
             print("\n" + format_table(title, [(str(r["trial"]), r) for r in entry["per_trial"]] + [("Mean", entry)]))
     if len(variants) > 1:
         print("\n" + format_variants(f"{_title(args)} | mean of {len(results)} trial(s), each variant apart",

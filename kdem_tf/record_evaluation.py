@@ -124,8 +124,10 @@ def evaluate_keras_model(inference_model, dataset: str, tfrecord_dir: str, contr
     return metrics_of(ev.run_trials(trial_list, features_for, dataset, distance))
 
 
-def embed_saved_model(model_path: str, splits: Dict[str, object], batch_size: int = 64) -> Tuple[List[str], np.ndarray]:
-    """(paths, [N, D]) of the given splits, their stored bytes fed to the SavedModel's `serving_default`."""
+def embed_saved_model(model_path: str, splits: Dict[str, object], batch_size: int = 64,
+                      signature_name: str = "serving_default") -> Tuple[List[str], np.ndarray]:
+    """(paths, [N, D]) of the given splits, their stored bytes fed to the SavedModel's `serving_default`
+    (or `signature_name`, e.g. `serving_flip`)."""
     from kdem_tf.data import schema
     from kdem_tf.evaluate import embed_encoded
 
@@ -134,7 +136,7 @@ def embed_saved_model(model_path: str, splits: Dict[str, object], batch_size: in
         paths += list(arrays.paths)
         images += list(arrays.images)
         modalities += [schema.MODALITIES[m] for m in arrays.modalities]
-    return paths, embed_encoded(model_path, images, modalities, batch_size)
+    return paths, embed_encoded(model_path, images, modalities, batch_size, signature_name)
 
 
 def evaluate_saved_model(model_path: str, dataset: str, tfrecord_dir: str, mode: str = "all",

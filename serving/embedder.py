@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kdem_tf import tta
+
 from kdem_tf.image_contract import ImageContract
 from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE, list_versions, read_contract, read_info
 
@@ -66,16 +68,25 @@ class Embedder:
         self._decode = tf.function(lambda image_bytes: decode_one(image_bytes, self.contract),
                                    input_signature=[tf.TensorSpec([], tf.string)])
 
-    def embed_bytes(self, image_bytes: Sequence[bytes], modalities: Sequence[str]) -> np.ndarray:
-        """Encoded images + "visible"/"infrared" -> float32 [N, D] via `serving_default`."""
-        out = self.signatures[SERVING_SIGNATURE](image_bytes=tf.constant(list(image_bytes), tf.string),
-                                                 modality=tf.constant(list(modalities), tf.string))
+    def _signature(self, name: str):
+        if name not in self.signatures:
+            hint = " (exported before flip test-time augmentation existed: export it again)" \
+                if name in (tta.FLIP_SIGNATURE, tta.FLIP_IMAGES_SIGNATURE) else ""
+            raise KeyError(f"{self.path}: the SavedModel has no {name!r} signature "
+                           f"(it has {sorted(self.signatures)}){hint}")
+        return self.signatures[name]
+
+    def embed_bytes(self, image_bytes: Sequence[bytes], modalities: Sequence[str], flip: bool = False) -> np.ndarray:
+        """Encoded images + "visible"/"infrared" -> float32 [N, D] via `serving_default`
+        (`serving_flip` with flip=True: flip test-time augmentation, kdem_tf.tta)."""
+        out = self._signature(tta.FLIP_SIGNATURE if flip else SERVING_SIGNATURE)(
+            image_bytes=tf.constant(list(image_bytes), tf.string), modality=tf.constant(list(modalities), tf.string))
         return out["embedding"].numpy()
 
-    def embed_images(self, images: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
-        """float32 [N, H, W, 3] in 0..255 -> float32 [N, D] via `embed_images`."""
-        out = self.signatures[IMAGES_SIGNATURE](images=tf.convert_to_tensor(images, tf.float32),
-                                                modality=tf.constant(list(modalities), tf.string))
+    def embed_images(self, images: np.ndarray, modalities: Sequence[str], flip: bool = False) -> np.ndarray:
+        """float32 [N, H, W, 3] in 0..255 -> float32 [N, D] via `embed_images` (`embed_images_flip`)."""
+        out = self._signature(tta.FLIP_IMAGES_SIGNATURE if flip else IMAGES_SIGNATURE)(
+            images=tf.convert_to_tensor(images, tf.float32), modality=tf.constant(list(modalities), tf.string))
         return out["embedding"].numpy()
 
     def decode(self, image_bytes: bytes) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     python -m serving.export --run RUN_DIR --out MODEL_BASE [--version N]
 
-writes `MODEL_BASE/<version>/` (TF Serving's layout) with two signatures:
+writes `MODEL_BASE/<version>/` (TF Serving's layout) with four signatures:
 
 - `serving_default`: `image_bytes` string [N] (JPEG, PNG or BMP) and `modality`
   string [N] ("visible" or "infrared") -> `embedding` float32 [N, D], L2-normalised.
@@ -11,6 +11,8 @@ writes `MODEL_BASE/<version>/` (TF Serving's layout) with two signatures:
   evaluation, with the size and normalisation the model was trained with.
 - `embed_images`: `images` float32 [N, H, W, 3] RGB in 0..255 (already at the contract's
   size, e.g. `ImageContract.decode`) and `modality` -> `embedding`.
+- `serving_flip` / `embed_images_flip`: the same inputs as the two above -> the flip-averaged
+  `embedding` L2(e(x) + e(mirror(x))) of flip test-time augmentation (`kdem_tf.tta`).
 
 Only stock TensorFlow ops are used, so the stock `tensorflow_model_server` runs it.
 A version folder appears atomically: the SavedModel is written into a hidden temp
@@ -32,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from kdem_tf import image_contract
+from kdem_tf import tta
 from kdem_tf.data import schema
 from kdem_tf.image_contract import ImageContract, as_contract
 
@@ -119,11 +122,20 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
                                   training=False)
         return {"embedding": outputs["embedding"]}
 
-    def serve_bytes(image_bytes, modality):
+    def decode(image_bytes):
         # One decode per image: the contract's decode + antialiased resize, as in training/evaluation.
-        images = tf.map_fn(contract.decode, image_bytes,
-                           fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
-        return embed_images(images, modality)
+        return tf.map_fn(contract.decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+
+    def serve_bytes(image_bytes, modality):
+        return embed_images(decode(image_bytes), modality)
+
+    def embed_images_flip(images, modality):
+        plain = embed_images(images, modality)["embedding"]
+        mirrored = embed_images(tta.tf_flip_images(images), modality)["embedding"]
+        return {"embedding": tta.tf_combine_flip(plain, mirrored)}
+
+    def serve_bytes_flip(image_bytes, modality):
+        return embed_images_flip(decode(image_bytes), modality)
 
     archive = keras.export.ExportArchive()
     archive.track(inference_model)
@@ -133,10 +145,18 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
     archive.add_endpoint(IMAGES_SIGNATURE, embed_images, input_signature=[
         tf.TensorSpec([None, height, width, 3], tf.float32, name="images"),
         tf.TensorSpec([None], tf.string, name="modality")])
+    # Flip test-time augmentation (kdem_tf.tta): the same inputs, flip-averaged embeddings.
+    archive.add_endpoint(tta.FLIP_SIGNATURE, serve_bytes_flip, input_signature=[
+        tf.TensorSpec([None], tf.string, name="image_bytes"),
+        tf.TensorSpec([None], tf.string, name="modality")])
+    archive.add_endpoint(tta.FLIP_IMAGES_SIGNATURE, embed_images_flip, input_signature=[
+        tf.TensorSpec([None, height, width, 3], tf.float32, name="images"),
+        tf.TensorSpec([None], tf.string, name="modality")])
     archive.write_out(export_dir, verbose=False)
 
     info = {"image_size": [height, width], "image_contract": contract.to_dict(), "embedding_dim": embedding_dim,
-            "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE], "exported_at": time.time()}
+            "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE, tta.FLIP_SIGNATURE, tta.FLIP_IMAGES_SIGNATURE],
+            "exported_at": time.time()}
     info.update(extra_info or {})
     os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
     with open(os.path.join(export_dir, "assets.extra", INFO_FILE), "w") as f:

@@ -206,7 +206,7 @@ class GalleryIndex:
 
 def save_index(out: str, embeddings: np.ndarray, entries: List[GalleryEntry], params: dict,
                model_path: str = "", model_version: Optional[int] = None, searcher=None,
-               image_contract: Optional[dict] = None) -> str:
+               image_contract: Optional[dict] = None, flip: bool = False) -> str:
     """Builds (unless given) and writes the searcher with its manifest to `out`, atomically.
 
     `image_contract`: the embedder's contract dict, recorded in the manifest (the pixels the
@@ -229,7 +229,7 @@ def save_index(out: str, embeddings: np.ndarray, entries: List[GalleryEntry], pa
         manifest = {"format": 1, "count": len(entries), "embedding_dim": int(embeddings.shape[1]),
                     "model_path": os.path.abspath(model_path) if model_path else "",
                     "model_version": model_version, "params": params, "metric": "dot_product",
-                    "image_contract": image_contract, "created": time.time()}
+                    "image_contract": image_contract, "flip": bool(flip), "created": time.time()}
         with open(os.path.join(temp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
         os.rename(temp, out)
@@ -250,12 +250,12 @@ def load_index(index_dir: str) -> GalleryIndex:
 
 
 def embed_gallery(embedder, gallery: str, modality: str = schema.VISIBLE,
-                  batch_size: int = 64, progress: bool = True) -> Tuple[np.ndarray, List[GalleryEntry]]:
-    """Embeds every gallery image in batches -> (float32 [n, D], entries)."""
+                  batch_size: int = 64, progress: bool = True, flip: bool = False) -> Tuple[np.ndarray, List[GalleryEntry]]:
+    """Embeds every gallery image in batches -> (float32 [n, D], entries); flip: flip-averaged (kdem_tf.tta)."""
     embeddings, entries, batch = [], [], []
 
     def flush():
-        embeddings.append(embedder.embed_bytes([b for b, _ in batch], [e.modality for _, e in batch]))
+        embeddings.append(embedder.embed_bytes([b for b, _ in batch], [e.modality for _, e in batch], flip=flip))
         entries.extend(e for _, e in batch)
         bar.update(len(batch))
         batch.clear()
@@ -274,7 +274,7 @@ def embed_gallery(embedder, gallery: str, modality: str = schema.VISIBLE,
 
 
 def build_index(model: str, gallery: str, out: str, modality: str = schema.VISIBLE, batch_size: int = 64,
-                params: Optional[dict] = None, progress: bool = True) -> GalleryIndex:
+                params: Optional[dict] = None, progress: bool = True, flip: bool = False) -> GalleryIndex:
     """Embeds `gallery` with the exported embedder at `model` and writes the index to `out`.
 
     Args:
@@ -284,13 +284,15 @@ def build_index(model: str, gallery: str, out: str, modality: str = schema.VISIB
         modality: modality of a folder's images.
         batch_size: images per embedder call.
         params: ScaNN parameters; default `auto_params(gallery size)`.
+        flip: embed the gallery with flip test-time augmentation (`serving_flip`); recorded in the
+            manifest ("flip"), so that queries can be embedded the same way.
     """
     from serving.embedder import Embedder
     embedder = Embedder(model)
-    embeddings, entries = embed_gallery(embedder, gallery, modality, batch_size, progress)
+    embeddings, entries = embed_gallery(embedder, gallery, modality, batch_size, progress, flip)
     params = params or auto_params(len(entries))
     save_index(out, embeddings, entries, params, embedder.path, embedder.version,
-               image_contract=embedder.contract.to_dict())
+               image_contract=embedder.contract.to_dict(), flip=flip)
     return load_index(out)
 
 
@@ -301,12 +303,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="index folder to create")
     parser.add_argument("--modality", default=schema.VISIBLE, choices=schema.MODALITIES)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--flip", action="store_true",
+                        help="flip test-time augmentation: each gallery embedding averaged with its mirror's")
     parser.add_argument("--params", default=None, help="ScaNN parameters as JSON (default: auto_params)")
     parser.add_argument("--retrieval-model", default=None,
                         help="also export the retrieval SavedModel (embedder + ScaNN ops) as OUT/<version>")
     args = parser.parse_args(argv)
     index = build_index(args.model, args.gallery, args.out, args.modality, args.batch_size,
-                        json.loads(args.params) if args.params else None)
+                        json.loads(args.params) if args.params else None, flip=args.flip)
     print(f"index {args.out}: {len(index)} entries, {index.manifest['embedding_dim']}-d, params {index.params}")
     if args.retrieval_model:
         from serving.retrieval import export_retrieval_model
