@@ -3,6 +3,10 @@
     python -m benchmarks.bench_train [--image-size 288x144] [--pairs 8] [--steps 3] [--xla] [--json OUT]
 
 Each configuration runs in its own process, so each peak memory (max RSS) is its own.
+The baseline and KDEM models are the `paper` preset's architecture (build_kdem_models'
+defaults = kdem_tf.config.ModelConfig: torchvision's ResNet-50 v1.5, last stride 1,
+AGW's 5 non-local blocks with 1 inner channel, GeM, BN-neck), randomly initialised;
+the plain ResNet-50 reference is keras.applications.ResNet50 (v1).
 Figures (issue #3): stream-images/s of a step (plain ResNet-50: images; baseline: 2 per
 pair; KDEM: 3 per pair, the enhanced stream included), peak RSS, inference images/s,
 float32 vs mixed_bfloat16, XLA off (and on with --xla), forward GFLOPs per stream-image,
@@ -38,7 +42,8 @@ def _time_steps(step, batch, steps: int) -> float:
 VARIANTS = {
     "kdem_keras_bn": {"fused_batch_norm": False},         # Keras 3's op-by-op BatchNormalization
     "kdem_resnet50_flops": {"non_local": False, "last_stride": 2},  # same trunk FLOPs as plain ResNet-50
-    "kdem_non_local_r8": {"non_local_reduction": 8},      # cheaper non-local blocks (C/8 inner channels)
+    "kdem_non_local_half": {"non_local_inner_channels": "half"},  # C/2 inner channels (the non-local paper's)
+    "kdem_keras_v1": {"backbone": "keras"},                # keras.applications' v1 trunk (conv biases)
 }
 
 
