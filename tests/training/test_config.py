@@ -90,3 +90,35 @@ def test_bad_values_are_named(override, message):
 def test_unknown_preset():
     with pytest.raises(config_lib.ConfigError, match="unknown preset 'huge'"):
         config_lib.load_config("huge")
+
+
+def test_print_config_shows_agw_settings_and_the_image_contract_without_data(capsys):
+    import yaml
+
+    from kdem_tf import train
+
+    assert train.main(["--preset", "paper", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["backbone"] == "torchvision" and printed["model"]["non_local_inner_channels"] == 1
+    assert printed["data"]["random_erasing"] == 0.0 and printed["mixed_precision"] == "float32"
+    assert printed["image_contract"]["normalization"] == "torchvision"
+    assert printed["image_contract"]["image_size"] == [288, 144] and printed["image_contract"]["channel_order"] == "RGB"
+    assert train.main(["--preset", "paper", "--backbone", "keras", "--backbone-weights", "imagenet",
+                       "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["image_contract"]["channel_order"] == "BGR"
+
+
+def test_train_without_print_config_still_needs_dataset_data_and_out(capsys):
+    from kdem_tf import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--preset", "paper"])
+    assert exit_info.value.code == 2
+    assert "--dataset, --data, --out" in capsys.readouterr().err
+
+
+def test_print_config_refuses_weights_that_do_not_fit(capsys):
+    from kdem_tf import train
+
+    assert train.main(["--preset", "paper", "--backbone-weights", "imagenet", "--print-config"]) == 2
+    assert "model.backbone_weights='imagenet' fit model.backbone='keras'" in capsys.readouterr().err
