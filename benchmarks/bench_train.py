@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--xla", action="store_true", help="also measure jit_compile=True (slow to compile)")
     parser.add_argument("--no-variants", action="store_true", help="skip the float32 speed variants of KDEM")
+    parser.add_argument("--kinds", default="resnet50,baseline,kdem",
+                        help="comma-separated subset of resnet50, baseline, kdem (float32 and bfloat16 each)")
     parser.add_argument("--json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # kind,policy,xla: run one config in this process
     parser.add_argument("--model-args", default="{}", help=argparse.SUPPRESS)  # JSON for build_kdem_models
@@ -132,7 +134,11 @@ def main() -> None:
                                  json.loads(args.model_args))))
         return
     # (label, kind, policy, xla, build_kdem_models arguments)
-    configs = [(k, k, p, "0", {}) for k in ("resnet50", "baseline", "kdem") for p in ("float32", "mixed_bfloat16")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - {"resnet50", "baseline", "kdem"})
+    if unknown:
+        parser.error(f"--kinds: unknown {unknown}; known: resnet50, baseline, kdem")
+    configs = [(k, k, p, "0", {}) for k in kinds for p in ("float32", "mixed_bfloat16")]
     if not args.no_variants:
         configs += [(label, "kdem", "float32", "0", extra) for label, extra in VARIANTS.items()]
     if args.xla:
