@@ -3,6 +3,10 @@
     python -m benchmarks.bench_train [--image-size 288x144] [--pairs 8] [--steps 3] [--xla] [--json OUT]
 
 Each configuration runs in its own process, so each peak memory (max RSS) is its own.
+The baseline and KDEM models are the `paper` preset's architecture (build_kdem_models'
+defaults = kdem_tf.config.ModelConfig: torchvision's ResNet-50 v1.5, last stride 1,
+AGW's 5 non-local blocks with 1 inner channel, GeM, BN-neck), randomly initialised;
+the plain ResNet-50 reference is keras.applications.ResNet50 (v1).
 Figures (issue #3): stream-images/s of a step (plain ResNet-50: images; baseline: 2 per
 pair; KDEM: 3 per pair, the enhanced stream included), peak RSS, inference images/s,
 float32 vs mixed_bfloat16, XLA off (and on with --xla), forward GFLOPs per stream-image,
@@ -38,7 +42,8 @@ def _time_steps(step, batch, steps: int) -> float:
 VARIANTS = {
     "kdem_keras_bn": {"fused_batch_norm": False},         # Keras 3's op-by-op BatchNormalization
     "kdem_resnet50_flops": {"non_local": False, "last_stride": 2},  # same trunk FLOPs as plain ResNet-50
-    "kdem_non_local_r8": {"non_local_reduction": 8},      # cheaper non-local blocks (C/8 inner channels)
+    "kdem_non_local_half": {"non_local_inner_channels": "half"},  # C/2 inner channels (the non-local paper's)
+    "kdem_keras_v1": {"backbone": "keras"},                # keras.applications' v1 trunk (conv biases)
 }
 
 
@@ -117,6 +122,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--xla", action="store_true", help="also measure jit_compile=True (slow to compile)")
     parser.add_argument("--no-variants", action="store_true", help="skip the float32 speed variants of KDEM")
+    parser.add_argument("--kinds", default="resnet50,baseline,kdem",
+                        help="comma-separated subset of resnet50, baseline, kdem (float32 and bfloat16 each)")
     parser.add_argument("--json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # kind,policy,xla: run one config in this process
     parser.add_argument("--model-args", default="{}", help=argparse.SUPPRESS)  # JSON for build_kdem_models
@@ -127,7 +134,11 @@ def main() -> None:
                                  json.loads(args.model_args))))
         return
     # (label, kind, policy, xla, build_kdem_models arguments)
-    configs = [(k, k, p, "0", {}) for k in ("resnet50", "baseline", "kdem") for p in ("float32", "mixed_bfloat16")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - {"resnet50", "baseline", "kdem"})
+    if unknown:
+        parser.error(f"--kinds: unknown {unknown}; known: resnet50, baseline, kdem")
+    configs = [(k, k, p, "0", {}) for k in kinds for p in ("float32", "mixed_bfloat16")]
     if not args.no_variants:
         configs += [(label, "kdem", "float32", "0", extra) for label, extra in VARIANTS.items()]
     if args.xla:

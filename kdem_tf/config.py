@@ -3,13 +3,14 @@
 The config stops at the edge: `kdem_tf.train` reads it and passes plain values on.
 Every run writes its resolved config to `RUN_DIR/config.yaml`.
 
-Defaults are the paper's and AGW's (preset "paper"); preset "demo" learns the
+Defaults are AGW's released code, which KDEM builds on (preset "paper", see
+docs/training.md for every remaining difference); preset "demo" learns the
 synthetic dataset on a CPU in minutes.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -19,7 +20,7 @@ class DataConfig:
     image_size: Tuple[int, int] = (288, 144)   # (H, W), AGW
     num_identities: int = 8                    # P
     num_instances: int = 4                     # K images per modality per identity
-    random_erasing: float = 0.5
+    random_erasing: float = 0.0                # probability; AGW's cross-modal train.py has none
     channel_augmentation: bool = False
     normalization: str = "auto"                # auto: the backbone weights' (kdem_tf.image_contract)
 
@@ -28,14 +29,15 @@ class DataConfig:
 class ModelConfig:
     non_local: bool = True
     non_local_subsample: bool = False          # 2x2-pooled keys/values (non-local paper; AGW: none)
-    non_local_reduction: int = 2               # inner channels C // 2 (AGW's code: 1 channel, a typo)
+    non_local_inner_channels: Union[int, str] = 1  # AGW's code: 1; "half" = C/2 (the non-local paper's)
     gem: bool = True
     bn_neck: bool = True
     shared_fc: bool = True                     # Eq. 5 writes one FC for both modalities
     fc_units: int = 256
     mlp_units: Tuple[int, ...] = (128,)
     last_stride: int = 1
-    backbone_weights: str = "imagenet"         # "imagenet", a weights file, or "none"
+    backbone: str = "torchvision"              # torchvision (ResNet-50 v1.5, AGW) | keras (v1, conv biases)
+    backbone_weights: str = "torchvision"      # torchvision | imagenet (Keras') | a weights file | none
     fused_batch_norm: bool = True              # TF's fused BN kernel (same weights, faster)
 
 
@@ -69,7 +71,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     seed: int = 0
     eval_every: int = 10                       # epochs; 0 disables
-    mixed_precision: str = "auto"              # auto | float32 | mixed_bfloat16 | mixed_float16
+    mixed_precision: str = "float32"           # float32 (AGW) | auto | mixed_bfloat16 | mixed_float16
     jit_compile: str = "auto"                  # auto | on | off
 
 
@@ -87,18 +89,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         # mAP 43.6 at 64x32, 74.0 at 96x48 on 100 synthetic ids, 75 for training; random
         # erasing lowered it, 35.0 vs 45.7 at 40 of 80 epochs; measured on the 2-core CPU).
         "data": {"image_size": (96, 48), "num_identities": 8, "num_instances": 2, "random_erasing": 0.0},
-        "model": {"backbone_weights": "none", "non_local": False, "last_stride": 2},
+        # The Keras v1 backbone and `auto` precision: the preset's figures were measured so.
+        "model": {"backbone": "keras", "backbone_weights": "none", "non_local": False, "last_stride": 2},
         # 30 epochs x 20 steps; figures of this preset: docs/training.md ("The demo preset").
         "optim": {"base_lr": 0.003, "backbone_lr": 0.03, "warmup_epochs": 2, "milestones": (20, 26),
                   "epochs": 30, "steps_per_epoch": 20},
         "eval_every": 10,
+        "mixed_precision": "auto",
     },
     # For tests: a handful of steps.
     "tiny": {
-        "data": {"image_size": (64, 32), "num_identities": 2, "num_instances": 2},
+        "data": {"image_size": (64, 32), "num_identities": 2, "num_instances": 2, "random_erasing": 0.5},
         "model": {"backbone_weights": "none"},
         "optim": {"warmup_epochs": 1, "milestones": (2,), "epochs": 2, "steps_per_epoch": 2},
         "eval_every": 0,
+        "mixed_precision": "auto",
     },
 }
 
@@ -112,6 +117,8 @@ class ConfigError(ValueError):
 def _coerce(cls, name: str, value: Any, where: str) -> Any:
     """Converts YAML/flag values to the field's type (lists → tuples, "64x32" → (64, 32))."""
     default = {f.name: f.default for f in dataclasses.fields(cls)}[name]
+    if name == "non_local_inner_channels":  # a positive integer or "half"
+        return value if value == "half" else _coerce_int(value, where)
     if isinstance(default, tuple) or name in ("milestones", "mlp_units", "image_size"):
         if isinstance(value, str):
             value = [v for v in value.replace("x", ",").split(",") if v.strip()]
@@ -132,6 +139,13 @@ def _coerce(cls, name: str, value: Any, where: str) -> Any:
     if isinstance(default, int) or (default is None and name == "steps_per_epoch"):
         return None if value in (None, "none", "None") else int(value)
     return value
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
 
 
 def _apply(config: TrainConfig, overrides: Dict[str, Any], where: str) -> TrainConfig:
@@ -197,6 +211,26 @@ def validate(config: TrainConfig) -> None:
         resolve_normalization(config.data.normalization, config.model.backbone_weights)
     except ContractError as error:
         raise ConfigError(str(error)) from None
+    _validate_model(config.model)
+
+
+def _validate_model(model: ModelConfig) -> None:
+    """The backbone variant, its weights and the non-local width; weights must fit the backbone."""
+    from kdem_tf.image_contract import ContractError
+    from kdem_tf.model.backbone_weights import backbone_for_weights
+    from kdem_tf.model.non_local import check_inner_channels
+    from kdem_tf.model.resnet import BACKBONES
+
+    if model.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone must be one of {list(BACKBONES)}, got {model.backbone!r}")
+    try:
+        check_inner_channels(model.non_local_inner_channels, "model.non_local_inner_channels")
+        fits = backbone_for_weights(model.backbone_weights)
+    except (ValueError, ContractError) as error:
+        raise ConfigError(str(error)) from None
+    if fits is not None and fits != model.backbone:
+        raise ConfigError(f"model.backbone_weights={model.backbone_weights!r} fit model.backbone={fits!r}, not "
+                          f"model.backbone={model.backbone!r}; set model.backbone={fits} or other weights")
 
 
 def to_dict(config: TrainConfig) -> Dict[str, Any]:

@@ -46,7 +46,7 @@ def _build_models(config, num_classes: int, row: dict, strategy):
         train_model, inference_model = build_kdem_models(
             num_classes=num_classes, image_size=config.data.image_size, kdem=row["kdem"],
             non_local=config.model.non_local, non_local_subsample=config.model.non_local_subsample,
-            non_local_reduction=config.model.non_local_reduction,
+            non_local_inner_channels=config.model.non_local_inner_channels, backbone=config.model.backbone,
             fused_batch_norm=config.model.fused_batch_norm, gem=config.model.gem, bn_neck=config.model.bn_neck,
             shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
             last_stride=config.model.last_stride, backbone_weights=weights)
@@ -278,40 +278,68 @@ def _write_eval_summaries(writer, step: int, result: dict) -> None:
                 tf.summary.scalar(f"eval/{k}", v)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train KDEM on preprocessed TFRecords.")
-    parser.add_argument("--dataset", required=True, choices=["sysu", "regdb"])
-    parser.add_argument("--data", required=True, help="preprocessing output folder (kdem_tf.data.preprocess)")
-    parser.add_argument("--out", required=True, help="run folder (resumed when it holds checkpoints)")
+    parser.add_argument("--dataset", choices=["sysu", "regdb"])
+    parser.add_argument("--data", help="preprocessing output folder (kdem_tf.data.preprocess)")
+    parser.add_argument("--out", help="run folder (resumed when it holds checkpoints)")
     parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS))
     parser.add_argument("--config", help="YAML file over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value, e.g. --set optim.epochs=40 (repeatable)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--ablation", choices=["baseline", "kdem", "kdem_div", "kdem_con", "full"])
-    parser.add_argument("--backbone-weights", help='"imagenet" (download), a ResNet-50 weights file, or "none"')
+    parser.add_argument("--backbone", choices=["torchvision", "keras"],
+                        help="ResNet-50 v1.5 as torchvision (AGW) or v1 as keras.applications")
+    parser.add_argument("--backbone-weights",
+                        help='"torchvision" (download), "imagenet" (Keras\' download), a weights file '
+                             '(.safetensors / .pth: torchvision; .h5: Keras), or "none"')
     parser.add_argument("--mixed-precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
     parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration and its image contract as YAML, and exit")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if not args.print_config:
+        missing = [f"--{name}" for name in ("dataset", "data", "out") if getattr(args, name) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
+
+
+def _overrides(args: argparse.Namespace) -> list:
     overrides = list(args.set)
-    if args.epochs is not None:
-        overrides.append(f"optim.epochs={args.epochs}")
-    if args.ablation:
-        overrides.append(f"loss.ablation={args.ablation}")
-    if args.backbone_weights:
-        overrides.append(f"model.backbone_weights={args.backbone_weights}")
-    if args.mixed_precision:
-        overrides.append(f"mixed_precision={args.mixed_precision}")
+    for flag, key in (("epochs", "optim.epochs"), ("ablation", "loss.ablation"), ("backbone", "model.backbone"),
+                      ("backbone_weights", "model.backbone_weights"), ("mixed_precision", "mixed_precision")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return overrides
+
+
+def resolved_config_yaml(config: config_lib.TrainConfig) -> str:
+    """The configuration and the image contract it implies, as YAML (`--print-config`)."""
+    import yaml
+    from kdem_tf.image_contract import ImageContract
+
+    document = dict(config_lib.to_dict(config), image_contract=ImageContract.from_config(config).to_dict())
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parse_args(argv)
     try:
-        config = config_lib.load_config(args.preset, args.config, overrides)
-        if config.model.backbone_weights not in ("imagenet", "none") and not os.path.exists(config.model.backbone_weights):
-            raise TrainingError(f"--backbone-weights {config.model.backbone_weights}: no such file")
+        config = config_lib.load_config(args.preset, args.config, _overrides(args))
+        if args.print_config:
+            print(resolved_config_yaml(config), end="")
+            return 0
+        weights = config.model.backbone_weights
+        if weights not in ("torchvision", "imagenet", "none") and not os.path.exists(weights):
+            raise TrainingError(f"--backbone-weights {weights}: no such file")
         summary = train(config, args.dataset, args.data, args.out, args.max_steps, verbose=0 if args.quiet else 1)
     except (config_lib.ConfigError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:  # InputError and DatasetError subclass ValueError
+    except ValueError as error:  # InputError, DatasetError, ContractError and BackboneWeightsError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))

@@ -19,14 +19,16 @@ the BN-neck normalise over all modalities together, as AGW does for v and i.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import keras
 from keras import ops
 
+from kdem_tf.config import ModelConfig
+from kdem_tf.model.backbone_weights import load_backbone_weights
 from kdem_tf.model.gem_pooling import GeMPooling
 from kdem_tf.model.kdem_layer import KDEMLayer
-from kdem_tf.model.resnet import build_stem, build_trunk, load_backbone_weights
+from kdem_tf.model.resnet import build_stem, build_trunk
 
 VISIBLE_MODALITY = 0
 INFRARED_MODALITY = 1
@@ -34,6 +36,7 @@ INFRARED_MODALITY = 1
 # and the KDEM layer, which has no pretrained weights. Everything else (stems, trunk with
 # its non-local blocks, as in AGW's "base" group) is "backbone" (see kdem_tf.model.optim).
 HEAD_LAYER_NAMES = ("bn_neck", "classifier", "kdem")
+_DEFAULTS = ModelConfig()  # the defaults are the config's (the paper preset's)
 
 
 @keras.saving.register_keras_serializable(package="kdem_tf", name="SelectByModality")
@@ -57,17 +60,18 @@ def build_kdem_models(
     num_classes: int,
     image_size: Tuple[int, int] = (288, 144),
     kdem: bool = True,
-    non_local: bool = True,
-    non_local_subsample: bool = False,
-    non_local_reduction: int = 2,
-    gem: bool = True,
-    bn_neck: bool = True,
-    shared_fc: bool = True,
-    fc_units: int = 256,
-    mlp_units: Sequence[int] = (128,),
-    last_stride: int = 1,
+    non_local: bool = _DEFAULTS.non_local,
+    non_local_subsample: bool = _DEFAULTS.non_local_subsample,
+    non_local_inner_channels: Union[int, str] = _DEFAULTS.non_local_inner_channels,
+    gem: bool = _DEFAULTS.gem,
+    bn_neck: bool = _DEFAULTS.bn_neck,
+    shared_fc: bool = _DEFAULTS.shared_fc,
+    fc_units: int = _DEFAULTS.fc_units,
+    mlp_units: Sequence[int] = _DEFAULTS.mlp_units,
+    last_stride: int = _DEFAULTS.last_stride,
     backbone_weights: Optional[str] = None,
-    fused_batch_norm: bool = True,
+    fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
+    backbone: str = _DEFAULTS.backbone,
 ) -> Tuple[keras.Model, keras.Model]:
     """Builds the KDEM train model and an inference model sharing its weights.
 
@@ -79,23 +83,26 @@ def build_kdem_models(
         non_local: non-local blocks in the trunk (AGW).
         non_local_subsample: 2x2 max-pooled keys/values in the non-local blocks
             (the non-local paper's subsampling; AGW has none). See `NonLocalBlock`.
-        non_local_reduction: non-local inner channels = C // reduction (2 as the
-            non-local paper and AGW's intent).
+        non_local_inner_channels: 1 (AGW's code) or "half" (C/2, the non-local
+            paper's); see `NonLocalBlock`.
         gem: GeM pooling (p=3); False for global average pooling.
         bn_neck: BN-neck between pooling and classifier (AGW's bottleneck); its
             beta is fixed at zero (`center=False`) as AGW freezes the bias.
         shared_fc, fc_units, mlp_units: KDEMLayer options.
         last_stride: stride of conv5_x.
-        backbone_weights: "imagenet", a ResNet-50 weights file, or None for random
-            init; see `load_backbone_weights`.
+        backbone_weights: "torchvision", "imagenet", a ResNet-50 weights file, or
+            None for random init; see `kdem_tf.model.backbone_weights`. They must fit
+            `backbone`.
         fused_batch_norm: backbone BNs on TF's fused kernel (faster, same weights;
             see `FusedBatchNormalization`); False for Keras 3's own.
+        backbone: "torchvision" (ResNet-50 v1.5, AGW's) or "keras" (v1); see
+            `kdem_tf.model.resnet`.
 
     Returns:
         (train_model, inference_model).
 
         train_model: inputs {"visible": [B, H, W, 3], "infrared": [B, H, W, 3]}
-        (float, ImageNet-normalised; pair k shares one identity); outputs a dict
+        (float, normalised by the image contract; pair k shares one identity); outputs a dict
         `pooled_v`, `pooled_i` [B, 2048], `logits_v`, `logits_i` [B, num_classes]
         and, with KDEM, `pooled_t`, `logits_t` and `influence_factors` [B, 2].
 
@@ -117,8 +124,8 @@ def build_kdem_models(
     image_shape = (height, width, 3)
 
     # Stage 0, one per modality (weights not shared, Eq. 1).
-    visible_stem = build_stem("visible_stem", image_shape, fused_batch_norm=fused_batch_norm)
-    infrared_stem = build_stem("infrared_stem", image_shape, fused_batch_norm=fused_batch_norm)
+    visible_stem = build_stem("visible_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone)
+    infrared_stem = build_stem("infrared_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone)
     # Stages 1-4, shared by all modalities.
     trunk = build_trunk(
         "trunk",
@@ -126,8 +133,9 @@ def build_kdem_models(
         last_stride=last_stride,
         non_local=non_local,
         non_local_subsample=non_local_subsample,
-        non_local_reduction=non_local_reduction,
+        non_local_inner_channels=non_local_inner_channels,
         fused_batch_norm=fused_batch_norm,
+        backbone=backbone,
     )
     load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
     kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None

@@ -1,10 +1,23 @@
 """Non-local block (dot-product form) as used by AGW."""
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import keras
 from keras import ops
 
 from kdem_tf.model.fused_batch_norm import FusedBatchNormalization
+
+
+def check_inner_channels(value: Union[int, str], where: str = "non-local inner channels") -> Union[int, str]:
+    """A positive integer or "half"; anything else raises ValueError naming `where`."""
+    if value == "half":
+        return value
+    is_integer = isinstance(value, int) and not isinstance(value, bool)
+    if not (is_integer or (isinstance(value, str) and value.isdigit())) or int(value) < 1:
+        raise ValueError(f"{where}: expected a positive integer or 'half', got {value!r}")
+    channels = int(value)
+    return channels
 
 
 @keras.saving.register_keras_serializable(package="kdem_tf")
@@ -21,25 +34,31 @@ class NonLocalBlock(keras.layers.Layer):
     product, so M = N/4: the non-local paper's subsampling (Sec. 4.1). AGW does
     not subsample, hence the default False.
 
+    Inner channels: AGW's released `Non_local` sets `inter_channels =
+    reduc_ratio // reduc_ratio`, i.e. 1 channel; that code produced AGW's numbers
+    (and, as far as anyone can tell, KDEM's), so 1 is the `paper` preset's value.
+    "half" gives C/2, the non-local paper's design and AGW's evident intent.
+
     Cost at 288x144 input (N = 36*18 = 648 in conv3_x, 18*9 = 162 in conv4_x):
-    the 1x1 convolutions dominate, not the affinity. AGW's 5 blocks with C/2
+    the 1x1 convolutions dominate, not the affinity. The 5 blocks with C/2
     inner channels add ~3.7 GFLOPs per image to the trunk's ~10 (a plain
-    ResNet-50 is 6.5); with reduction 8 they add ~0.9. Subsampling saves little
+    ResNet-50 is 6.5); with 1 inner channel they add almost nothing. Subsampling saves little
     (`python -m benchmarks.bench_train` prints the GFLOPs and the speed). As f
     has no softmax, y = theta(x) (phi(x)^T g(x)) / M exactly; that order is used
     when M > inter_channels (known statically), where it is the cheaper product.
 
     Args:
-        reduction: `inter_channels = C // reduction` (AGW's reduc_ratio=2; AGW's
-            code actually computes `reduc_ratio // reduc_ratio` = 1 channel, a typo
-            we do not reproduce).
+        inner_channels: channels of theta, phi and g: a positive integer (1 as
+            AGW's code) or "half" (C // 2, the non-local paper's).
         subsample: 2x2 max-pool keys and values (see above).
         bn_momentum: momentum of the output BatchNormalization (0.9 = PyTorch 0.1).
         fused_batch_norm: output BN on TF's fused kernel (`FusedBatchNormalization`).
+        reduction: models saved before `inner_channels` existed: C // reduction
+            inner channels (overrides `inner_channels`).
         **kwargs: standard `keras.layers.Layer` arguments (name, dtype, ...).
 
     Example:
-    >>> block = NonLocalBlock(reduction=2)
+    >>> block = NonLocalBlock(inner_channels="half")
     >>> tuple(block(keras.ops.ones((2, 8, 4, 16))).shape)
     (2, 8, 4, 16)
 
@@ -51,21 +70,28 @@ class NonLocalBlock(keras.layers.Layer):
 
     def __init__(
         self,
-        reduction: int = 2,
+        inner_channels: Union[int, str] = 1,
         subsample: bool = False,
         bn_momentum: float = 0.9,
         fused_batch_norm: bool = True,
+        reduction: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.reduction = int(reduction)
+        self.inner_channels = check_inner_channels(inner_channels)
+        self.reduction = None if reduction is None else int(reduction)
         self.subsample = bool(subsample)
         self.bn_momentum = float(bn_momentum)
         self.fused_batch_norm = bool(fused_batch_norm)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.inter_channels = max(1, channels // self.reduction)
+        if self.reduction is not None:
+            self.inter_channels = max(1, channels // self.reduction)
+        elif self.inner_channels == "half":
+            self.inter_channels = max(1, channels // 2)
+        else:
+            self.inter_channels = self.inner_channels
         self.theta = keras.layers.Conv2D(self.inter_channels, 1, name="theta", dtype=self.dtype_policy)
         self.phi = keras.layers.Conv2D(self.inter_channels, 1, name="phi", dtype=self.dtype_policy)
         self.g = keras.layers.Conv2D(self.inter_channels, 1, name="g", dtype=self.dtype_policy)
@@ -122,10 +148,12 @@ class NonLocalBlock(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "reduction": self.reduction,
+                "inner_channels": self.inner_channels,
                 "subsample": self.subsample,
                 "bn_momentum": self.bn_momentum,
                 "fused_batch_norm": self.fused_batch_norm,
             }
         )
+        if self.reduction is not None:
+            config["reduction"] = self.reduction
         return config

@@ -103,8 +103,8 @@ def build_optimizer(
     >>> trainer.compile(optimizer=setup.optimizer)                         # doctest: +SKIP
 
     Args:
-        base_lr: learning rate of the head (BN-neck, classifier).
-        backbone_lr: learning rate of everything else (stems, KDEM, trunk).
+        base_lr: learning rate of the head (BN-neck, classifier, KDEM layer: HEAD_LAYER_NAMES).
+        backbone_lr: learning rate of everything else (stems, trunk with its non-local blocks).
         momentum, nesterov: SGD momentum.
         weight_decay: coupled L2 weight decay (applied by the trainer).
         warmup_epochs, milestones: see `WarmupMultiStepSchedule` (gamma 0.1).

@@ -4,17 +4,20 @@ import numpy as np
 import pytest
 
 from kdem_tf.model import GeMPooling, KDEMLayer, NonLocalBlock
-from kdem_tf.model.resnet import build_stem, build_trunk, load_backbone_weights
+from kdem_tf.model.backbone_weights import load_backbone_weights
+from kdem_tf.model.resnet import build_stem, build_trunk
 
 
 @pytest.mark.parametrize(
     "layer",
     [
         KDEMLayer(fc_units=16, mlp_units=(8, 4), shared_fc=False, name="kdem"),
-        NonLocalBlock(reduction=4, subsample=True, fused_batch_norm=False, name="non_local"),
+        NonLocalBlock(inner_channels="half", subsample=True, fused_batch_norm=False, name="non_local"),
+        NonLocalBlock(inner_channels=3, name="non_local_3"),
+        NonLocalBlock(reduction=4, name="non_local_saved_with_reduction"),
         GeMPooling(p=2.5, eps=1e-5, trainable_p=True, name="gem"),
     ],
-    ids=lambda layer: type(layer).__name__,
+    ids=lambda layer: layer.name,
 )
 def test_get_config_round_trips(layer):
     config = layer.get_config()
@@ -76,14 +79,15 @@ def numpy_non_local(x, layer):
 
 
 # keys vs inner channels: 18 > 4 and 6 > 4 take theta (phi^T g), 6 < 8 takes (theta phi^T) g.
-@pytest.mark.parametrize("reduction, subsample", [(2, False), (2, True), (1, True)],
-                         ids=["agw-18keys-4ch", "subsampled-6keys-4ch", "subsampled-6keys-8ch"])
-def test_non_local_block_starts_as_identity_and_matches_numpy(reduction, subsample):
+@pytest.mark.parametrize("inner_channels, subsample, expected_channels", [
+    (1, False, 1), ("half", False, 4), ("half", True, 4), (8, True, 8)],
+    ids=["agw-code-18keys-1ch", "half-18keys-4ch", "subsampled-6keys-4ch", "subsampled-6keys-8ch"])
+def test_non_local_block_starts_as_identity_and_matches_numpy(inner_channels, subsample, expected_channels):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 6, 3, 8)).astype("float32")  # odd width: "same" pooling keeps the last column
-    block = NonLocalBlock(reduction=reduction, subsample=subsample)
+    block = NonLocalBlock(inner_channels=inner_channels, subsample=subsample)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(block(x)), x, atol=1e-6)
-    assert block.inter_channels == 8 // reduction
+    assert block.inter_channels == expected_channels
     block.output_bn.gamma.assign(rng.normal(size=8).astype("float32"))
     block.output_bn.beta.assign(rng.normal(size=8).astype("float32"))
     np.testing.assert_allclose(
@@ -125,8 +129,8 @@ def test_load_backbone_weights_from_file_copies_by_name(tmp_path):
     reference = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 32, 3))
     path = str(tmp_path / "resnet50.weights.h5")
     reference.save_weights(path)
-    stems = [build_stem("visible_stem", (64, 32, 3)), build_stem("infrared_stem", (64, 32, 3))]
-    trunk = build_trunk("trunk", (16, 8, 64), non_local=True)
+    stems = [build_stem(name, (64, 32, 3), backbone="keras") for name in ("visible_stem", "infrared_stem")]
+    trunk = build_trunk("trunk", (16, 8, 64), non_local=True, backbone="keras")
     reference_layers = [layer for layer in reference.layers if layer.weights]
     # Same names and weight shapes as keras.applications.ResNet50 (non-local blocks aside).
     ours = [layer.name for layer in stems[0].layers + trunk.layers if layer.weights]
@@ -151,3 +155,9 @@ def test_trunk_zero_init_residual_starts_blocks_as_their_shortcut():
     assert np.all(trunk.get_layer("conv2_block1_0_bn").gamma.numpy() == 1)  # shortcut BN untouched
     plain = build_trunk("plain", (16, 8, 64), non_local=False, zero_init_residual=False)
     assert np.all(plain.get_layer("conv2_block1_3_bn").gamma.numpy() == 1)
+
+
+@pytest.mark.parametrize("value", [0, -1, "third", 1.5, True, None])
+def test_non_local_inner_channels_must_be_positive_or_half(value):
+    with pytest.raises(ValueError, match="expected a positive integer or 'half'"):
+        NonLocalBlock(inner_channels=value)
