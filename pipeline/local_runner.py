@@ -27,6 +27,9 @@ if __name__ == "__main__":  # run as a script (`tfx pipeline create`, `tfx run c
     _here = os.path.dirname(os.path.realpath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != _here]
     sys.path.insert(0, os.path.dirname(_here))
+    from kdem_tf import console  # noqa: E402  (a clean console for the TFX CLI's runs too)
+
+    console.start("pipeline.local_runner")
 
 from pipeline import configs  # noqa: E402
 from pipeline.configs import PipelineSettings  # noqa: E402
