@@ -1,7 +1,9 @@
-"""`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB cross-modal evaluation of a model or of features.
+"""`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB / LLCM / CSV-manifest evaluation of a model or features.
 
     python -m kdem_tf.evaluate --dataset sysu --data-root data/SYSU-MM01 --features feats.npz \
         --mode all --output metrics.json --plots reports/eval [--rerank] [--gallery-sampling official]
+    python -m kdem_tf.evaluate --dataset llcm --data-root data/LLCM --direction i2v --features feats.npz
+    python -m kdem_tf.evaluate --dataset manifest --data-root cams/manifest.csv --model RUN_DIR
 
 Features (`--features F.npz`): `paths` (str [N], relative to the data root exactly as
 in the dataset, e.g. "cam3/0001/0001.jpg", "Thermal/1/x.bmp") and `features`
@@ -198,13 +200,13 @@ def _features_provider(args, trials: List[ev.Trial]):
         seen = {}
         for t in trial_list:
             for split in (t.query, t.gallery):
-                for p in split.paths:
-                    seen.setdefault(p, split.modality)
+                for p, modality in zip(split.paths, split.path_modalities()):
+                    seen.setdefault(p, modality)
         return list(seen.items())
 
     def table_for(model: str, trial_list) -> FeatureTable:
         recs = records(trial_list)
-        feats = embed_images(model, args.data_root, recs, size, args.batch_size)
+        feats = embed_images(model, image_root(args), recs, size, args.batch_size)
         return FeatureTable([p for p, _ in recs], feats, model)
 
     per_trial = "{trial}" in args.model  # e.g. RegDB: one trained model per trial
@@ -216,7 +218,20 @@ def _features_provider(args, trials: List[ev.Trial]):
     return from_model
 
 
+def image_root(args) -> str:
+    """The folder dataset paths are relative to: --data-root, or a manifest's own folder."""
+    if args.dataset == "manifest":
+        from kdem_tf.data.manifest import image_root as manifest_root
+        return manifest_root(args.data_root)
+    return args.data_root
+
+
 def _title(args) -> str:
+    if args.dataset == "llcm":
+        return "LLCM " + ("infrared to visible" if args.direction == "i2v" else
+                          "visible to infrared (as DEEN/test.py scores it: infrared draw vs visible pool)")
+    if args.dataset == "manifest":
+        return f"manifest {os.path.basename(args.data_root)}, single gallery, same id and camera dropped"
     if args.dataset == "sysu":
         shot = "multi-shot" if args.multi_shot else "single-shot"
         return f"SYSU-MM01 {args.mode}-search {shot}, {sampling_label(args)} gallery sampling"
@@ -276,13 +291,17 @@ def _rerank_params(text: str) -> reranking.RerankParams:
 
 
 def ranked_gallery(q_feats, g_feats, q_camids, g_camids, protocol: str, distance: str = "cosine",
-                   k: int = 10) -> List[np.ndarray]:
-    """Top-k gallery indices per query, as the metric ranks them (SYSU cam3 queries skip cam2)."""
+                   k: int = 10, q_pids=None, g_pids=None) -> List[np.ndarray]:
+    """Top-k gallery indices per query, as the metric ranks them (SYSU cam3 queries skip cam2;
+    LLCM and manifest queries skip their own id in their own camera, which needs the pids)."""
     out = []
     for start, dist in ev.distance_chunks(q_feats, g_feats, distance):
         for row, order in enumerate(np.argsort(dist, axis=1)):
             if protocol == "sysu" and q_camids[start + row] == 3:
                 order = order[np.asarray(g_camids)[order] != 2]
+            elif protocol in ev.SAME_CAMERA_PROTOCOLS:
+                order = order[(np.asarray(g_pids)[order] != q_pids[start + row]) |
+                              (np.asarray(g_camids)[order] != q_camids[start + row])]
             out.append(order[:k])
     return out
 
@@ -297,9 +316,10 @@ def _plots(args, trial: ev.Trial, features_for, results, cmc_mean: np.ndarray) -
     q_feats, g_feats = features_for(trial)
     picks = np.unique(np.linspace(0, len(trial.query.paths) - 1, MONTAGE_QUERIES).round().astype(int))
     ranked = ranked_gallery(q_feats[picks], g_feats, trial.query.cams[picks], trial.gallery.cams,
-                               args.dataset, args.distance, MONTAGE_TOP_K)
+                               args.dataset, args.distance, MONTAGE_TOP_K, trial.query.pids[picks],
+                               trial.gallery.pids)
     plots.retrieval_montage(
-        args.data_root, [trial.query.paths[i] for i in picks],
+        image_root(args), [trial.query.paths[i] for i in picks],
         [f"id {trial.query.pids[i]} cam {trial.query.cams[i]}" for i in picks],
         [[trial.gallery.paths[j] for j in order] for order in ranked],
         [[bool(trial.gallery.pids[j] == trial.query.pids[i]) for j in order] for i, order in zip(picks, ranked)],
@@ -309,15 +329,19 @@ def _plots(args, trial: ev.Trial, features_for, results, cmc_mean: np.ndarray) -
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kdem_tf.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, choices=("sysu", "regdb"))
-    p.add_argument("--data-root", required=True, help="dataset root in its published layout")
+    p.add_argument("--dataset", required=True, choices=("sysu", "regdb", "llcm", "manifest"))
+    p.add_argument("--data-root", required=True,
+                   help="dataset root in its published layout; manifest: the CSV file")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="SavedModel embedder or run folder; '{trial}' in it = one model per trial")
     src.add_argument("--features", help=".npz with 'paths' and 'features' (or '*_trial{t}')")
     p.add_argument("--mode", choices=tuple(ev.SYSU_GALLERY_CAMERAS), default="all", help="SYSU search mode")
     p.add_argument("--multi-shot", action="store_true", help="SYSU: 10 gallery images per id and camera")
-    p.add_argument("--direction", choices=ev.REGDB_DIRECTIONS, default="v2i", help="RegDB query -> gallery")
-    p.add_argument("--trials", type=int, default=10, help="SYSU draws 0..N-1 / RegDB splits 1..N (max 10)")
+    p.add_argument("--direction", choices=ev.REGDB_DIRECTIONS,
+                   help="RegDB (default v2i) / LLCM (default i2v) query -> gallery; LLCM v2i is "
+                        "DEEN/test.py's [2, 1] mode, see docs/evaluation.md")
+    p.add_argument("--trials", type=int, default=10,
+                   help="SYSU / LLCM draws 0..N-1, RegDB splits 1..N (max 10); a manifest has one")
     p.add_argument("--distance", choices=ev.DISTANCES, default="cosine")
     p.add_argument("--output", help="write metrics JSON here")
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
@@ -336,10 +360,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.rerank = args.rerank_params or reranking.RerankParams()
     if not 1 <= args.trials <= 10:
         p.error("--trials must be 1..10")
-    if args.dataset == "regdb" and (args.multi_shot or args.mode != "all"):
+    if args.dataset != "sysu" and (args.multi_shot or args.mode != "all"):
         p.error("--mode and --multi-shot are SYSU options")
-    if args.dataset == "regdb" and args.gallery_sampling != "agw":
-        p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files)")
+    if args.dataset != "sysu" and args.gallery_sampling != "agw":
+        p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files, LLCM's "
+                "draw is its authors')")
+    if args.direction is not None and args.dataset not in ("regdb", "llcm"):
+        p.error("--direction is a RegDB / LLCM option")
+    args.direction = args.direction or ("i2v" if args.dataset == "llcm" else "v2i")
     return args
 
 
@@ -348,6 +376,16 @@ def run(args: argparse.Namespace) -> dict:
     if args.dataset == "sysu":
         trials = ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot, sampling_label(args))
         settings = {"mode": args.mode, "multi_shot": args.multi_shot}
+    elif args.dataset == "llcm":
+        from kdem_tf.protocols import llcm
+
+        trials = llcm.llcm_trials(args.data_root, args.direction, args.trials)
+        settings = {"direction": args.direction}
+    elif args.dataset == "manifest":
+        from kdem_tf.protocols import manifest
+
+        trials = manifest.manifest_trials(args.data_root)
+        settings = {}
     else:
         trials = ev.regdb_trials(args.data_root, args.trials, args.direction)
         settings = {"direction": args.direction}
