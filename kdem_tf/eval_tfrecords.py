@@ -4,7 +4,9 @@ The TFRecords keep each image's dataset path, camera and identity, so the
 protocol trials of `kdem_tf.evaluation` are rebuilt from them without the raw
 folder: SYSU's single-shot gallery draw uses the same `random.Random(trial)`
 stream over the same sorted file lists as `evaluation.sysu_gallery`, so the
-numbers equal `python -m kdem_tf.evaluate` on the raw dataset.
+numbers equal `python -m kdem_tf.evaluate` on the raw dataset. LLCM's draws come from
+`kdem_tf.protocols.llcm` over the stored pools (default direction i2v), a manifest's one
+trial from its query and gallery splits.
 """
 from __future__ import annotations
 
@@ -58,10 +60,32 @@ def sysu_gallery_indices(paths: List[str], mode: str, trial: int) -> List[int]:
     return chosen
 
 
+def _llcm_results(query: dict, gallery: dict, trials: int) -> List[ev.TrialResult]:
+    """LLCM i2v trials: query = the embedded test_nir pool, gallery = draws from test_visible."""
+    from kdem_tf.image_contract import INFRARED, VISIBLE
+    from kdem_tf.protocols import llcm
+
+    pools, rows = {}, {}
+    for modality, side in ((INFRARED, query), (VISIBLE, gallery)):
+        pools[modality] = [(int(p), int(c), path) for p, c, path in zip(side["pids"], side["cams"], side["paths"])]
+        rows.update({path: (side, i) for i, path in enumerate(side["paths"])})
+    results = []
+    for trial in llcm.trials_from_pools(pools, "i2v", trials):
+        q = np.array([rows[p][1] for p in trial.query.paths], np.int64)
+        g = np.array([rows[p][1] for p in trial.gallery.paths], np.int64)
+        cmc, mAP, mINP = ev.evaluate_features(query["features"][q], gallery["features"][g], trial.query.pids,
+                                              trial.gallery.pids, trial.query.cams, trial.gallery.cams,
+                                              protocol="llcm")
+        results.append(ev.TrialResult(trial.trial, cmc, mAP, mINP, len(q), len(g)))
+    return results
+
+
 def evaluate_embedded(dataset: str, query: dict, gallery: dict, mode: str = "all", trials: int = 10) -> dict:
     """Protocol metrics (percent, averaged over trials) from embedded splits."""
     results = []
-    if dataset == "sysu":
+    if dataset == "llcm":
+        results = _llcm_results(query, gallery, trials)
+    elif dataset == "sysu":
         q = sysu_query_order(query["paths"])
         for trial in range(trials):
             g = np.array(sysu_gallery_indices(gallery["paths"], mode, trial), dtype=np.int64)
@@ -69,9 +93,10 @@ def evaluate_embedded(dataset: str, query: dict, gallery: dict, mode: str = "all
                 query["features"][q], gallery["features"][g], query["pids"][q], gallery["pids"][g],
                 query["cams"][q], gallery["cams"][g], protocol="sysu")
             results.append(ev.TrialResult(trial, cmc, mAP, mINP, len(q), len(g)))
-    else:
+    else:  # RegDB and a manifest: one query / gallery pair
         cmc, mAP, mINP = ev.evaluate_features(query["features"], gallery["features"], query["pids"],
-                                              gallery["pids"], query["cams"], gallery["cams"], protocol="regdb")
+                                              gallery["pids"], query["cams"], gallery["cams"],
+                                              protocol="manifest" if dataset == "manifest" else "regdb")
         results.append(ev.TrialResult(0, cmc, mAP, mINP, len(query["pids"]), len(gallery["pids"])))
     out = ev.summary(*ev.average_trials(results))
     out["num_query"] = int(results[0].num_query)
@@ -83,9 +108,12 @@ def evaluate_embedded(dataset: str, query: dict, gallery: dict, mode: str = "all
 def evaluate_model_on_tfrecords(inference_model, dataset: str, data_dir: str, image_size,
                                 mode: str = "all", trials: int = 10) -> dict:
     """SYSU: infrared query split vs visible gallery draws; RegDB: visible → thermal of the trial."""
-    if dataset == "sysu":
-        query = embed_split(inference_model, data_dir, "query", image_size)
-        gallery = embed_split(inference_model, data_dir, "gallery", image_size)
+    if dataset in ("sysu", "manifest", "llcm"):  # LLCM: test_nir (query pool), test_visible
+        from kdem_tf.data.schema import DATASET_SPLITS
+
+        query_split, gallery_split = DATASET_SPLITS[dataset][1:]
+        query = embed_split(inference_model, data_dir, query_split, image_size)
+        gallery = embed_split(inference_model, data_dir, gallery_split, image_size)
     else:
         query = embed_split(inference_model, data_dir, "test_visible", image_size)
         gallery = embed_split(inference_model, data_dir, "test_thermal", image_size)

@@ -58,7 +58,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
 
     Args:
         config: the resolved TrainConfig.
-        dataset: "sysu" or "regdb" (recorded; selects the evaluation protocol).
+        dataset: "sysu", "regdb", "llcm" or "manifest" (recorded; selects the evaluation protocol).
         data_dir: preprocessing output (our layout or a TFX Examples artifact uri).
         run_dir: the run folder (created; resumed when it holds checkpoints).
         max_steps: cap on total optimizer steps (TFX TrainArgs.num_steps); None: the schedule.
@@ -275,7 +275,7 @@ def _write_eval_summaries(writer, step: int, result: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Train KDEM on preprocessed TFRecords.")
-    parser.add_argument("--dataset", required=True, choices=["sysu", "regdb"])
+    parser.add_argument("--dataset", required=True, choices=["sysu", "regdb", "llcm", "manifest"])
     parser.add_argument("--data", required=True, help="preprocessing output folder (kdem_tf.data.preprocess)")
     parser.add_argument("--out", required=True, help="run folder (resumed when it holds checkpoints)")
     parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS))
