@@ -24,6 +24,7 @@ import numpy as np
 
 from kdem_tf import evaluation as ev
 from kdem_tf import reranking
+from kdem_tf import variants as variant_labels
 
 MONTAGE_QUERIES = 8
 MONTAGE_TOP_K = 10
@@ -239,8 +240,9 @@ def _title(args) -> str:
 
 
 def sampling_label(args) -> str:
-    """"agw" (AGW's seeded draw) or "official" (the dataset's rand_perm_cam.mat); "agw" for RegDB."""
-    return getattr(args, "gallery_sampling", None) or "agw"
+    """SYSU: "agw" (AGW's seeded draw) or "official" (the dataset's rand_perm_cam.mat); RegDB "index",
+    LLCM "deen", manifest "single" (kdem_tf.variants)."""
+    return variant_labels.sampling_of(getattr(args, "dataset", "sysu"), getattr(args, "gallery_sampling", None))
 
 
 def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
@@ -257,13 +259,16 @@ def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
 
 
 def format_variants(title: str, means: Dict[str, dict]) -> str:
-    """One mean row per variant (plain, re-ranked, ...), each labelled, values in percent."""
+    """One mean row per variant (plain, re-ranked, ...), each labelled with its gallery sampling and
+    flip setting (kdem_tf.variants), values in percent."""
     cols = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
     names = ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP")
     width = max(len("Variant"), *(len(label) for label in means)) + 2
-    head = f"{'Variant':<{width}}" + "".join(f"{n:>9}" for n in names)
+    head = f"{'Variant':<{width}}" + "".join(f"{n:>9}" for n in names) + f"  {'Sampling':<10}Flip"
     lines = [title, "-" * len(head), head, "-" * len(head)]
-    lines += [f"{label:<{width}}" + "".join(f"{m[c]:>9.2f}" for c in cols) for label, m in means.items()]
+    lines += [f"{label:<{width}}" + "".join(f"{m[c]:>9.2f}" for c in cols)
+              + f"  {m.get('gallery_sampling', ''):<10}{'yes' if m.get('flip') else 'no'}"
+              for label, m in means.items()]
     return "\n".join(lines)
 
 
@@ -410,8 +415,11 @@ def run(args: argparse.Namespace) -> dict:
               f"{trials[0].query.modality} | gallery {gallery} {trials[0].gallery.modality} | {args.distance}")
     metrics["rerank"] = rerank_settings(rerank)
     metrics["gallery_sampling"] = sampling_label(args)
-    metrics["variants"] = {label: dict(variant_metrics(label, rs, None if label == ev.PLAIN else rerank),
-                                       gallery_sampling=sampling_label(args)) for label, rs in variants.items()}
+    metrics["variants"] = {
+        label: dict(variant_metrics(label, rs, None if label == ev.PLAIN else rerank),
+                    **variant_labels.describe(label, sampling_label(args), flip=False,
+                                              rerank=None if label == ev.PLAIN else rerank_settings(rerank)))
+        for label, rs in variants.items()}
     print(format_table(f"{header} | {ev.PLAIN}", rows))
     for label, entry in metrics["variants"].items():
         if label != ev.PLAIN:

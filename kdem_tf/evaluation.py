@@ -26,6 +26,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kdem_tf import reranking
+from kdem_tf.variants import PLAIN  # the variant label of results without re-ranking or flip
 
 SYSU_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_QUERY_CAMERAS = (3, 6)
@@ -383,7 +384,6 @@ def regdb_trials(root: str, trials: int = 10, direction: str = "v2i") -> List[Tr
 # ----------------------------------------------------------------------------- trials
 
 
-PLAIN = "plain"  # the variant label of results without re-ranking
 
 
 @dataclasses.dataclass

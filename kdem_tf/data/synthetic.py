@@ -383,10 +383,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--montage", help="also write a PNG montage of the first ids here (sysu, regdb)")
     args = parser.parse_args(argv)
-    if args.layout == "llcm":
+    generate = {"sysu": generate_sysu, "regdb": generate_regdb}.get(args.layout)
+    if generate is None:  # llcm: kdem_tf.data.synthetic_llcm
         from kdem_tf.data.synthetic_llcm import generate_llcm as generate
-    else:
-        generate = generate_sysu if args.layout == "sysu" else generate_regdb
     kwargs = {k: v for k, v in vars(args).items() if k in ("identities", "images_per_camera") and v is not None}
     try:
         root = generate(args.out, seed=args.seed, image_size=args.image_size, overwrite=args.overwrite, **kwargs)

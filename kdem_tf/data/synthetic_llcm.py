@@ -25,7 +25,7 @@ from kdem_tf.data.datasets import LLCM_FOLDERS, LLCM_INFRARED_CAMERAS, LLCM_VISI
 from kdem_tf.image_contract import INFRARED, VISIBLE
 
 LAYOUT_KEY = 2  # synthetic's layout keys: 0 SYSU, 1 RegDB, 2 LLCM (different people)
-_SPLIT, _COVER = 5, 6  # synthetic's stream keys
+_SPLIT, _COVER = synthetic._SPLIT, synthetic._COVER  # synthetic's random-stream keys
 
 
 def llcm_split(identities: int, seed: int) -> Dict[str, List[int]]:

@@ -160,6 +160,7 @@ def test_cli_matches_the_authors_test_py(llcm_root, tmp_path, capsys, direction,
     for ours, (t_cmc, t_mAP, t_mINP) in zip(metrics["per_trial"], per_trial):
         assert ours["rank1"] == float(t_cmc[0]) * 100.0 and ours["rank10"] == float(t_cmc[9]) * 100.0
         np.testing.assert_allclose([ours["mAP"], ours["mINP"]], [t_mAP * 100, t_mINP * 100], rtol=1e-12)
+    assert metrics["variants"]["plain"]["label"] == "plain, deen sampling" and metrics["gallery_sampling"] == "deen"
     assert "LLCM" in capsys.readouterr().out
 
 
