@@ -50,7 +50,7 @@ def _read_rows(csv_path: str) -> List[tuple]:
         rows = list(reader)
     if not rows:
         raise DatasetError(f"{csv_path}:1: empty manifest (expected the header {','.join(COLUMNS)})")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip().lstrip("\ufeff") for h in rows[0]]  # a spreadsheet's UTF-8 BOM is no column name
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DatasetError(f"{csv_path}:1: field {missing[0]!r}: missing column (header must hold "

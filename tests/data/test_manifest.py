@@ -99,3 +99,9 @@ def test_preprocess_cli_reports_a_bad_manifest(tmp_path, capsys):
     code = preprocess.main(["--dataset", "manifest", "--data-root", csv_path, "--output", str(tmp_path / "o")])
     assert code == 2
     assert f"{csv_path}:2: field 'camera'" in capsys.readouterr().err
+
+
+def test_a_spreadsheet_bom_before_the_header_is_accepted(tmp_path):
+    folder = str(tmp_path / "cams")
+    csv_path = write_manifest(folder, ["a.jpg,1,1,visible,query"], header="\ufeff" + HEADER)
+    assert manifest.read_manifest(csv_path)["query"][0].path == "a.jpg"
