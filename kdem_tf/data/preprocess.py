@@ -1,7 +1,8 @@
-"""Beam preprocessing: a raw SYSU-MM01 or RegDB folder → sharded TFRecords, one set per split.
+"""Beam preprocessing: a raw SYSU-MM01, RegDB or LLCM folder (or a CSV manifest) → sharded TFRecords.
 
-    python -m kdem_tf.data.preprocess --dataset sysu --data-root DIR --output DIR \
+    python -m kdem_tf.data.preprocess --dataset sysu|regdb|llcm --data-root DIR --output DIR \
         [--trial N] [--image-size 288x144] [--num-shards N] [Beam pipeline options]
+    python -m kdem_tf.data.preprocess --dataset manifest --data-root FILE.csv --output DIR
 
 Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated,
 resized once to the target size and re-encoded as JPEG into a `tf.train.Example`
