@@ -16,8 +16,8 @@ start-up lines are caught too. How:
   progress bars (lines redrawn with `\\r`) pass unchanged.
 
 The log goes to a temporary file first and moves beside the run's outputs once the
-entry point knows where they are (`log_beside`). When the process ends with an error,
-one line names the log file. `--verbose` on any entry point (taken off the command
+entry point knows where they are (`log_beside`). When the process ends with a traceback,
+one line names the log file (a one-line `error: ...` exit stays one line). `--verbose` on any entry point (taken off the command
 line here) or `KDEM_VERBOSE=1` turns all of this off: everything is shown as is.
 """
 from __future__ import annotations
@@ -152,14 +152,7 @@ def start(name: Optional[str] = None) -> None:
         _exit_code["failed"] = True
         original_excepthook(*info)
 
-    sys.excepthook = excepthook
-    original_exit = sys.exit
-
-    def exit_(code=0):
-        _exit_code["failed"] = code not in (0, None)
-        original_exit(code)
-
-    sys.exit = exit_
+    sys.excepthook = excepthook  # a one-line `error: ...` exit adds nothing; a traceback names the log
     atexit.register(lambda: _active and _active.stop(_exit_code["failed"]))
 
 

@@ -1,7 +1,9 @@
-"""`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB cross-modal evaluation of a model or of features.
+"""`python -m kdem_tf.evaluate`: SYSU-MM01 / RegDB / LLCM / CSV-manifest evaluation of a model or features.
 
     python -m kdem_tf.evaluate --dataset sysu --data-root data/SYSU-MM01 --features feats.npz \
         --mode all --output metrics.json --plots reports/eval [--rerank] [--gallery-sampling official]
+    python -m kdem_tf.evaluate --dataset llcm --data-root data/LLCM --direction i2v --features feats.npz
+    python -m kdem_tf.evaluate --dataset manifest --data-root cams/manifest.csv --model RUN_DIR
 
 Features (`--features F.npz`): `paths` (str [N], relative to the data root exactly as
 in the dataset, e.g. "cam3/0001/0001.jpg", "Thermal/1/x.bmp") and `features`
@@ -29,6 +31,7 @@ import numpy as np
 
 from kdem_tf import evaluation as ev
 from kdem_tf import reranking, tta
+from kdem_tf import variants as variant_labels
 
 MONTAGE_QUERIES = 8
 MONTAGE_TOP_K = 10
@@ -223,7 +226,7 @@ def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = No
         def table_for(model: str, trial_list) -> FeatureTable:
             recs = _records(trial_list)
             return FeatureTable([p for p, _ in recs],
-                                embed_images(model, args.data_root, recs, args.batch_size, signature_name), model)
+                                embed_images(model, image_root(args), recs, args.batch_size, signature_name), model)
 
     shared = None if per_trial else table_for(args.model, trials)
 
@@ -234,16 +237,30 @@ def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = No
 
 
 def _records(trial_list) -> List[Tuple[str, str]]:
-    """(path, modality) of every image of the trials, each once, in first-seen order."""
+    """(path, modality) of every image of the trials, each once, in first-seen order (a manifest's
+    query or gallery may mix modalities: each image keeps its own line's)."""
     seen: Dict[str, str] = {}
     for t in trial_list:
         for split in (t.query, t.gallery):
-            for p in split.paths:
-                seen.setdefault(p, split.modality)
+            for p, modality in zip(split.paths, split.path_modalities()):
+                seen.setdefault(p, modality)
     return list(seen.items())
 
 
+def image_root(args) -> str:
+    """The folder dataset paths are relative to: --data-root, or a manifest's own folder."""
+    if args.dataset == "manifest":
+        from kdem_tf.data.manifest import image_root as manifest_root
+        return manifest_root(args.data_root)
+    return args.data_root
+
+
 def _title(args) -> str:
+    if args.dataset == "llcm":
+        return "LLCM " + ("infrared to visible" if args.direction == "i2v" else
+                          "visible to infrared (as DEEN/test.py scores it: infrared draw vs visible pool)")
+    if args.dataset == "manifest":
+        return f"manifest {os.path.basename(args.data_root)}, single gallery, same id and camera dropped"
     if args.dataset == "sysu":
         shot = "multi-shot" if args.multi_shot else "single-shot"
         return f"SYSU-MM01 {args.mode}-search {shot}, {sampling_label(args)} gallery sampling"
@@ -251,8 +268,9 @@ def _title(args) -> str:
 
 
 def sampling_label(args) -> str:
-    """"agw" (AGW's seeded draw) or "official" (the dataset's rand_perm_cam.mat); "agw" for RegDB."""
-    return getattr(args, "gallery_sampling", None) or "agw"
+    """SYSU: "agw" (AGW's seeded draw) or "official" (the dataset's rand_perm_cam.mat); RegDB "index",
+    LLCM "deen", manifest "single" (kdem_tf.variants)."""
+    return variant_labels.sampling_of(getattr(args, "dataset", "sysu"), getattr(args, "gallery_sampling", None))
 
 
 def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
@@ -269,13 +287,16 @@ def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
 
 
 def format_variants(title: str, means: Dict[str, dict]) -> str:
-    """One mean row per variant (plain, re-ranked, ...), each labelled, values in percent."""
+    """One mean row per variant (plain, re-ranked, ...), each labelled with its gallery sampling and
+    flip setting (kdem_tf.variants), values in percent."""
     cols = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
     names = ("Rank-1", "Rank-5", "Rank-10", "Rank-20", "mAP", "mINP")
     width = max(len("Variant"), *(len(label) for label in means)) + 2
-    head = f"{'Variant':<{width}}" + "".join(f"{n:>9}" for n in names)
+    head = f"{'Variant':<{width}}" + "".join(f"{n:>9}" for n in names) + f"  {'Sampling':<10}Flip"
     lines = [title, "-" * len(head), head, "-" * len(head)]
-    lines += [f"{label:<{width}}" + "".join(f"{m[c]:>9.2f}" for c in cols) for label, m in means.items()]
+    lines += [f"{label:<{width}}" + "".join(f"{m[c]:>9.2f}" for c in cols)
+              + f"  {m.get('gallery_sampling', ''):<10}{'yes' if m.get('flip') else 'no'}"
+              for label, m in means.items()]
     return "\n".join(lines)
 
 
@@ -303,13 +324,17 @@ def _rerank_params(text: str) -> reranking.RerankParams:
 
 
 def ranked_gallery(q_feats, g_feats, q_camids, g_camids, protocol: str, distance: str = "cosine",
-                   k: int = 10) -> List[np.ndarray]:
-    """Top-k gallery indices per query, as the metric ranks them (SYSU cam3 queries skip cam2)."""
+                   k: int = 10, q_pids=None, g_pids=None) -> List[np.ndarray]:
+    """Top-k gallery indices per query, as the metric ranks them (SYSU cam3 queries skip cam2;
+    LLCM and manifest queries skip their own id in their own camera, which needs the pids)."""
     out = []
     for start, dist in ev.distance_chunks(q_feats, g_feats, distance):
         for row, order in enumerate(np.argsort(dist, axis=1)):
             if protocol == "sysu" and q_camids[start + row] == 3:
                 order = order[np.asarray(g_camids)[order] != 2]
+            elif protocol in ev.SAME_CAMERA_PROTOCOLS:
+                order = order[(np.asarray(g_pids)[order] != q_pids[start + row]) |
+                              (np.asarray(g_camids)[order] != q_camids[start + row])]
             out.append(order[:k])
     return out
 
@@ -324,9 +349,10 @@ def _plots(args, trial: ev.Trial, features_for, results, cmc_mean: np.ndarray) -
     q_feats, g_feats = features_for(trial)
     picks = np.unique(np.linspace(0, len(trial.query.paths) - 1, MONTAGE_QUERIES).round().astype(int))
     ranked = ranked_gallery(q_feats[picks], g_feats, trial.query.cams[picks], trial.gallery.cams,
-                               args.dataset, args.distance, MONTAGE_TOP_K)
+                               args.dataset, args.distance, MONTAGE_TOP_K, trial.query.pids[picks],
+                               trial.gallery.pids)
     plots.retrieval_montage(
-        args.data_root, [trial.query.paths[i] for i in picks],
+        image_root(args), [trial.query.paths[i] for i in picks],
         [f"id {trial.query.pids[i]} cam {trial.query.cams[i]}" for i in picks],
         [[trial.gallery.paths[j] for j in order] for order in ranked],
         [[bool(trial.gallery.pids[j] == trial.query.pids[i]) for j in order] for i, order in zip(picks, ranked)],
@@ -336,9 +362,11 @@ def _plots(args, trial: ev.Trial, features_for, results, cmc_mean: np.ndarray) -
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m kdem_tf.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, choices=("sysu", "regdb"))
+    from kdem_tf.data.schema import DATASETS
+
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data-root", help="dataset root in its published layout")
+    data.add_argument("--data-root", help="dataset root in its published layout; manifest: the CSV file")
     data.add_argument("--tfrecords", help="a preprocessing output (kdem_tf.data.preprocess): same protocol, "
                                           "images from the TFRecords")
     src = p.add_mutually_exclusive_group(required=True)
@@ -346,8 +374,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     src.add_argument("--features", help=".npz with 'paths' and 'features' (or '*_trial{t}')")
     p.add_argument("--mode", choices=tuple(ev.SYSU_GALLERY_CAMERAS), default="all", help="SYSU search mode")
     p.add_argument("--multi-shot", action="store_true", help="SYSU: 10 gallery images per id and camera")
-    p.add_argument("--direction", choices=ev.REGDB_DIRECTIONS, default="v2i", help="RegDB query -> gallery")
-    p.add_argument("--trials", type=int, default=10, help="SYSU draws 0..N-1 / RegDB splits 1..N (max 10)")
+    p.add_argument("--direction", choices=ev.REGDB_DIRECTIONS,
+                   help="RegDB (default v2i) / LLCM (default i2v) query -> gallery; LLCM v2i is "
+                        "DEEN/test.py's [2, 1] mode, see docs/evaluation.md")
+    p.add_argument("--trials", type=int, default=10,
+                   help="SYSU / LLCM draws 0..N-1, RegDB splits 1..N (max 10); a manifest has one")
     p.add_argument("--distance", choices=ev.DISTANCES, default="cosine")
     p.add_argument("--output", help="write metrics JSON here")
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
@@ -368,16 +399,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.rerank = args.rerank_params or reranking.RerankParams()
     if not 1 <= args.trials <= 10:
         p.error("--trials must be 1..10")
-    if args.dataset == "regdb" and (args.multi_shot or args.mode != "all"):
+    if args.dataset != "sysu" and (args.multi_shot or args.mode != "all"):
         p.error("--mode and --multi-shot are SYSU options")
-    if args.dataset == "regdb" and args.gallery_sampling != "agw":
-        p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files)")
+    if args.dataset != "sysu" and args.gallery_sampling != "agw":
+        p.error("--gallery-sampling is a SYSU option (RegDB's trials are its index files, LLCM's "
+                "draw is its authors')")
+    if args.direction is not None and args.dataset not in ("regdb", "llcm"):
+        p.error("--direction is a RegDB / LLCM option")
     if args.tfrecords and args.plots:
         p.error("--plots draws the retrieval montage from the raw images: use --data-root")
     if args.flip and not args.model:
         p.error("--flip embeds the images twice (plain and mirrored): it needs --model, not --features")
     if args.tfrecords and args.gallery_sampling != "agw":
         p.error("--gallery-sampling official reads exp/rand_perm_cam.mat of the raw folder: use --data-root")
+    args.direction = args.direction or ("i2v" if args.dataset == "llcm" else "v2i")
     return args
 
 
@@ -391,6 +426,14 @@ def _trials(args: argparse.Namespace) -> Tuple[List[ev.Trial], Optional[dict]]:
                                                args.multi_shot, args.direction), splits
     if args.dataset == "sysu":
         return ev.sysu_trials(args.data_root, args.mode, args.trials, args.multi_shot, sampling_label(args)), None
+    if args.dataset == "llcm":
+        from kdem_tf.protocols import llcm
+
+        return llcm.llcm_trials(args.data_root, args.direction, args.trials), None
+    if args.dataset == "manifest":
+        from kdem_tf.protocols import manifest
+
+        return manifest.manifest_trials(args.data_root), None
     return ev.regdb_trials(args.data_root, args.trials, args.direction), None
 
 
@@ -398,7 +441,7 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluates, prints the table, writes JSON / plots; returns the metrics dict."""
     trials, splits = _trials(args)
     settings = {"mode": args.mode, "multi_shot": args.multi_shot} if args.dataset == "sysu" else \
-        {"direction": args.direction}
+        {} if args.dataset == "manifest" else {"direction": args.direction}
     features_for = _features_provider(args, trials, splits)
     rerank = getattr(args, "rerank", None) or None  # RerankParams (parse_args), or absent/False
     computed = ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank)
@@ -426,8 +469,11 @@ def run(args: argparse.Namespace) -> dict:
     metrics["rerank"] = rerank_settings(rerank)
     metrics["gallery_sampling"] = sampling_label(args)
     metrics["flip"] = bool(args.flip)
-    metrics["variants"] = {label: dict(variant_metrics(label, rs, rerank if "rerank" in label else None),
-                                       gallery_sampling=sampling_label(args)) for label, rs in variants.items()}
+    metrics["variants"] = {
+        label: dict(variant_metrics(label, rs, rerank if "rerank" in label else None),
+                    **variant_labels.describe(label, sampling_label(args), flip=label.startswith(tta.FLIP),
+                                              rerank=rerank_settings(rerank) if "rerank" in label else None))
+        for label, rs in variants.items()}
     print(format_table(f"{header} | {ev.PLAIN}", rows))
     for label, entry in metrics["variants"].items():
         if label != ev.PLAIN:

@@ -27,12 +27,16 @@ import numpy as np
 
 from kdem_tf import reranking
 from kdem_tf.image_contract import INFRARED, VISIBLE
+from kdem_tf.variants import PLAIN  # the variant label of results without re-ranking or flip
 
 SYSU_GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 SYSU_QUERY_CAMERAS = (3, 6)
 REGDB_DIRECTIONS = ("v2i", "i2v")
 DISTANCES = ("cosine", "euclidean", "dot")
-PROTOCOLS = ("sysu", "regdb")
+PROTOCOLS = ("sysu", "regdb", "llcm", "manifest")
+# protocols whose queries drop the gallery images of their own id and camera (kdem_tf.protocols);
+# True: the CMC collapses repeated ids (LLCM's eval_llcm), False: plain (torchreid's eval_market1501)
+SAME_CAMERA_PROTOCOLS = {"llcm": True, "manifest": False}
 MULTI_SHOT = 10  # gallery images per id and camera in multi-shot mode
 DEFAULT_CHUNK_BYTES = 256 << 20
 RANKS = (1, 5, 10, 20)
@@ -94,6 +98,11 @@ def _rank_chunk(dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_pi
                 g_camids: np.ndarray, protocol: str, id_slot: np.ndarray, id_starts: np.ndarray):
     """Per-query (valid, hit, ap, inp) of one chunk of distance rows [R, G]."""
     indices = np.argsort(dist, axis=1)  # default kind on the caller's dtype: AGW's tie order
+    if protocol in SAME_CAMERA_PROTOCOLS:
+        from kdem_tf.protocols import same_camera
+
+        return same_camera.rank_group(indices, q_pids, q_camids, g_pids, g_camids,
+                                      SAME_CAMERA_PROTOCOLS[protocol], id_slot, id_starts)
     out = (np.zeros(len(q_pids), bool), np.full(len(q_pids), -1, np.int64),
            np.zeros(len(q_pids)), np.zeros(len(q_pids)))
     if protocol == "sysu":
@@ -166,7 +175,9 @@ def evaluate_rank(distmat: np.ndarray, q_pids, g_pids, q_camids=None, g_camids=N
         q_pids, g_pids: [Q], [G] identity labels. q_camids, g_camids: [Q], [G] camera ids
             (SYSU only: a cam3 query ignores cam2 gallery items).
         max_rank: CMC length (shortened to G when the gallery is smaller).
-        protocol: "sysu" (collapsed CMC over all queries / valid queries) or "regdb".
+        protocol: "sysu" (collapsed CMC over all queries / valid queries), "regdb", "llcm"
+            (eval_llcm: same id and camera dropped, collapsed CMC) or "manifest" (torchreid's
+            eval_market1501: same id and camera dropped, plain CMC); see kdem_tf.protocols.
         chunk_bytes: working-memory budget; queries are processed in chunks.
     Returns:
         cmc: [max_rank] float32; mAP, mINP: float64 fractions (not percent).
@@ -250,7 +261,12 @@ class Split:
     paths: Tuple[str, ...]
     pids: np.ndarray
     cams: np.ndarray
-    modality: str  # "visible" or "infrared"
+    modality: str  # "visible" or "infrared"; a manifest side may mix them: "visible+infrared"
+    modalities: Tuple[str, ...] = ()  # per path, when the side mixes modalities; () = all `modality`
+
+    def path_modalities(self) -> Tuple[str, ...]:
+        """The modality of each path."""
+        return self.modalities or (self.modality,) * len(self.paths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +429,6 @@ def regdb_trials(root: str, trials: int = 10, direction: str = "v2i") -> List[Tr
 # ----------------------------------------------------------------------------- trials
 
 
-PLAIN = "plain"  # the variant label of results without re-ranking
 
 
 @dataclasses.dataclass

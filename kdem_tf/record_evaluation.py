@@ -17,15 +17,20 @@ one trial it was preprocessed for (`summary.json` settings.trial).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from kdem_tf import evaluation as ev
+from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE
 
-# (query-side split, gallery-side split) written by `kdem_tf.data.preprocess` per dataset.
-EVAL_SPLITS = {"sysu": ("query", "gallery"), "regdb": ("test_visible", "test_thermal")}
+# (query-side split, gallery-side split) written by `kdem_tf.data.preprocess` per dataset: the
+# evaluation splits of kdem_tf.data.schema.DATASET_SPLITS (LLCM: the infrared pool first).
+EVAL_SPLITS = {"sysu": ("query", "gallery"), "regdb": ("test_visible", "test_thermal"),
+               "llcm": ("test_nir", "test_visible"), "manifest": ("query", "gallery")}
 SUMMARY_FILE = "summary.json"
 
 
@@ -59,20 +64,43 @@ def regdb_trial_number(tfrecord_dir: str) -> int:
 
 
 def record_trials(dataset: str, tfrecord_dir: str, splits: Dict[str, object], mode: str = "all",
-                  trials: int = 10, multi_shot: bool = False, direction: str = "v2i") -> List[ev.Trial]:
+                  trials: int = 10, multi_shot: bool = False, direction: Optional[str] = None) -> List[ev.Trial]:
     """The protocol trials of a preprocessed dataset (SYSU: `trials` gallery draws; RegDB: its one trial).
 
     `splits`: `load_eval_splits`' dict, query side (SYSU infrared, RegDB visible) first."""
     first, second = splits.values()
     if dataset == "sysu":
         return ev.sysu_trials_from_paths(list(first.paths), list(second.paths), mode, trials, multi_shot)
+    if dataset == "llcm":
+        from kdem_tf.protocols import llcm
+
+        pools = {modality: [(int(p), int(c), path) for p, c, path in zip(a.person_ids, a.cameras, a.paths)]
+                 for modality, a in ((INFRARED, first), (VISIBLE, second))}
+        return llcm.trials_from_pools(pools, direction or "i2v", trials)
+    if dataset == "manifest":
+        from kdem_tf.protocols import manifest
+
+        sides = [[_Record(path, int(pid), int(cam), MODALITIES[int(m)])
+                  for path, pid, cam, m in zip(a.paths, a.person_ids, a.cameras, a.modalities)]
+                 for a in (first, second)]
+        return [ev.Trial(0, manifest._side(sides[0], f"{tfrecord_dir}: no query split"),
+                         manifest._side(sides[1], f"{tfrecord_dir}: no gallery split"))]
     trial = regdb_trial_number(tfrecord_dir)
     sides = []
     for arrays in (first, second):
         # The published index files list identity after identity: (id, path) order follows them.
         order = sorted(range(len(arrays.paths)), key=lambda i: (int(arrays.person_ids[i]), arrays.paths[i]))
         sides.append(([arrays.paths[i] for i in order], arrays.person_ids[order]))
-    return [ev.regdb_trial_from_records(trial, sides[0], sides[1], direction)]
+    return [ev.regdb_trial_from_records(trial, sides[0], sides[1], direction or "v2i")]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    """One stored evaluation image as the manifest protocol reads it."""
+    path: str
+    person_id: int
+    camera: int
+    modality: str
 
 
 def path_features(paths: Sequence[str], features: np.ndarray, source: str) -> Callable[[ev.Trial], Tuple]:

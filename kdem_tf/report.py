@@ -114,12 +114,34 @@ def plot_factors(history: Sequence[dict], factors: Optional[np.ndarray], path: s
     return path
 
 
+METRIC_COLUMNS = ("rank1", "rank10", "rank20", "mAP", "mINP")
+
+
+def variant_rows(metrics: Dict[str, float], label: str) -> List[tuple]:
+    """(label, variant, sampling, flip, values) per variant of a metrics.json, plain first.
+
+    A metrics.json of `kdem_tf.evaluate` lists its variants (plain, re-ranked, flip...) under
+    "variants"; an older or hand-written one is one plain row.
+    """
+    variants = metrics.get("variants") or {"plain": dict(metrics, variant="plain")}
+    rows = []
+    for key, entry in variants.items():
+        rows.append((label, entry.get("variant", key), entry.get("gallery_sampling", metrics.get("gallery_sampling", "")),
+                     bool(entry.get("flip", False)), [entry.get(k, float("nan")) for k in METRIC_COLUMNS]))
+    return rows
+
+
 def metrics_table(metrics: Dict[str, float], label: str, mode: str = "all") -> str:
-    head = "<tr><th>method</th><th>mode</th><th>R1</th><th>R10</th><th>R20</th><th>mAP</th><th>mINP</th></tr>"
-    ours = (f"<tr class='ours'><td>{html.escape(label)}</td><td>{mode}</td>" + "".join(
-        f"<td>{metrics.get(k, float('nan')):.2f}</td>" for k in ("rank1", "rank10", "rank20", "mAP", "mINP")) + "</tr>")
-    paper = "".join(f"<tr class='paper'><td>{n}</td><td>{m}</td>" + "".join(f"<td>{v:.2f}</td>" for v in vals) + "</tr>"
-                    for n, m, *vals in PAPER_SYSU_ROWS)
+    """Our rows, one per variant, each labelled with variant, gallery sampling and flip; then the paper's."""
+    head = ("<tr><th>method</th><th>variant</th><th>sampling</th><th>flip</th><th>mode</th><th>R1</th>"
+            "<th>R10</th><th>R20</th><th>mAP</th><th>mINP</th></tr>")
+    ours = "".join(
+        f"<tr class='ours'><td>{html.escape(name)}</td><td>{html.escape(variant)}</td>"
+        f"<td>{html.escape(str(sampling))}</td><td>{'yes' if flip else 'no'}</td><td>{mode}</td>"
+        + "".join(f"<td>{v:.2f}</td>" for v in values) + "</tr>"
+        for name, variant, sampling, flip, values in variant_rows(metrics, label))
+    paper = "".join(f"<tr class='paper'><td>{n}</td><td>plain</td><td>agw</td><td>no</td><td>{m}</td>"
+                    + "".join(f"<td>{v:.2f}</td>" for v in vals) + "</tr>" for n, m, *vals in PAPER_SYSU_ROWS)
     return f"<table>{head}{ours}{paper}</table>"
 
 

@@ -60,7 +60,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
 
     Args:
         config: the resolved TrainConfig.
-        dataset: "sysu" or "regdb" (recorded; selects the evaluation protocol).
+        dataset: "sysu", "regdb", "llcm" or "manifest" (recorded; selects the evaluation protocol).
         data_dir: preprocessing output (our layout or a TFX Examples artifact uri).
         run_dir: the run folder (created; resumed when it holds checkpoints).
         max_steps: cap on total optimizer steps (TFX TrainArgs.num_steps); None: the schedule.
@@ -280,7 +280,9 @@ def _write_eval_summaries(writer, step: int, result: dict) -> None:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train KDEM on preprocessed TFRecords.")
-    parser.add_argument("--dataset", choices=["sysu", "regdb"])
+    from kdem_tf.data.schema import DATASETS
+
+    parser.add_argument("--dataset", choices=DATASETS)
     parser.add_argument("--data", help="preprocessing output folder (kdem_tf.data.preprocess)")
     parser.add_argument("--out", help="run folder (resumed when it holds checkpoints)")
     parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS))

@@ -39,7 +39,7 @@ PIPELINE_NAME = _env("PIPELINE_NAME", "kdem-reid")
 HOME = os.path.abspath(_env("PIPELINE_HOME", os.path.join(REPO_ROOT, "outputs", "pipeline")))
 
 # ----------------------------------------------------------------------------- inputs
-DATASET = _env("DATASET", "sysu")                # "sysu" or "regdb"
+DATASET = _env("DATASET", "sysu")                # kdem_tf.data.schema.DATASETS: sysu, regdb, llcm, manifest
 DATA_ROOT = _env("DATA_ROOT", "")                # "" = the synthetic dataset below (generated when absent)
 TRIAL = _env("TRIAL", 1)                         # RegDB trial 1..10 (SYSU ignores it)
 NUM_SHARDS = _env("NUM_SHARDS", 0)               # TFRecord shards per split; 0 = ~2,000 images a shard
@@ -121,7 +121,7 @@ class PipelineSettings:
     @property
     def splits(self) -> Tuple[str, ...]:
         from kdem_tf.data import schema
-        return schema.SYSU_SPLITS if self.dataset == "sysu" else schema.REGDB_SPLITS
+        return schema.DATASET_SPLITS[self.dataset]  # sysu, regdb, llcm or manifest
 
     @property
     def query_split(self) -> str:

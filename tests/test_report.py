@@ -48,3 +48,20 @@ def test_report_page_lists_every_figure_and_the_settings(tmp_path):
     for png in ("losses.png", "evaluation.png", "influence_factors.png", "cmc.png"):
         assert f"src='{png}'" in text and os.path.exists(tmp_path / "out" / png), png
     assert "seed: 0" in text and "52.00" in text
+
+
+def test_metrics_table_keeps_every_variant_apart_and_labelled():
+    metrics = {"rank1": 40.0, "mAP": 30.0, "gallery_sampling": "official", "variants": {
+        "plain": {"variant": "plain", "gallery_sampling": "official", "flip": False, "rank1": 40.0,
+                  "rank10": 70.0, "rank20": 80.0, "mAP": 30.0, "mINP": 20.0},
+        "rerank(k1=20,k2=6,λ=0.3)": {"variant": "rerank(k1=20,k2=6,λ=0.3)", "gallery_sampling": "official",
+                                     "flip": False, "rank1": 45.0, "rank10": 72.0, "rank20": 81.0,
+                                     "mAP": 41.5, "mINP": 33.0}}}
+    rows = report.variant_rows(metrics, "this run")
+    assert [(r[1], r[2], r[3]) for r in rows] == [("plain", "official", False),
+                                                  ("rerank(k1=20,k2=6,λ=0.3)", "official", False)]
+    table = report.metrics_table(metrics, "this run")
+    ours = [row for row in table.split("<tr") if "class='ours'" in row]
+    assert len(ours) == 2 and "41.50" in ours[1] and "41.50" not in ours[0] and "rerank(" in ours[1]
+    # an older metrics.json without variants is one plain row
+    assert [r[1] for r in report.variant_rows({"rank1": 1.0, "mAP": 2.0}, "x")] == ["plain"]

@@ -1,4 +1,4 @@
-"""Readers for SYSU-MM01 and RegDB in their published on-disk layouts.
+"""Readers for SYSU-MM01, RegDB and LLCM in their published on-disk layouts.
 
 The same code reads the real datasets and the synthetic stand-in
 (`kdem_tf.data.synthetic`), which writes exactly these layouts.
@@ -14,6 +14,15 @@ RegDB::
 
     ROOT/Visible/..., ROOT/Thermal/...
     ROOT/idx/{train,test}_{visible,thermal}_{trial}.txt   lines "relative/path label"
+
+LLCM (Zhang & Wang, CVPR 2023; the authors' ZYK100/LLCM DEEN code)::
+
+    ROOT/{train_vis,train_nir,test_vis,test_nir}/camC/PPPP/*.jpg
+    ROOT/idx/train_vis.txt, ROOT/idx/train_nir.txt   lines "relative/path label"
+    ROOT/idx/test_id.txt                              one line: comma-separated ids
+
+Identities and cameras are read from the folder structure (`camC/PPPP`), never
+from string positions.
 
 Paths are read with `tf.io.gfile`, so `gs://` and HDFS roots work where TF has
 those filesystems. Every error names the file (and line) at fault.
@@ -35,6 +44,12 @@ SYSU_INDOOR_VISIBLE_CAMERAS = (1, 2)
 REGDB_TRIALS = tuple(range(1, 11))
 REGDB_VISIBLE_CAMERA = 1
 REGDB_THERMAL_CAMERA = 2
+# The camera folders the LLCM authors' process_query_llcm / process_gallery_llcm read:
+# test_vis cam1..cam9, test_nir the same without cam3.
+LLCM_VISIBLE_CAMERAS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+LLCM_INFRARED_CAMERAS = (1, 2, 4, 5, 6, 7, 8, 9)
+LLCM_FOLDERS = {("train", VISIBLE): "train_vis", ("train", INFRARED): "train_nir",
+                ("test", VISIBLE): "test_vis", ("test", INFRARED): "test_nir"}
 
 
 class DatasetError(ValueError):
@@ -89,7 +104,11 @@ def sysu_camera_modality(camera: int) -> str:
 
 def read_sysu_ids(root: str, which: str) -> List[int]:
     """Reads `exp/{which}_id.txt` (which: train, val or test): one comma-separated line."""
-    path = join(root, f"exp/{which}_id.txt")
+    return read_id_line(join(root, f"exp/{which}_id.txt"))
+
+
+def read_id_line(path: str) -> List[int]:
+    """Reads a file of one line of comma-separated integer ids (SYSU exp/*_id.txt, LLCM idx/test_id.txt)."""
     lines = [line for line in _read_lines(path) if line.strip()]
     if len(lines) != 1:
         raise DatasetError(f"{path}: expected one line of comma-separated ids, found {len(lines)} lines")
@@ -231,6 +250,110 @@ def regdb_test_labels(root: str, trial: int) -> Dict[str, int]:
         for rel, label, _ in read_regdb_list(root, "test", name, trial):
             labels[rel] = label
     return labels
+
+
+# ----------------------------------------------------------------------------- LLCM
+
+
+def llcm_path_parts(path: str, where: str) -> Tuple[str, int, int]:
+    """(top folder, camera, person id) of "FOLDER/camC/PPPP/name", from its folders.
+
+    `where` (file and line) is named when the path does not have that structure.
+    """
+    parts = path.split("/")
+    if len(parts) != 4 or not parts[1].startswith("cam") or not parts[1][3:].isdigit() \
+            or not parts[2].isdigit():
+        raise DatasetError(f"{where}: path {path!r} is not FOLDER/camC/PPPP/file (camera C and id PPPP "
+                           f"numbers)")
+    return parts[0], int(parts[1][3:]), int(parts[2])
+
+
+def llcm_train_records(root: str, check_files: bool = True) -> List[ImageRecord]:
+    """Training images of idx/train_vis.txt and idx/train_nir.txt, with the files' labels.
+
+    Each line is "relative/path label"; the path must lie under the list's folder
+    (train_vis/ or train_nir/). Labels must be contiguous from 0 over both lists and
+    name one identity each.
+    """
+    records, label_pid, first_list = [], {}, None
+    for modality in (VISIBLE, INFRARED):
+        folder = LLCM_FOLDERS[("train", modality)]
+        list_path = join(root, f"idx/{folder}.txt")
+        first_list = first_list or list_path
+        for rel, label, number in _read_path_label_list(list_path):
+            where = f"{list_path}:{number}"
+            top, camera, pid = llcm_path_parts(rel, where)
+            if top != folder:
+                raise DatasetError(f"{where}: path {rel!r} is not under {folder}/")
+            if label < 0 or label_pid.setdefault(label, pid) != pid:
+                raise DatasetError(f"{where}: label {label} of id {pid} is negative or already names "
+                                   f"id {label_pid.get(label)}")
+            if check_files and not tf.io.gfile.exists(join(root, rel)):
+                raise DatasetError(f"{where}: listed image {rel} does not exist")
+            records.append(ImageRecord(rel, pid, label, camera, modality))
+    if not records:
+        raise DatasetError(f"{first_list}: no entries")
+    labels = sorted(label_pid)
+    if labels != list(range(len(labels))):
+        raise DatasetError(f"{first_list} and train_nir.txt: train labels must be contiguous from 0, got "
+                           f"{labels[:5]}...{labels[-3:]}")
+    pids = [pid for pid in label_pid.values()]
+    if len(set(pids)) != len(pids):
+        raise DatasetError(f"{first_list} and train_nir.txt: an id carries two labels")
+    return records
+
+
+def _read_path_label_list(path: str) -> List[Tuple[str, int, int]]:
+    entries = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise DatasetError(f"{path}:{number}: malformed line {line!r} (expected 'relative/path label')")
+        entries.append((fields[0].replace("\\", "/"), int(fields[1]), number))
+    return entries
+
+
+def llcm_image_files(root: str, folder: str, camera: int, person_id: int) -> List[str]:
+    """Sorted image names in FOLDER/camC/PPPP ([] when absent), as the authors list them."""
+    path = join(root, f"{folder}/cam{camera}/{person_id:04d}")
+    if not tf.io.gfile.isdir(path):
+        return []
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path) if _is_image(name))
+
+
+def llcm_test_ids(root: str) -> List[int]:
+    """The ids of idx/test_id.txt, in the authors' order: sorted as zero-padded strings."""
+    return sorted(read_id_line(join(root, "idx/test_id.txt")), key=lambda pid: f"{pid:04d}")
+
+
+def llcm_test_records(root: str) -> Dict[str, List[ImageRecord]]:
+    """The test pools {visible: test_vis images, infrared: test_nir images} of the listed ids.
+
+    Order as the authors' process_query_llcm: ids (zero-padded string order), then the
+    camera list of the modality (`LLCM_VISIBLE_CAMERAS` / `LLCM_INFRARED_CAMERAS`), then
+    sorted file names. A listed id with no image in either pool is an error naming
+    idx/test_id.txt.
+    """
+    id_file = join(root, "idx/test_id.txt")
+    for modality in (VISIBLE, INFRARED):
+        _require_dir(join(root, LLCM_FOLDERS[("test", modality)]), "LLCM test")
+    cameras = {VISIBLE: LLCM_VISIBLE_CAMERAS, INFRARED: LLCM_INFRARED_CAMERAS}
+    out: Dict[str, List[ImageRecord]] = {VISIBLE: [], INFRARED: []}
+    for pid in llcm_test_ids(root):
+        found = 0
+        for modality in (VISIBLE, INFRARED):
+            folder = LLCM_FOLDERS[("test", modality)]
+            for camera in cameras[modality]:
+                for name in llcm_image_files(root, folder, camera, pid):
+                    out[modality].append(ImageRecord(f"{folder}/cam{camera}/{pid:04d}/{name}", pid, -1,
+                                                     camera, modality))
+                    found += 1
+        if not found:
+            raise DatasetError(f"{id_file}:1: id {pid} is listed but has no images in test_nir/ or "
+                               f"test_vis/ (camC/{pid:04d}/)")
+    return out
 
 
 def identities(records: Iterable[ImageRecord]) -> set:

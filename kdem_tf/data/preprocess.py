@@ -1,7 +1,8 @@
-"""Beam preprocessing: a raw SYSU-MM01 or RegDB folder → sharded TFRecords, one set per split.
+"""Beam preprocessing: a raw SYSU-MM01, RegDB or LLCM folder (or a CSV manifest) → sharded TFRecords.
 
-    python -m kdem_tf.data.preprocess --dataset sysu --data-root DIR --output DIR \
+    python -m kdem_tf.data.preprocess --dataset sysu|regdb|llcm --data-root DIR --output DIR \
         [--trial N] [--num-shards N] [Beam pipeline options]
+    python -m kdem_tf.data.preprocess --dataset manifest --data-root FILE.csv --output DIR
 
 Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated
 (PIL decodes it fully) and stored as it is, with its original height and width, in a
@@ -55,6 +56,8 @@ def plan_splits(dataset: str, data_root: str, trial: int = 1) -> Dict[str, List[
 
     SYSU: train (train ∪ val ids), query (infrared test pool), gallery (visible test pool).
     RegDB: train, test_visible, test_thermal of the given trial.
+    LLCM: train (idx/train_vis.txt + train_nir.txt), test_nir and test_visible (the whole test pools).
+    manifest (data_root = the CSV file; paths relative to its folder): its train, query, gallery lines.
     """
     if dataset == "sysu":
         query, gallery = datasets.sysu_test_records(data_root)
@@ -64,8 +67,16 @@ def plan_splits(dataset: str, data_root: str, trial: int = 1) -> Dict[str, List[
         test = datasets.regdb_records(data_root, "test", trial)
         splits = {"train": train[schema.VISIBLE] + train[schema.INFRARED],
                   "test_visible": test[schema.VISIBLE], "test_thermal": test[schema.INFRARED]}
+    elif dataset == "llcm":
+        test = datasets.llcm_test_records(data_root)
+        splits = {"train": datasets.llcm_train_records(data_root),
+                  "test_nir": test[schema.INFRARED], "test_visible": test[schema.VISIBLE]}
+    elif dataset == "manifest":
+        from kdem_tf.data import manifest
+
+        splits = manifest.read_manifest(data_root)
     else:
-        raise datasets.DatasetError(f"--dataset must be 'sysu' or 'regdb', got {dataset!r}")
+        raise datasets.DatasetError(f"--dataset must be one of {schema.DATASETS}, got {dataset!r}")
     train_ids = datasets.identities(splits["train"])
     for name, records in splits.items():
         if not records:
@@ -74,6 +85,14 @@ def plan_splits(dataset: str, data_root: str, trial: int = 1) -> Dict[str, List[
         if shared:
             raise datasets.DatasetError(f"{data_root}: ids {sorted(shared)[:10]} are in both train and {name}")
     return splits
+
+
+def image_root(dataset: str, data_root: str) -> str:
+    """The folder record paths are relative to: the data root, or a manifest CSV's folder."""
+    if dataset == "manifest":
+        from kdem_tf.data import manifest
+        return manifest.image_root(data_root)
+    return data_root
 
 
 def shard_of(path: str, num_shards: int) -> int:
@@ -369,8 +388,8 @@ def format_summary(summary: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Unrecognised flags are passed to Beam (e.g. --runner=FlinkRunner).")
-    parser.add_argument("--dataset", required=True, choices=["sysu", "regdb"])
-    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--dataset", required=True, choices=schema.DATASETS)
+    parser.add_argument("--data-root", required=True, help="dataset root; manifest: the CSV file")
     parser.add_argument("--output", required=True)
     parser.add_argument("--trial", type=int, default=1, help="RegDB trial 1..10")
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
@@ -379,7 +398,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         splits = plan_splits(args.dataset, args.data_root, args.trial)
         summary = run_preprocess(
-            splits, args.data_root, args.output, args.num_shards,
+            splits, image_root(args.dataset, args.data_root), args.output, args.num_shards,
             local_pipeline_options(beam_args), args.overwrite,
             settings={"dataset": args.dataset, "data_root": args.data_root, "trial": args.trial})
     except (datasets.DatasetError, FileExistsError, PreprocessError) as error:

@@ -1,4 +1,4 @@
-"""Synthetic stand-in for SYSU-MM01 and RegDB, written in their published on-disk layouts.
+"""Synthetic stand-in for SYSU-MM01, RegDB and LLCM (`synthetic_llcm`), in their published layouts.
 
 Not a benchmark: it lets readers, input pipeline and training run without the real data.
 Each identity gets a seeded body shape, garment patterns and colours and a carried object;
@@ -374,16 +374,18 @@ def _size(text: str) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdem_tf.data.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--layout", choices=("sysu", "regdb"), required=True)
+    parser.add_argument("--layout", choices=("sysu", "regdb", "llcm"), required=True)
     parser.add_argument("--out", required=True, help="output folder (absent or empty)")
-    parser.add_argument("--identities", type=int, help="number of ids (default: sysu 24, regdb 20)")
+    parser.add_argument("--identities", type=int, help="number of ids (default: sysu 24, regdb 20, llcm 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=_size, default=(64, 32), help="HxW (default 64x32)")
-    parser.add_argument("--images-per-camera", type=int, help="default: sysu 4, regdb 10")
+    parser.add_argument("--images-per-camera", type=int, help="default: sysu 4, regdb 10, llcm 2")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--montage", help="also write a PNG montage of the first ids here")
+    parser.add_argument("--montage", help="also write a PNG montage of the first ids here (sysu, regdb)")
     args = parser.parse_args(argv)
-    generate = generate_sysu if args.layout == "sysu" else generate_regdb
+    generate = {"sysu": generate_sysu, "regdb": generate_regdb}.get(args.layout)
+    if generate is None:  # llcm: kdem_tf.data.synthetic_llcm
+        from kdem_tf.data.synthetic_llcm import generate_llcm as generate
     kwargs = {k: v for k, v in vars(args).items() if k in ("identities", "images_per_camera") and v is not None}
     try:
         root = generate(args.out, seed=args.seed, image_size=args.image_size, overwrite=args.overwrite, **kwargs)
@@ -391,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.layout} layout to {root}")
-    if args.montage:
+    if args.montage and args.layout != "llcm":
         print(f"montage: {write_montage(root, args.layout, args.montage)}")
     return 0
 

@@ -120,3 +120,71 @@ def test_regdb_missing_trial_file_and_bad_trial(regdb_root, tmp_path):
         ds.regdb_records(root, "train", 4)
     with pytest.raises(ds.DatasetError, match="trial must be 1..10"):
         ds.regdb_records(root, "train", 11)
+
+
+# ----------------------------------------------------------------------------- LLCM
+
+
+@pytest.fixture(scope="module")
+def llcm_root(tmp_path_factory):
+    from kdem_tf.data import synthetic_llcm
+
+    return synthetic_llcm.generate_llcm(str(tmp_path_factory.mktemp("llcm") / "LLCM"), identities=6,
+                                        images_per_camera=1, progress=False)
+
+
+def test_llcm_ids_and_cameras_come_from_the_folders_even_under_a_cam_root(llcm_root, tmp_path):
+    # the authors' parser splits on the first "cam" of the whole path: a root named "camera..." breaks it
+    root = str(tmp_path / "camera_exports" / "LLCM")
+    shutil.copytree(llcm_root, root)
+    for records in (ds.llcm_train_records(root), *ds.llcm_test_records(root).values()):
+        for r in records:
+            folder, cam, pid = r.path.split("/")[:3]
+            assert (r.camera, r.person_id) == (int(cam[3:]), int(pid)) and folder[-3:] in ("vis", "nir")
+            assert r.modality == ("visible" if folder.endswith("vis") else "infrared")
+    assert ds.llcm_test_records(root) == ds.llcm_test_records(llcm_root)
+
+
+def test_llcm_train_labels_and_test_pools(llcm_root):
+    train = ds.llcm_train_records(llcm_root)
+    labels = {r.person_id: r.label for r in train}
+    assert sorted(labels.values()) == list(range(len(labels)))
+    assert {r.modality for r in train} == {"visible", "infrared"}
+    test = ds.llcm_test_records(llcm_root)
+    test_ids = set(ds.llcm_test_ids(llcm_root))
+    assert ds.identities(test["visible"]) | ds.identities(test["infrared"]) == test_ids
+    assert not test_ids & set(labels) and all(r.label == -1 for rs in test.values() for r in rs)
+    assert {r.camera for r in test["infrared"]} <= set(ds.LLCM_INFRARED_CAMERAS)
+
+
+def test_llcm_missing_test_id_file_is_named(llcm_root, tmp_path):
+    root = _copy(llcm_root, tmp_path)
+    os.remove(os.path.join(root, "idx", "test_id.txt"))
+    with pytest.raises(ds.DatasetError, match=r"idx/test_id\.txt: missing split file"):
+        ds.llcm_test_records(root)
+
+
+def test_llcm_listed_id_absent_from_both_pools_is_named(llcm_root, tmp_path):
+    root = _copy(llcm_root, tmp_path)
+    ids = open(os.path.join(root, "idx", "test_id.txt")).read().strip()
+    with open(os.path.join(root, "idx", "test_id.txt"), "w") as f:
+        f.write(ids + ",4321\n")
+    with pytest.raises(ds.DatasetError, match=r"idx/test_id\.txt:1: id 4321 is listed but has no images in "
+                                              r"test_nir/ or test_vis/"):
+        ds.llcm_test_records(root)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("train_vis/0001/0001.jpg 0", "is not FOLDER/camC/PPPP/file"),
+    ("train_nir/cam1/0001/0001.jpg 0", "is not under train_vis/"),
+    ("train_vis/cam1/0001/0001.jpg", "malformed line"),
+])
+def test_llcm_bad_train_line_is_named_with_its_line(llcm_root, tmp_path, line, message):
+    root = _copy(llcm_root, tmp_path)
+    path = os.path.join(root, "idx", "train_vis.txt")
+    lines = open(path).read().splitlines()
+    lines[1] = line
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(ds.DatasetError, match=rf"train_vis\.txt:2: .*{message}"):
+        ds.llcm_train_records(root)

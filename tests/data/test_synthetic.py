@@ -193,3 +193,24 @@ def test_identity_recoverable_but_not_trivial(tmp_path):
     cam1 = [(p, x) for p, c, x in images if c == 1]
     others = [(p, x) for p, c, x in images if c in (2, 4, 5)]
     assert _rank1(cam1, others, raw) < 0.9
+
+
+# ----------------------------------------------------------------------------- LLCM
+
+
+def test_llcm_cli_layout_reads_back_and_is_deterministic(tmp_path, capsys):
+    args = ["--layout", "llcm", "--identities", "5", "--images-per-camera", "1", "--image-size", "32x16"]
+    assert syn.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert syn.main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert _files(str(tmp_path / "a")) == _files(str(tmp_path / "b"))
+    root = str(tmp_path / "a")
+    train, test = ds.llcm_train_records(root), ds.llcm_test_records(root)
+    assert ds.identities(train) and not ds.identities(train) & set(ds.llcm_test_ids(root))
+    for records in (train, test["visible"], test["infrared"]):
+        assert records and all(len({r.camera for r in records if r.person_id == pid}) >= 1
+                               for pid in ds.identities(records))
+    for pid in ds.llcm_test_ids(root):  # every test id is seen by >= 2 cameras in each modality
+        assert len({r.camera for r in test["visible"] if r.person_id == pid}) >= 2
+        assert len({r.camera for r in test["infrared"] if r.person_id == pid}) >= 2
+    assert Image.open(os.path.join(root, test["infrared"][0].path)).size == (16, 32)
+    assert "wrote llcm layout" in capsys.readouterr().out

@@ -1,0 +1,104 @@
+"""A CSV manifest for one's own cameras: `path,person_id,camera,modality,split`, one image a line.
+
+    path,person_id,camera,modality,split
+    cam_lobby/0007_0001.jpg,7,1,visible,query
+    ir_gate/0007_0003.png,7,2,infrared,gallery
+    ...
+
+- path: relative to the CSV file's folder ('/'-separated; the file must exist);
+- person_id, camera: integers (ids of train and of query/gallery must not overlap);
+- modality: `visible` or `infrared` (kdem_tf.image_contract's vocabulary);
+- split: `train`, `query` or `gallery`.
+
+Training labels are contiguous from 0 over the sorted train ids; query and gallery
+records carry label -1. Every error names the file, the line number and the field.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from typing import Dict, List
+
+import tensorflow as tf
+
+from kdem_tf.data.datasets import DatasetError, ImageRecord, join
+from kdem_tf.image_contract import ContractError, modality_index
+
+COLUMNS = ("path", "person_id", "camera", "modality", "split")
+SPLITS = ("train", "query", "gallery")
+
+
+def image_root(csv_path: str) -> str:
+    """The folder manifest paths are relative to: the CSV file's own folder."""
+    return posixpath.dirname(csv_path.replace("\\", "/")) or "."
+
+
+def _integer(value: str, where: str, field: str) -> int:
+    text = value.strip()
+    if not text.lstrip("-").isdigit():
+        raise DatasetError(f"{where}: field {field!r}: {value!r} is not an integer")
+    return int(text)
+
+
+def _read_rows(csv_path: str) -> List[tuple]:
+    """[(line number, {column: value})] of the data rows; checks the header and the column count."""
+    if not tf.io.gfile.exists(csv_path):
+        raise DatasetError(f"{csv_path}: manifest file not found")
+    with tf.io.gfile.GFile(csv_path, "r") as f:
+        reader = csv.reader(io.StringIO(f.read()))
+        rows = list(reader)
+    if not rows:
+        raise DatasetError(f"{csv_path}:1: empty manifest (expected the header {','.join(COLUMNS)})")
+    header = [h.strip().lstrip("\ufeff") for h in rows[0]]  # a spreadsheet's UTF-8 BOM is no column name
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(f"{csv_path}:1: field {missing[0]!r}: missing column (header must hold "
+                           f"{','.join(COLUMNS)}, got {','.join(header)})")
+    out = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < len(header):
+            raise DatasetError(f"{csv_path}:{number}: field {header[len(row)]!r}: missing column "
+                               f"({len(row)} of {len(header)} values)")
+        out.append((number, dict(zip(header, (cell.strip() for cell in row)))))
+    if not out:
+        raise DatasetError(f"{csv_path}: no image lines after the header")
+    return out
+
+
+def read_manifest(csv_path: str, check_files: bool = True) -> Dict[str, List[ImageRecord]]:
+    """{train, query, gallery: [ImageRecord]} of a manifest; paths relative to its folder."""
+    root = image_root(csv_path)
+    parsed, seen = [], {}
+    for number, row in _read_rows(csv_path):
+        where = f"{csv_path}:{number}"
+        path = row["path"].replace("\\", "/")
+        path = path[2:] if path.startswith("./") else path
+        if not path:
+            raise DatasetError(f"{where}: field 'path': empty")
+        if path in seen:
+            raise DatasetError(f"{where}: field 'path': {path} already listed on line {seen[path]}")
+        seen[path] = number
+        pid = _integer(row["person_id"], where, "person_id")
+        camera = _integer(row["camera"], where, "camera")
+        try:
+            modality_index(row["modality"], f"{where}: field 'modality'")
+        except ContractError as e:
+            raise DatasetError(str(e)) from None
+        if row["split"] not in SPLITS:
+            raise DatasetError(f"{where}: field 'split': must be one of {list(SPLITS)}, got {row['split']!r}")
+        if check_files and not tf.io.gfile.exists(join(root, path)):
+            raise DatasetError(f"{where}: field 'path': {join(root, path)} does not exist")
+        parsed.append((number, path, pid, camera, row["modality"], row["split"]))
+    train_ids = sorted({p[2] for p in parsed if p[5] == "train"})
+    for number, path, pid, _, _, split in parsed:
+        if split != "train" and pid in train_ids:
+            raise DatasetError(f"{csv_path}:{number}: field 'person_id': id {pid} is in both train and {split}")
+    label_of = {pid: label for label, pid in enumerate(train_ids)}
+    out: Dict[str, List[ImageRecord]] = {split: [] for split in SPLITS}
+    for _, path, pid, camera, modality, split in parsed:
+        out[split].append(ImageRecord(path, pid, label_of.get(pid, -1) if split == "train" else -1,
+                                      camera, modality))
+    return out
