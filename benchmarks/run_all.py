@@ -224,7 +224,8 @@ def rows_train(r, note):
                                x["stream_images_per_second"], "img/s", info=_train_info(x)))
     for kind, label in (("kdem_keras_bn", "KDEM with Keras 3's own BatchNormalization"),
                         ("kdem_resnet50_flops", "KDEM, last stride 2, no non-local (plain ResNet-50 FLOPs)"),
-                        ("kdem_non_local_r8", "KDEM, non-local inner channels C/8")):
+                        ("kdem_non_local_half", "KDEM, non-local inner channels C/2 (the non-local paper's)"),
+                        ("kdem_keras_v1", "KDEM on keras.applications' ResNet-50 v1 trunk")):
         x = by.get((kind, "float32", False))
         if x:
             out.append(row("train", f"{label}, float32, {size} (stream-images/s)",
