@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -21,24 +21,43 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 # TF Serving's mapping of TF status codes to HTTP statuses (http_rest_api_handler).
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "NOT_FOUND": 404,
-               "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503}
+               "UNAUTHENTICATED": 401, "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "INTERNAL": 500,
+               "UNAVAILABLE": 503}
 
 
 class ServingError(Exception):
-    """An error returned as `{"error": message}` with `status` (an HTTP status code)."""
+    """An error with a TF status `code` (e.g. "INVALID_ARGUMENT"), returned as `{"error": message}`.
 
-    def __init__(self, status: int, message: str):
+    `status` is its HTTP status (TF Serving's mapping, or `http_status` when given, e.g. 413);
+    serving.grpc_service maps `code` to the gRPC status of the same name.
+    """
+
+    def __init__(self, code: str, message: str, http_status: Optional[int] = None, headers: Optional[dict] = None):
         super().__init__(message)
-        self.status = status
+        self.code = code
+        self.status = http_status or HTTP_STATUS.get(code, 500)
         self.message = message
+        self.headers = headers or {}
 
 
 def invalid(message: str) -> ServingError:
-    return ServingError(HTTP_STATUS["INVALID_ARGUMENT"], message)
+    return ServingError("INVALID_ARGUMENT", message)
 
 
 def not_found(message: str) -> ServingError:
-    return ServingError(HTTP_STATUS["NOT_FOUND"], message)
+    return ServingError("NOT_FOUND", message)
+
+
+def failed_precondition(message: str) -> ServingError:
+    return ServingError("FAILED_PRECONDITION", message)
+
+
+def exhausted(message: str, retry_after_s: int = 1) -> ServingError:
+    return ServingError("RESOURCE_EXHAUSTED", message, headers={"Retry-After": str(retry_after_s)})
+
+
+def unauthenticated(message: str) -> ServingError:
+    return ServingError("UNAUTHENTICATED", message, headers={"WWW-Authenticate": "Bearer"})
 
 
 def parse_json(body: bytes, object_only: bool = True):
@@ -158,14 +177,19 @@ def format_predict(outputs: Dict[str, np.ndarray], row_format: bool) -> dict:
     return {"predictions": [{name: columns[name][i] for name in names} for i in range(count)]}
 
 
-def signature_defs(version_dir: str) -> dict:
-    """The SavedModel's signature defs in the JSON shape of TF Serving's metadata response."""
+def signature_def_map(version_dir: str) -> dict:
+    """{key: SignatureDef proto} of a SavedModel version folder (TF-internal `__*` keys left out)."""
     saved_model = saved_model_pb2.SavedModel()
     with open(f"{version_dir}/saved_model.pb", "rb") as f:
         saved_model.ParseFromString(f.read())
     meta_graph = saved_model.meta_graphs[0]
+    return {key: sig for key, sig in meta_graph.signature_def.items() if not key.startswith("__")}
+
+
+def signature_defs_json(signature_defs: dict) -> dict:
+    """{key: SignatureDef proto} in the JSON shape of TF Serving's REST metadata response."""
     defs = {key: json_format.MessageToDict(sig, preserving_proto_field_name=True)
-            for key, sig in meta_graph.signature_def.items() if not key.startswith("__")}
+            for key, sig in signature_defs.items()}
     return {"signature_def": {"signature_def": defs}}
 
 
