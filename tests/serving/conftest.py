@@ -134,3 +134,57 @@ def server(model_base, index_dir, tmp_path_factory):
         yield dict(server, base=base)
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 / localhost, made here: (cert PEM path, key PEM path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+TOKENS = {"search-ui": "tok-3f1c9a7e5b2d4c6f8a0e", "batch-job": "tok-77ab01cd23ef45aa67bb"}
+
+
+@pytest.fixture(scope="session")
+def secure_server(model_base, index_dir, tls_files, tmp_path_factory):
+    """A live server with tokens (TOKENS), TLS on both transports (tls_files) and an audit log.
+
+    It also serves an extra model `empty` whose base path has no version yet
+    (FAILED_PRECONDITION, and /readyz 503).
+    """
+    folder = tmp_path_factory.mktemp("secure")
+    tokens_file = folder / "tokens.txt"
+    tokens_file.write_text("# clients\n" + "".join(f"{n}:{t}\n" for n, t in TOKENS.items()))
+    (folder / "empty").mkdir()
+    audit_log = folder / "audit.jsonl"
+    server = start_server(["--model-base", model_base, "--index", index_dir, "--auth-tokens", tokens_file,
+                           "--tls-cert", tls_files[0], "--tls-key", tls_files[1], "--audit-log", audit_log,
+                           "--extra-model", f"empty={folder / 'empty'}", "--poll-seconds", "0.5"], folder)
+    try:
+        yield dict(server, tokens_file=str(tokens_file), audit_log=str(audit_log), ca_cert=tls_files[0])
+    finally:
+        stop_server(server)
