@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from serving.rest import exhausted
+from serving.errors import deadline_exceeded, exhausted
 
 
 class MicroBatcher:
@@ -18,7 +18,7 @@ class MicroBatcher:
     at most `max_queue` requests: beyond it `submit` fails at once with
     RESOURCE_EXHAUSTED (HTTP 429) instead of making the client wait without bound.
     A request whose caller has gone (its future cancelled: the client disconnected or
-    its deadline passed) is dropped before it is computed.
+    cancelled) or whose deadline has passed is dropped before it is computed.
 
     Args:
         run: fn(key, [inputs of each request]) -> [outputs of each request], run in a thread.
@@ -42,6 +42,7 @@ class MicroBatcher:
         self.waiting = 0  # requests queued, not yet taken into a batch
         self.shed = 0     # requests refused because the queue was full
         self.dropped = 0  # requests whose caller had gone before their batch ran
+        self.computed = 0  # items (images) sent to the model
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -52,15 +53,23 @@ class MicroBatcher:
             self._task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, key, inputs, size: int):
-        """Queues one request (`size` items, all of batch key `key`) and awaits its outputs."""
+    async def submit(self, key, inputs, size: int, deadline: Optional[float] = None):
+        """Queues one request (`size` items, all of batch key `key`) and awaits its outputs.
+
+        Args:
+            deadline: event-loop time (`loop.time()`) after which nobody waits for the answer.
+        """
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() >= deadline:
+            self.dropped += 1
+            raise deadline_exceeded("deadline passed before the request reached the batch queue")
         if self.waiting >= self.max_queue:
             self.shed += 1
             raise exhausted(f"server overloaded: {self.waiting} requests already queued (--max-queue "
                             f"{self.max_queue}); retry later")
-        future = asyncio.get_running_loop().create_future()
+        future = loop.create_future()
         self.waiting += 1
-        self.queue.put_nowait((key, inputs, size, future))
+        self.queue.put_nowait((key, inputs, size, future, deadline))
         return await future  # cancelling the caller cancels the future: the batch loop skips it
 
     async def _next(self, timeout: Optional[float]):
@@ -74,9 +83,20 @@ class MicroBatcher:
             else:
                 item = await asyncio.wait_for(self.queue.get(), timeout)
                 self.waiting -= 1
-            if not item[3].done():
+            if self._live(item):
                 return item
             self.dropped += 1
+
+    @staticmethod
+    def _live(item) -> bool:
+        """Whether someone still waits for this request; one past its deadline is failed here."""
+        future, deadline = item[3], item[4]
+        if future.done():
+            return False
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            future.set_exception(deadline_exceeded("deadline passed while the request was queued"))
+            return False
+        return True
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,12 +114,13 @@ class MicroBatcher:
                     break
                 items.append(item)
                 size += item[2]
-            live = [item for item in items if not item[3].done()]  # callers gone during the window
+            live = [item for item in items if self._live(item)]  # callers gone during the window
             self.dropped += len(items) - len(live)
             if not live:
                 continue
             self.batch_sizes.append(sum(item[2] for item in live))
             del self.batch_sizes[:-1000]
+            self.computed += self.batch_sizes[-1]
             try:
                 outputs = await loop.run_in_executor(self.executor, self.run, first[0], [i[1] for i in live])
                 for item, output in zip(live, outputs):

@@ -59,15 +59,14 @@ class ServingClient:
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
-        if ca_cert:
-            self.session.verify = ca_cert
+        self.verify = ca_cert or True  # per request: REQUESTS_CA_BUNDLE would override a session setting
 
     def _path(self, suffix: str = "") -> str:
         version = f"/versions/{self.version}" if self.version is not None else ""
         return f"{self.url}/v1/models/{self.model}{version}{suffix}"
 
     def _call(self, method: str, url: str, body: Optional[dict] = None) -> dict:
-        response = self.session.request(method, url, json=body, timeout=self.timeout)
+        response = self.session.request(method, url, json=body, timeout=self.timeout, verify=self.verify)
         try:
             payload = response.json()
         except ValueError:

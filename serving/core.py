@@ -8,7 +8,6 @@ and the same micro-batcher. Errors are `serving.rest.ServingError` with a TF sta
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -20,21 +19,10 @@ from serving import search_signature
 from serving.batching import MicroBatcher, embed_batch
 from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE
 from serving.rest import ServingError, failed_precondition, invalid, not_found
+from serving.settings import ServingLimits
 from serving.versions import LoadedVersion, ServedModel
 
 log = logging.getLogger("serving")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServingLimits:
-    """Server knobs; the one place their defaults are defined (the CLI reads them from here)."""
-    poll_seconds: float = 2.0        # how often base paths are checked for a new version
-    window_ms: float = 5.0           # micro-batching window
-    max_batch: int = 32              # images per model call
-    max_queue: int = 64              # requests waiting for a batch; more get 429 / RESOURCE_EXHAUSTED
-    max_body_bytes: int = 32 << 20   # REST request body
-    max_instances: int = 256         # images (or rows) per request
-    max_k: int = 1000                # search results per query
 
 
 class ServingCore:
@@ -152,24 +140,31 @@ class ServingCore:
 
     # ------------------------------------------------------------------ computation
 
-    async def predict(self, loaded: LoadedVersion, signature: str, inputs: Dict[str, np.ndarray]) -> dict:
-        """{input: array} (already checked against `input_specs`) -> {output: array}."""
+    async def predict(self, loaded: LoadedVersion, signature: str, inputs: Dict[str, np.ndarray],
+                      deadline: Optional[float] = None) -> dict:
+        """{input: array} (already checked against `input_specs`) -> {output: array}.
+
+        Args:
+            deadline: event-loop time after which the caller no longer waits (gRPC deadlines):
+                a request still queued then is dropped uncomputed.
+        """
         batch = max((len(a) for a in inputs.values() if np.ndim(a) > 0), default=1)
         if batch > self.limits.max_instances:
             raise invalid(f"batch of {batch}: at most {self.limits.max_instances} per request")
         if signature == search_signature.SEARCH_SIGNATURE and loaded.embedder is not None:
             k = int(inputs["k"])
             _, results = await self.search(list(inputs["image_bytes"]), list(inputs["modality"]),
-                                           [k] * len(inputs["image_bytes"]))
+                                           [k] * len(inputs["image_bytes"]), deadline)
             return search_signature.search_outputs(results)
         if loaded.embedder is not None and signature in (SERVING_SIGNATURE, IMAGES_SIGNATURE):
             encoded = signature == SERVING_SIGNATURE
             images = inputs["image_bytes" if encoded else "images"]
-            return {"embedding": await self.embed(loaded, images, list(inputs["modality"]), encoded)}
+            return {"embedding": await self.embed(loaded, images, list(inputs["modality"]), encoded, deadline)}
         return await asyncio.get_running_loop().run_in_executor(None, run_signature, loaded.signatures[signature],
                                                                 inputs)
 
-    async def embed(self, loaded: LoadedVersion, images_or_bytes, modalities: Sequence, encoded: bool) -> np.ndarray:
+    async def embed(self, loaded: LoadedVersion, images_or_bytes, modalities: Sequence, encoded: bool,
+                    deadline: Optional[float] = None) -> np.ndarray:
         """Validates + decodes one request's images in a thread, then joins the next batch."""
         modalities = check_modalities(modalities)
         if len(modalities) != len(images_or_bytes):
@@ -180,12 +175,17 @@ class ServingCore:
                     return np.stack([loaded.embedder.decode(b) for b in images_or_bytes])
                 except tf.errors.OpError as e:
                     raise invalid(f"image_bytes: not a decodable JPEG/PNG/BMP image: {short_error(e)}") from None
-            images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
+            try:
+                images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
+            except asyncio.CancelledError:  # the caller went away while its images were decoded
+                self.batcher.dropped += 1
+                raise
         else:
             images = np.asarray(images_or_bytes, np.float32)
-        return await self.batcher.submit(loaded, (images, modalities), len(images))
+        return await self.batcher.submit(loaded, (images, modalities), len(images), deadline)
 
-    async def search(self, images: List[bytes], modalities: Sequence, ks: List[int]) -> Tuple[LoadedVersion, list]:
+    async def search(self, images: List[bytes], modalities: Sequence, ks: List[int],
+                     deadline: Optional[float] = None) -> Tuple[LoadedVersion, list]:
         """Query images -> (the version searched with, ranked results per query, k of each)."""
         loaded = self.search_version()
         if not images or len(images) > self.limits.max_instances:
@@ -193,7 +193,7 @@ class ServingCore:
         for i, k in enumerate(ks):
             if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= self.limits.max_k:
                 raise invalid(f"query {i}: k must be an integer in 1..{self.limits.max_k}")
-        embeddings = await self.embed(loaded, images, modalities, encoded=True)
+        embeddings = await self.embed(loaded, images, modalities, encoded=True, deadline=deadline)
         indices, scores = await asyncio.get_running_loop().run_in_executor(None, self.index.search, embeddings,
                                                                            max(ks))
         results = self.index.results(indices, scores)

@@ -14,7 +14,8 @@ Status codes as TF Serving's: INVALID_ARGUMENT (bad inputs), NOT_FOUND (unknown 
 version or signature), FAILED_PRECONDITION (no version loaded, no index for search),
 RESOURCE_EXHAUSTED (queue full), UNAUTHENTICATED (missing/wrong `authorization`
 metadata). Classify, Regress and MultiInference stay UNIMPLEMENTED (the stubs' default).
-A call cancelled by its client (or past its deadline) leaves the batch queue uncomputed.
+A call cancelled by its client, or still queued when its deadline passes, is dropped
+before it is computed (DEADLINE_EXCEEDED).
 """
 from __future__ import annotations
 
@@ -91,7 +92,9 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             inputs = check_inputs(_arrays(request.inputs), self.core.input_specs(loaded, signature))
             entry["instances"] = max((len(a) for a in inputs.values() if a.ndim > 0), default=1)
             wanted = list(request.output_filter)
-            outputs = await self.core.predict(loaded, signature, inputs)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+            outputs = await self.core.predict(loaded, signature, inputs, deadline)
             unknown = sorted(set(wanted) - set(outputs))
             if unknown:
                 raise invalid(f"output tensor alias not found in signature: {unknown[0]}")
@@ -168,7 +171,8 @@ async def start_grpc_server(core: ServingCore, auth, audit, host: str, port: int
         (server, bound port).
     """
     limit = core.limits.max_body_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+                                      ("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, auth, audit), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, auth, audit), server)

@@ -19,45 +19,8 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-# TF Serving's mapping of TF status codes to HTTP statuses (http_rest_api_handler).
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "NOT_FOUND": 404,
-               "UNAUTHENTICATED": 401, "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-               "UNAVAILABLE": 503}
-
-
-class ServingError(Exception):
-    """An error with a TF status `code` (e.g. "INVALID_ARGUMENT"), returned as `{"error": message}`.
-
-    `status` is its HTTP status (TF Serving's mapping, or `http_status` when given, e.g. 413);
-    serving.grpc_service maps `code` to the gRPC status of the same name.
-    """
-
-    def __init__(self, code: str, message: str, http_status: Optional[int] = None, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.code = code
-        self.status = http_status or HTTP_STATUS.get(code, 500)
-        self.message = message
-        self.headers = headers or {}
-
-
-def invalid(message: str) -> ServingError:
-    return ServingError("INVALID_ARGUMENT", message)
-
-
-def not_found(message: str) -> ServingError:
-    return ServingError("NOT_FOUND", message)
-
-
-def failed_precondition(message: str) -> ServingError:
-    return ServingError("FAILED_PRECONDITION", message)
-
-
-def exhausted(message: str, retry_after_s: int = 1) -> ServingError:
-    return ServingError("RESOURCE_EXHAUSTED", message, headers={"Retry-After": str(retry_after_s)})
-
-
-def unauthenticated(message: str) -> ServingError:
-    return ServingError("UNAUTHENTICATED", message, headers={"WWW-Authenticate": "Bearer"})
+from serving.errors import (HTTP_STATUS, ServingError, exhausted, failed_precondition, invalid,  # noqa: F401
+                            not_found, unauthenticated)
 
 
 def parse_json(body: bytes, object_only: bool = True):

@@ -150,7 +150,7 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
             "index": None if index is None else {"count": len(index),
                                                  "model_version": index.manifest.get("model_version")},
             "queue": {"waiting": batcher.waiting, "max": batcher.max_queue, "shed": batcher.shed,
-                      "dropped": batcher.dropped},
+                      "dropped": batcher.dropped, "computed": batcher.computed},
             "audit": audit.stats(), "batch_sizes": batcher.batch_sizes[-20:]})
 
     @app.get("/readyz")

@@ -32,6 +32,7 @@ import tempfile
 from typing import Optional
 
 from serving.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
+from serving.settings import ServingLimits
 
 log = logging.getLogger("serving")
 GRPC_AUTO = "auto"
@@ -51,7 +52,6 @@ def _pairs(items, parser, flag: str, value_type=str) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from serving.core import ServingLimits
     limits = ServingLimits()
     parser = argparse.ArgumentParser(description="TF Serving-compatible REST + gRPC server with gallery search.")
     parser.add_argument("--model-base", required=True, help="embedder base path (numbered versions)")
@@ -101,7 +101,7 @@ async def serve(args: argparse.Namespace, auth) -> None:
     import uvicorn
 
     from serving.audit import AuditLog, NoAudit
-    from serving.core import ServingCore, ServingLimits
+    from serving.core import ServingCore
     from serving.grpc_service import start_grpc_server
     from serving.rest_app import create_app
 
