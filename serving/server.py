@@ -29,7 +29,6 @@ import os
 import socket
 import sys
 import tempfile
-from typing import Optional
 
 from serving.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
 from serving.settings import ServingLimits

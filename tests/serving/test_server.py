@@ -11,7 +11,6 @@ import numpy as np
 import requests
 
 from serving.client import ServingClient, b64, load_test
-from tests.serving.conftest import png_bytes
 
 
 def _images(gallery_dir, gallery_files, count):
