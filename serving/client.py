@@ -3,9 +3,14 @@
     python -m serving.client status  --url http://127.0.0.1:8501 [--model kdem]
     python -m serving.client predict --image a.jpg [--image b.jpg] --modality visible --url ...
     python -m serving.client search  --image q.jpg --modality infrared --k 10 --url ...
+    python -m serving.client predict --grpc 127.0.0.1:8500 --image a.jpg ...      # gRPC instead of REST
 
-`status`, `metadata` and `predict` speak TF Serving's REST format only, so they work
-against a stock `tensorflow_model_server --rest_api_port=8501` serving the embedder.
+    --token TOKEN | --token-file FILE   bearer token (a file holding just the token)
+    --ca-cert PEM                       trust this CA (or self-signed certificate): https / TLS gRPC
+
+`status`, `metadata` and `predict` speak TF Serving's REST or gRPC API only, so they work
+against a stock `tensorflow_model_server` serving the embedder (REST 8501, gRPC 8500);
+`search` needs `serving.server --index` (REST `:search`, gRPC the `search` signature).
 """
 from __future__ import annotations
 
@@ -46,19 +51,22 @@ class ServingClient:
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8501", model: str = "kdem", version: Optional[int] = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, token: Optional[str] = None, ca_cert: Optional[str] = None):
         self.url = url.rstrip("/")
         self.model = model
         self.version = version
         self.timeout = timeout
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.verify = ca_cert or True  # per request: REQUESTS_CA_BUNDLE would override a session setting
 
     def _path(self, suffix: str = "") -> str:
         version = f"/versions/{self.version}" if self.version is not None else ""
         return f"{self.url}/v1/models/{self.model}{version}{suffix}"
 
     def _call(self, method: str, url: str, body: Optional[dict] = None) -> dict:
-        response = self.session.request(method, url, json=body, timeout=self.timeout)
+        response = self.session.request(method, url, json=body, timeout=self.timeout, verify=self.verify)
         try:
             payload = response.json()
         except ValueError:
@@ -100,38 +108,60 @@ class ServingClient:
 
 
 def load_test(url: str, images: Sequence[bytes], modality: str = VISIBLE, clients: int = 8,
-              requests_per_client: int = 25, model: str = "kdem") -> dict:
+              requests_per_client: int = 25, model: str = "kdem", grpc_target: Optional[str] = None,
+              token: Optional[str] = None, keep_outputs: bool = False) -> dict:
     """Closed-loop load: `clients` threads each send one-image predict requests back to back.
 
+    Args:
+        url: REST server root (ignored when `grpc_target` is given).
+        grpc_target: HOST:PORT to load over gRPC instead.
+        keep_outputs: also return every answer as (image position in `images`, embedding).
+
     Returns:
-        {"requests", "errors", "seconds", "requests_per_s", "p50_ms", "p99_ms", "latencies_ms"}.
+        {"requests", "errors", "seconds", "requests_per_s", "p50_ms", "p99_ms", "latencies_ms"}
+        (+ "outputs" with keep_outputs).
     """
     import concurrent.futures
     import time
 
+    from serving.grpc_client import GrpcClient, GrpcClientError
+
     def worker(worker_id: int):
-        client = ServingClient(url, model)
-        latencies, errors = [], []
+        client = (GrpcClient(grpc_target, model, token=token) if grpc_target
+                  else ServingClient(url, model, token=token))
+        latencies, errors, outputs = [], [], []
         for i in range(requests_per_client):
-            image = images[(worker_id * requests_per_client + i) % len(images)]
+            position = (worker_id * requests_per_client + i) % len(images)
             start = time.perf_counter()
             try:
-                client.predict([image], [modality])
+                embedding = client.predict([images[position]], [modality])
                 latencies.append(time.perf_counter() - start)
-            except (ServingClientError, requests.RequestException) as e:
+                if keep_outputs:
+                    outputs.append((position, embedding[0]))
+            except (ServingClientError, GrpcClientError, requests.RequestException) as e:
                 errors.append(str(e))
-        return latencies, errors
+        return latencies, errors, outputs
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(worker, range(clients)))
     seconds = time.perf_counter() - start
-    latencies = np.array([x for lat, _ in results for x in lat]) * 1000.0
-    errors = [e for _, errs in results for e in errs]
+    latencies = np.array([x for lat, _, _ in results for x in lat]) * 1000.0
+    errors = [e for _, errs, _ in results for e in errs]
     done = len(latencies)
-    return {"requests": done + len(errors), "errors": errors, "seconds": seconds,
-            "requests_per_s": done / seconds, "p50_ms": float(np.percentile(latencies, 50)) if done else None,
-            "p99_ms": float(np.percentile(latencies, 99)) if done else None, "latencies_ms": latencies}
+    report = {"requests": done + len(errors), "errors": errors, "seconds": seconds,
+              "requests_per_s": done / seconds, "p50_ms": float(np.percentile(latencies, 50)) if done else None,
+              "p99_ms": float(np.percentile(latencies, 99)) if done else None, "latencies_ms": latencies}
+    if keep_outputs:
+        report["outputs"] = [o for _, _, outs in results for o in outs]
+    return report
+
+
+def _token(args) -> Optional[str]:
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip()
+    return args.token
 
 
 def main(argv=None) -> None:
@@ -143,8 +173,17 @@ def main(argv=None) -> None:
     parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     parser.add_argument("--modality", default=INFRARED, choices=MODALITIES)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--grpc", default=None, metavar="HOST:PORT", help="use TF Serving's gRPC API there")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", default=None, help="bearer token")
+    auth.add_argument("--token-file", default=None, help="file holding the bearer token")
+    parser.add_argument("--ca-cert", default=None, help="CA / self-signed certificate to trust (TLS)")
     args = parser.parse_args(argv)
-    client = ServingClient(args.url, args.model, args.version)
+    from serving.grpc_client import GrpcClient, GrpcClientError
+    if args.grpc:
+        client = GrpcClient(args.grpc, args.model, args.version, token=_token(args), ca_cert=args.ca_cert)
+    else:
+        client = ServingClient(args.url, args.model, args.version, token=_token(args), ca_cert=args.ca_cert)
     images = []
     for path in args.image:
         with open(path, "rb") as f:
@@ -167,7 +206,7 @@ def main(argv=None) -> None:
                 for r in results:
                     print(f"  {r['rank']:3d}. id {r['person_id']:5d}  cam {r['camera']:2d}  "
                           f"score {r['score']:.4f}  {r['path']}")
-    except (ServingClientError, requests.RequestException) as e:
+    except (ServingClientError, GrpcClientError, requests.RequestException) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -19,26 +19,8 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-# TF Serving's mapping of TF status codes to HTTP statuses (http_rest_api_handler).
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "NOT_FOUND": 404,
-               "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503}
-
-
-class ServingError(Exception):
-    """An error returned as `{"error": message}` with `status` (an HTTP status code)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def invalid(message: str) -> ServingError:
-    return ServingError(HTTP_STATUS["INVALID_ARGUMENT"], message)
-
-
-def not_found(message: str) -> ServingError:
-    return ServingError(HTTP_STATUS["NOT_FOUND"], message)
+from serving.errors import (HTTP_STATUS, ServingError, exhausted, failed_precondition, invalid,  # noqa: F401
+                            not_found, unauthenticated)
 
 
 def parse_json(body: bytes, object_only: bool = True):
@@ -158,14 +140,19 @@ def format_predict(outputs: Dict[str, np.ndarray], row_format: bool) -> dict:
     return {"predictions": [{name: columns[name][i] for name in names} for i in range(count)]}
 
 
-def signature_defs(version_dir: str) -> dict:
-    """The SavedModel's signature defs in the JSON shape of TF Serving's metadata response."""
+def signature_def_map(version_dir: str) -> dict:
+    """{key: SignatureDef proto} of a SavedModel version folder (TF-internal `__*` keys left out)."""
     saved_model = saved_model_pb2.SavedModel()
     with open(f"{version_dir}/saved_model.pb", "rb") as f:
         saved_model.ParseFromString(f.read())
     meta_graph = saved_model.meta_graphs[0]
+    return {key: sig for key, sig in meta_graph.signature_def.items() if not key.startswith("__")}
+
+
+def signature_defs_json(signature_defs: dict) -> dict:
+    """{key: SignatureDef proto} in the JSON shape of TF Serving's REST metadata response."""
     defs = {key: json_format.MessageToDict(sig, preserving_proto_field_name=True)
-            for key, sig in meta_graph.signature_def.items() if not key.startswith("__")}
+            for key, sig in signature_defs.items()}
     return {"signature_def": {"signature_def": defs}}
 
 

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,29 +39,12 @@ def model_base(run_dir, tmp_path_factory):
     return base
 
 
-def _pil_gallery(root: str) -> str:
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for pid in range(1, 7):
-        base = rng.integers(0, 255, (8, 4, 3))
-        for camera in (1, 2):
-            os.makedirs(os.path.join(root, f"cam{camera}", f"{pid:04d}"), exist_ok=True)
-            for i in range(2):
-                pixels = np.kron(base, np.ones((8, 8, 1))) + rng.normal(0, 20, (64, 32, 3))
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-                    os.path.join(root, f"cam{camera}", f"{pid:04d}", f"{i + 1:04d}.jpg"))
-    return root
-
-
 @pytest.fixture(scope="session")
 def gallery_dir(tmp_path_factory):
-    """A small SYSU-layout image folder (synthetic generator when present, else PIL noise)."""
+    """A small SYSU-layout image folder from the synthetic generator (6 ids, 2 images per camera)."""
+    from kdem_tf.data.synthetic import generate_sysu
     out = str(tmp_path_factory.mktemp("gallery") / "sysu")
-    try:
-        from kdem_tf.data.synthetic import generate_sysu
-        return generate_sysu(out, identities=6, seed=0, image_size=IMAGE_SIZE, images_per_camera=2, progress=False)
-    except ImportError:
-        return _pil_gallery(out)
+    return generate_sysu(out, identities=6, seed=0, image_size=IMAGE_SIZE, images_per_camera=2, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -95,44 +77,114 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_server(args, folder, timeout: float = 180.0, env=None) -> dict:
+    """Starts `python -m serving.server ARGS --port 0 --grpc-port auto` and waits until it serves.
+
+    The ports are read back from the server's --ready-file (bound by the server itself: no
+    free-port race). Returns {"url", "grpc", "process", "log", "rest_port", "grpc_port"};
+    stop it with `stop_server`.
+    """
+    folder = str(folder)
+    ready_file = os.path.join(folder, "ready.json")
+    log_path = os.path.join(folder, "server.log")
+    env = dict(env or os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, "-m", "serving.server", "--port", "0", "--grpc-port", "auto",
+               "--ready-file", ready_file] + [str(a) for a in args]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while not os.path.exists(ready_file):
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{open(log_path).read()[-3000:]}")
+        if time.time() > deadline:
+            stop_server({"process": process})
+            pytest.fail(f"server did not start in {timeout:.0f} s:\n{open(log_path).read()[-3000:]}")
+        time.sleep(0.2)
+    with open(ready_file) as f:
+        ports = json.load(f)
+    scheme = "https" if "--tls-cert" in command else "http"
+    return {"url": f"{scheme}://127.0.0.1:{ports['rest_port']}", "grpc": f"127.0.0.1:{ports['grpc_port']}",
+            "process": process, "log": log_path, **ports}
 
 
-@pytest.fixture(scope="module")
+def stop_server(server: dict) -> None:
+    process = server["process"]
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
 def server(model_base, index_dir, tmp_path_factory):
-    """A live `python -m serving.server` on a free port, over a copy of the model base."""
+    """A live server (REST + gRPC) over a copy of the model base, shared by the read-only tests.
+
+    Limits: 2 MB bodies, 16 instances, batches of 8, at most 8 queued requests (the
+    shedding tests overload it). Its audit log is /dev/full: a disk that is always full.
+    Nothing here changes the served versions (the swap test has its own server).
+    """
     base = str(tmp_path_factory.mktemp("served") / "kdem")
     shutil.copytree(model_base, base)
-    port = free_port()
-    log_path = str(tmp_path_factory.mktemp("logs") / "server.log")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--model-base", base, "--index", index_dir,
-             "--port", str(port), "--poll-seconds", "0.5", "--max-body-mb", "2", "--max-instances", "16"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = start_server(["--model-base", base, "--index", index_dir, "--poll-seconds", "0.5",
+                           "--max-body-mb", "2", "--max-instances", "16", "--max-batch", "8", "--max-queue", "8",
+                           "--audit-log", "/dev/full"], tmp_path_factory.mktemp("server"))
     try:
-        deadline = time.time() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{open(log_path).read()[-3000:]}")
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"server did not start:\n{open(log_path).read()[-3000:]}")
-            time.sleep(0.5)
-        yield {"url": url, "base": base, "process": process, "log": log_path}
+        yield dict(server, base=base)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 / localhost, made here: (cert PEM path, key PEM path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+TOKENS = {"search-ui": "tok-3f1c9a7e5b2d4c6f8a0e", "batch-job": "tok-77ab01cd23ef45aa67bb"}
+
+
+@pytest.fixture(scope="session")
+def secure_server(model_base, index_dir, tls_files, tmp_path_factory):
+    """A live server with tokens (TOKENS), TLS on both transports (tls_files) and an audit log.
+
+    It also serves an extra model `empty` whose base path has no version yet
+    (FAILED_PRECONDITION, and /readyz 503).
+    """
+    folder = tmp_path_factory.mktemp("secure")
+    tokens_file = folder / "tokens.txt"
+    tokens_file.write_text("# clients\n" + "".join(f"{n}:{t}\n" for n, t in TOKENS.items()))
+    (folder / "empty").mkdir()
+    audit_log = folder / "audit.jsonl"
+    server = start_server(["--model-base", model_base, "--index", index_dir, "--auth-tokens", tokens_file,
+                           "--tls-cert", tls_files[0], "--tls-key", tls_files[1], "--audit-log", audit_log,
+                           "--extra-model", f"empty={folder / 'empty'}", "--poll-seconds", "0.5"], folder)
+    try:
+        yield dict(server, tokens_file=str(tokens_file), audit_log=str(audit_log), ca_cert=tls_files[0])
+    finally:
+        stop_server(server)

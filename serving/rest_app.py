@@ -1,0 +1,224 @@
+"""TF Serving's REST API over a `ServingCore`, plus gallery search (FastAPI).
+
+    GET  /v1/models/{name}[/versions/{v} | /labels/{l}]             model status
+    GET  /v1/models/{name}[/versions/{v} | /labels/{l}]/metadata    signature defs
+    POST /v1/models/{name}[/versions/{v} | /labels/{l}]:predict     row ("instances") or columnar ("inputs")
+    POST /v1/models/{name}:search   {"image": {"b64": ...}, "modality": "infrared", "k": 10} or a list
+                                    -> {"results": [[{rank, index, person_id, camera, path, modality, score}]]}
+    GET  /healthz   liveness (always 200 while the process serves), with readiness and counters
+    GET  /readyz    readiness: 200 when every model has a version loaded, else 503
+
+Every route but the two health checks needs `Authorization: Bearer TOKEN` when the server
+has tokens (401 otherwise). A request whose client disconnects is cancelled, so it leaves
+the batch queue before it is computed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Optional
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from serving import search_signature
+from serving.core import ServingCore
+from serving.export import SERVING_SIGNATURE
+from serving.rest import (ServingError, decode_string, format_predict, invalid, model_status, parse_json,
+                          parse_predict, signature_defs_json)
+
+log = logging.getLogger("serving")
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; nobody reads it
+
+
+def json_response(value, status: int = 200, headers: Optional[dict] = None) -> Response:
+    return Response(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def parse_version(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise invalid(f"Malformed request: version {text!r} is not a number")
+    return int(text)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond `limit` bytes (checked while streaming)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ServingError("INVALID_ARGUMENT", f"request body of {length} bytes: at most {limit}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServingError("INVALID_ARGUMENT", f"request body over {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def unless_disconnected(request: Request, work):
+    """Runs `work` (a coroutine), cancelling it when the client disconnects first (-> None)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.Event()
+
+    async def watch():
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if gone.is_set():
+            return None
+        raise
+    finally:
+        watcher.cancel()
+
+
+def create_app(core: ServingCore, auth, audit) -> FastAPI:
+    """The FastAPI app of one server process; `core` is loaded and started by `serving.server`.
+
+    Args:
+        core: the shared models, index and batcher.
+        auth: serving.auth.TokenStore or OpenAccess.
+        audit: serving.audit.AuditLog or NoAudit.
+    """
+    app = FastAPI(title="kdem serving")
+    limits = core.limits
+
+    @app.exception_handler(ServingError)
+    async def serving_error(request, error: ServingError):
+        return json_response({"error": error.message}, error.status, error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        return json_response({"error": str(error.detail)}, error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error: RequestValidationError):
+        return json_response({"error": str(error)}, 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, error: Exception):
+        log.exception("internal error")
+        return json_response({"error": f"internal error: {type(error).__name__}: {error}"}, 500)
+
+    def principal(request: Request) -> str:
+        return auth.check(request.headers.get("authorization"))
+
+    def audited(request: Request, who: str, name: str, signature: str, work):
+        """Runs the request's coroutine; one audit line with its outcome (fields filled by `work`)."""
+        async def run():
+            start, entry = time.perf_counter(), {"model": name, "signature": signature}
+            status = "OK"
+            try:
+                response = await unless_disconnected(request, work(entry))
+                if response is None:
+                    status = "CANCELLED"
+                    return Response(status_code=CLIENT_CLOSED)
+                return response
+            except ServingError as e:
+                status = e.code
+                raise
+            except Exception:
+                status = "INTERNAL"
+                raise
+            finally:
+                client = request.client
+                audit.record(transport="rest", token_name=who,
+                             client=f"{client.host}:{client.port}" if client else None, status=status,
+                             latency_ms=round((time.perf_counter() - start) * 1000, 3), **entry)
+        return run()
+
+    @app.get("/healthz")
+    async def healthz():
+        ready, versions = core.readiness()
+        index, batcher = core.index, core.batcher
+        return json_response({
+            "status": "ok", "live": True, "ready": ready, "models": versions,
+            "index": None if index is None else {"count": len(index),
+                                                 "model_version": index.manifest.get("model_version")},
+            "queue": {"waiting": batcher.waiting, "max": batcher.max_queue, "shed": batcher.shed,
+                      "dropped": batcher.dropped, "computed": batcher.computed},
+            "audit": audit.stats(), "batch_sizes": batcher.batch_sizes[-20:]})
+
+    @app.get("/readyz")
+    async def readyz():
+        ready, versions = core.readiness()
+        return json_response({"ready": ready, "models": versions}, 200 if ready else 503)
+
+    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name}/versions/{version}")
+    @app.get("/v1/models/{name}/labels/{label}")
+    async def status(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
+        principal(request)
+        loaded = core.resolve(name, parse_version(version), label)
+        return json_response(model_status(loaded.version))
+
+    @app.get("/v1/models/{name}/metadata")
+    @app.get("/v1/models/{name}/versions/{version}/metadata")
+    @app.get("/v1/models/{name}/labels/{label}/metadata")
+    async def metadata(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
+        principal(request)
+        loaded = core.resolve(name, parse_version(version), label)
+        return json_response({"model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
+                              "metadata": signature_defs_json(core.signature_defs(loaded))})
+
+    @app.post("/v1/models/{name}:predict")
+    @app.post("/v1/models/{name}/versions/{version}:predict")
+    @app.post("/v1/models/{name}/labels/{label}:predict")
+    async def predict(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
+        who = principal(request)
+        body = parse_json(await read_body(request, limits.max_body_bytes))
+        signature = body.get("signature_name") or SERVING_SIGNATURE
+        if not isinstance(signature, str):
+            raise invalid("signature_name must be a string")
+
+        async def work(entry):
+            loaded = core.resolve(name, parse_version(version), label, signature)
+            entry["version"] = loaded.version
+            inputs, row_format = parse_predict(body, core.input_specs(loaded, signature), limits.max_instances)
+            entry["instances"] = max((len(a) for a in inputs.values() if a.ndim > 0), default=1)
+            outputs = await core.predict(loaded, signature, inputs)
+            if signature == search_signature.SEARCH_SIGNATURE:
+                entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
+                             person_ids=outputs["person_ids"].tolist())
+            return json_response(format_predict(outputs, row_format))
+        return await audited(request, who, name, signature, work)
+
+    @app.post("/v1/models/{name}:search")
+    async def search(request: Request, name: str):
+        who = principal(request)
+        core.resolve(name, signature=search_signature.SEARCH_SIGNATURE)  # 404 / FAILED_PRECONDITION first
+        queries = parse_json(await read_body(request, limits.max_body_bytes), object_only=False)
+        queries = queries if isinstance(queries, list) else [queries]
+        images, modalities, ks = [], [], []
+        for i, query in enumerate(queries):
+            if not isinstance(query, dict) or "image" not in query or "modality" not in query:
+                raise invalid(f"query {i}: expected {{\"image\": {{\"b64\": ...}}, \"modality\": ..., \"k\": ...}}")
+            images.append(decode_string(query["image"], "image"))
+            modalities.append(query["modality"])
+            ks.append(query.get("k", 10))
+
+        async def work(entry):
+            entry.update(instances=len(images), k=ks[0] if len(set(map(str, ks))) == 1 else ks)
+            loaded, results = await core.search(images, modalities, ks)
+            entry.update(version=loaded.version, gallery_ids=[[r["index"] for r in row] for row in results],
+                         person_ids=[[r["person_id"] for r in row] for row in results])
+            return json_response({"model_version": str(loaded.version), "index_size": len(core.index),
+                                  "results": [[dict(r, rank=rank + 1) for rank, r in enumerate(row)]
+                                              for row in results]})
+        return await audited(request, who, name, search_signature.SEARCH_SIGNATURE, work)
+
+    return app
