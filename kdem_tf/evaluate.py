@@ -134,6 +134,10 @@ def embed_images(model_path: str, data_root: str, records: Sequence, image_size:
     pairs = [(r.path, r.modality) if hasattr(r, "path") else (r[0], r[1]) for r in records]
     if not pairs:
         raise ev.EvaluationError("embed_images: no images to embed")
+    from kdem_tf import tflite_embedder
+    if tflite_embedder.is_tflite_dir(model_path):  # per-modality TFLite models (python -m serving.export --tflite)
+        return tflite_embedder.embed_files(model_path, pairs, lambda p: _read_image_bytes(data_root, p, image_size),
+                                           batch_size, ev.EvaluationError)
     folder = resolve_saved_model(model_path)
     signature = tf.saved_model.load(folder).signatures.get("serving_default")
     if signature is None:

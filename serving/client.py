@@ -134,7 +134,8 @@ def load_test(url: str, images: Sequence[bytes], modality: str = "visible", clie
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Client for the kdem REST server / TF Serving.")
-    parser.add_argument("command", choices=("status", "metadata", "predict", "search"))
+    parser.add_argument("command", choices=("status", "metadata", "predict", "search", "embed"))
+    parser.add_argument("--tflite", metavar="OUT_DIR", help="embed: run this TFLite folder locally (no server)")
     parser.add_argument("--url", default="http://127.0.0.1:8501")
     parser.add_argument("--model", default="kdem")
     parser.add_argument("--version", type=int, default=None)
@@ -142,6 +143,11 @@ def main(argv=None) -> None:
     parser.add_argument("--modality", default="infrared", choices=("visible", "infrared"))
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
+    if args.command == "embed":
+        if not args.tflite or not args.image:
+            parser.error("embed needs --tflite OUT_DIR and at least one --image")
+        from serving.tflite_export import embed_cli
+        sys.exit(embed_cli(args.tflite, args.image, args.modality))
     client = ServingClient(args.url, args.model, args.version)
     images = []
     for path in args.image:
