@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -127,7 +126,17 @@ def measure(variant: str, path: str, image_size, batch: int, seconds: float) -> 
         count += 1
     elapsed = time.perf_counter() - started
     return {"images_per_s": round(count * batch / elapsed, 2), "calls": count,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: a child started by
+    fork+exec inherits its parent's peak there, which would give every variant the parent's figure."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def measure_in_subprocess(variant: str, path: str, image_size, batch: int, seconds: float) -> dict:

@@ -62,6 +62,7 @@ class TFLiteEmbedder:
         self.embedding_dim = int(self.info.get("embedding_dim", 0))
         self.num_threads = num_threads or os.cpu_count() or 1
         self._interpreters: Dict[str, object] = {}
+        self._allocated: Dict[str, tuple] = {}  # modality -> input shape the interpreter is allocated for
 
     def path(self, modality: str) -> str:
         return os.path.join(self.folder, model_file(modality))
@@ -89,12 +90,10 @@ class TFLiteEmbedder:
             raise TFLiteEmbedderError(f"{source}: dtype {images.dtype}, expected uint8 0..255")
         interpreter = self.interpreter(modality)
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        if tuple(inp["shape"]) != images.shape:
+        if self._allocated.get(modality) != images.shape:  # dynamic batch: size the input to this N
             interpreter.resize_tensor_input(inp["index"], images.shape)
             interpreter.allocate_tensors()
-        elif not getattr(interpreter, "_kdem_allocated", False):
-            interpreter.allocate_tensors()
-        interpreter._kdem_allocated = True
+            self._allocated[modality] = images.shape
         interpreter.set_tensor(inp["index"], self._quantize_input(images, inp))
         interpreter.invoke()
         embedding = interpreter.get_tensor(out["index"])
