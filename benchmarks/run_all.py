@@ -29,7 +29,7 @@ from benchmarks.common import machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-NAMES = ("data", "train", "evaluation", "reranking", "scann", "serving", "demo")
+NAMES = ("data", "train", "evaluation", "reranking", "scann", "serving", "demo", "edge")
 # Library chatter left out of the echoed progress and of the error line (kept in results.json's output tail).
 NOISE = re.compile(r"FutureWarning|warnings\.warn|Unable to register cu|cudart_stub|cuda drivers|TF-TRT|oneDNN custom"
                    r"|cpu_feature_guard|To enable the following instructions|apache_beam\.runners\.portability"
@@ -74,6 +74,10 @@ def plan(name: str, quick: bool, xla: bool) -> dict:
         runs = "float32:0,mixed_bfloat16:0" if quick else "float32:0,mixed_bfloat16:0,float32:1"
         return {"args": ["--runs", runs], "timeout": 1500 if quick else 2400,
                 "note": f"demo preset on 100 synthetic ids (96x48), runs {runs}"}
+    if name == "edge":
+        sizes = "96x48" if quick else "288x144,96x48"
+        return {"args": ["--sizes", sizes, "--seconds", "3" if quick else "5"], "timeout": 1200 if quick else 2400,
+                "note": f"random-init KDEM at {sizes}: SavedModel f32/bf16, TFLite f32/f16/int8 (infrared model)"}
     raise ValueError(name)
 
 
@@ -343,10 +347,26 @@ def rows_demo(r):
     return out
 
 
+def rows_edge(r):
+    """Issue 15: int8 >= 2x SavedModel float32 images/s at batch 1, file <= 1/3 of TFLite float32."""
+    out = []
+    for size in r["sizes"]:
+        label = f"{size['image_size'][0]}x{size['image_size'][1]}"
+        for name, v in size["variants"].items():
+            out.append(row("edge", f"{label} {name} images/s batch 1", v["batch_1"].get("images_per_s"), "img/s",
+                           info=f"batch 8: {v['batch_8'].get('images_per_s')} img/s, {v['bytes'] / 1e6:.1f} MB"))
+        int8 = size["variants"]["tflite_int8"]
+        out.append(row("edge", f"{label} TFLite int8 / SavedModel float32 images/s, batch 1",
+                       int8.get("speedup_batch_1"), "x", 2.0))
+        out.append(row("edge", f"{label} TFLite int8 file / TFLite float32 file", int8["bytes_over_tflite_float32"],
+                       "x", 1 / 3, op="<=", digits=3))
+    return out
+
+
 def table_rows(records: dict) -> list:
     makers = {"data": rows_data, "train": None, "evaluation": rows_evaluation, "reranking": rows_reranking,
               "scann": rows_scann,
-              "serving": rows_serving, "demo": rows_demo}
+              "serving": rows_serving, "demo": rows_demo, "edge": rows_edge}
     rows = []
     for name, record in records.items():
         if record["status"] != "ok":

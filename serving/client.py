@@ -166,7 +166,8 @@ def _token(args) -> Optional[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Client for the kdem REST server / TF Serving.")
-    parser.add_argument("command", choices=("status", "metadata", "predict", "search"))
+    parser.add_argument("command", choices=("status", "metadata", "predict", "search", "embed"))
+    parser.add_argument("--tflite", metavar="OUT_DIR", help="embed: run this TFLite folder locally (no server)")
     parser.add_argument("--url", default="http://127.0.0.1:8501")
     parser.add_argument("--model", default="kdem")
     parser.add_argument("--version", type=int, default=None)
@@ -179,6 +180,11 @@ def main(argv=None) -> None:
     auth.add_argument("--token-file", default=None, help="file holding the bearer token")
     parser.add_argument("--ca-cert", default=None, help="CA / self-signed certificate to trust (TLS)")
     args = parser.parse_args(argv)
+    if args.command == "embed":
+        if not args.tflite or not args.image:
+            parser.error("embed needs --tflite OUT_DIR and at least one --image")
+        from serving.tflite_export import embed_cli
+        sys.exit(embed_cli(args.tflite, args.image, args.modality))
     from serving.grpc_client import GrpcClient, GrpcClientError
     if args.grpc:
         client = GrpcClient(args.grpc, args.model, args.version, token=_token(args), ca_cert=args.ca_cert)

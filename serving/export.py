@@ -258,9 +258,15 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="training run folder (inference_model.keras, run_info.json)")
-    parser.add_argument("--out", required=True, help="TF Serving model base path")
+    parser.add_argument("--out", help="TF Serving model base path (required unless --tflite)")
     parser.add_argument("--version", type=int, default=None, help="default: max existing + 1")
+    from serving import tflite_export
+    tflite_export.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.tflite:
+        raise SystemExit(tflite_export.run_cli(args))
+    if not args.out:
+        parser.error("--out (or --tflite) is required")
     path = export_embedder(args.run, args.out, args.version)
     info = read_info(path)
     print(f"exported {path} (image contract {info['image_contract']}, embedding dim {info['embedding_dim']})")

@@ -1,0 +1,299 @@
+"""Edge embedder: one TFLite model per modality (float32, float16 or full-integer int8).
+
+    python -m serving.export --run RUN_DIR --tflite OUT_DIR --quantize none|float16|int8 \
+        [--calibration TFRECORDS] [--calibration-images N]
+
+writes, atomically (a hidden temp folder beside OUT_DIR, then one rename):
+
+- `visible.tflite`, `infrared.tflite`: each is ONLY its modality's stem + the shared
+  trunk + pooling + BN-neck + L2 normalisation (an infrared camera carries no visible
+  stem). Input `image` uint8 [N, H, W, 3] RGB at the contract's size (dynamic batch:
+  N is -1 in the signature; resize the input tensor to any N); the contract's
+  normalisation runs inside the model. Output `embedding` float32 [N, D], L2-normalised.
+- `tflite_info.json`: the image contract, the quantisation settings, each file's input and
+  output dtype/shape/quantisation parameters, and the batch dimension.
+
+int8 is full-integer post-training quantisation (every op in int8, TFLITE_BUILTINS_INT8):
+the uint8 image is the quantised input (its scale/zero point, calibrated on 0..255 pixels,
+are in tflite_info.json and applied by `kdem_tf.tflite_embedder`), the embedding output is
+float32 (dequantised), so every variant has the same interface. Each modality's model is
+calibrated on that modality's training-split images from the TFRecords; both modalities
+must be present in the calibration split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, Iterator, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE, ContractError, ImageContract
+from kdem_tf.tflite_embedder import INFO_FILE, QUANTIZATIONS, model_file
+
+DEFAULT_CALIBRATION_IMAGES = 64  # per modality
+
+# Layer names of kdem_tf.model.model's inference model; `find_embedder_parts` is the only reader.
+STEM_LAYER_NAMES = {VISIBLE: "visible_stem", INFRARED: "infrared_stem"}
+TRUNK_LAYER_NAME = "trunk"
+POOLING_LAYER_NAMES = ("gem_pooling", "avg_pooling")
+BN_NECK_LAYER_NAME = "bn_neck"
+L2_LAYER_NAME = "embedding"
+
+
+class TFLiteExportError(ValueError):
+    """The run, the calibration data or the options cannot give a TFLite embedder."""
+
+
+@dataclasses.dataclass
+class EmbedderParts:
+    """The layers one modality's embedder runs, in order: stem, trunk, pooling, BN-neck (optional), L2."""
+    stem: object
+    trunk: object
+    pooling: object
+    bn_neck: Optional[object]
+    l2: object
+
+
+def find_embedder_parts(inference_model, modality: str) -> EmbedderParts:
+    """Resolves, by name, the layers of one modality's path through `inference_model`.
+
+    This is the one place that knows kdem_tf.model.model's layer names (the constants above):
+    adapt it when those change. A missing name raises TFLiteExportError naming it and the
+    layers the model does have.
+    """
+    names = [layer.name for layer in inference_model.layers]
+
+    def layer(name: str, required: bool = True):
+        if name in names:
+            return inference_model.get_layer(name)
+        if required:
+            raise TFLiteExportError(f"inference model {inference_model.name!r}: no layer {name!r} "
+                                    f"(needed for the {modality} TFLite embedder); it has {names}")
+        return None
+
+    pooling = next((layer(n) for n in POOLING_LAYER_NAMES if n in names), None)
+    if pooling is None:
+        raise TFLiteExportError(f"inference model {inference_model.name!r}: no pooling layer "
+                                f"(one of {list(POOLING_LAYER_NAMES)}); it has {names}")
+    return EmbedderParts(stem=layer(STEM_LAYER_NAMES[modality]), trunk=layer(TRUNK_LAYER_NAME),
+                         pooling=pooling, bn_neck=layer(BN_NECK_LAYER_NAME, required=False),
+                         l2=layer(L2_LAYER_NAME))
+
+
+class ModalityEmbedder(tf.Module):
+    """uint8 (or float 0..255) images → L2-normalised embeddings through one modality's layers."""
+
+    def __init__(self, parts: EmbedderParts, contract: ImageContract):
+        super().__init__(name="modality_embedder")
+        self.parts = parts
+        self.contract = contract
+
+    def embed(self, images):
+        x = self.contract.normalize(images)
+        x = self.parts.trunk(self.parts.stem(x, training=False), training=False)
+        x = self.parts.pooling(x, training=False)
+        if self.parts.bn_neck is not None:
+            x = self.parts.bn_neck(x, training=False)
+        return {"embedding": self.parts.l2(x)}
+
+    def concrete_function(self, input_dtype):
+        height, width = self.contract.image_size
+        spec = tf.TensorSpec([None, height, width, 3], input_dtype, name="image")
+        return tf.function(self.embed, input_signature=[spec]).get_concrete_function()
+
+
+def load_contract(run_dir: str, run_info: dict) -> ImageContract:
+    """The run's image_contract.json; runs written before it existed: torchvision at run_info's size."""
+    try:
+        return ImageContract.load(run_dir)
+    except ContractError:
+        if not os.path.exists(os.path.join(run_dir, "image_contract.json")):
+            return ImageContract(tuple(run_info["image_size"]), "torchvision")
+        raise
+
+
+def calibration_images(tfrecord_dir: str, contract: ImageContract, per_modality: int) -> Dict[str, np.ndarray]:
+    """{modality: uint8 [n, H, W, 3]}: up to `per_modality` training-split images of each modality,
+    evenly spread over the split, decoded and resized with the contract."""
+    from kdem_tf.data.input_pipeline import InputError, load_split
+
+    try:
+        split = load_split(tfrecord_dir, "train")
+    except InputError as error:
+        raise TFLiteExportError(f"--calibration {tfrecord_dir}: {error}") from None
+    out = {}
+    for modality in MODALITIES:
+        index = np.flatnonzero(split.modalities == MODALITIES.index(modality))
+        if len(index) == 0:
+            counts = {m: int(np.sum(split.modalities == i)) for i, m in enumerate(MODALITIES)}
+            raise TFLiteExportError(f"--calibration {tfrecord_dir}: the train split has no {modality} images "
+                                    f"(counts {counts}); int8 calibration needs images of both modalities")
+        picks = index[np.unique(np.linspace(0, len(index) - 1, min(per_modality, len(index))).round().astype(int))]
+        images = [contract.decode(tf.constant(split.images[i])) for i in picks]
+        out[modality] = np.stack([np.round(im.numpy()).astype(np.uint8) for im in images])
+    return out
+
+
+def convert(embedder: ModalityEmbedder, quantize: str, calibration: Optional[np.ndarray] = None) -> bytes:
+    """One modality's .tflite bytes. quantize: "none" (float32), "float16" (weights) or "int8" (full integer)."""
+    if quantize not in QUANTIZATIONS:
+        raise TFLiteExportError(f"--quantize: must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+    # int8 takes float 0..255 in the graph and lets the converter quantise that input to uint8.
+    function = embedder.concrete_function(tf.float32 if quantize == "int8" else tf.uint8)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], embedder)
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise TFLiteExportError("--quantize int8 needs calibration images (--calibration TFRECORDS)")
+
+        def representative() -> Iterator[list]:
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+    return converter.convert()
+
+
+def tensor_description(detail: dict) -> dict:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return {"name": detail["name"], "dtype": np.dtype(detail["dtype"]).name,
+            "shape": [int(v) for v in detail.get("shape_signature", detail["shape"])],
+            "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
+
+
+def describe_model(path: str) -> dict:
+    interpreter = tf.lite.Interpreter(model_path=path)
+    return {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+            "input": tensor_description(interpreter.get_input_details()[0]),
+            "output": tensor_description(interpreter.get_output_details()[0])}
+
+
+def export_tflite(inference_model, contract: ImageContract, out_dir: str, quantize: str = "none",
+                  calibration_dir: Optional[str] = None,
+                  calibration_per_modality: int = DEFAULT_CALIBRATION_IMAGES,
+                  extra_info: Optional[dict] = None, modalities: Sequence[str] = MODALITIES) -> str:
+    """Writes OUT_DIR/{visible,infrared}.tflite + tflite_info.json atomically; returns out_dir.
+
+    `modalities` limits the export to some cameras (e.g. only "infrared": one file).
+
+    Raises TFLiteExportError when out_dir exists, int8 lacks calibration data, or a layer is missing.
+    """
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        raise FileExistsError(f"{out_dir}: already exists (the TFLite export writes a new folder)")
+    if quantize not in QUANTIZATIONS:
+        raise TFLiteExportError(f"--quantize: must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+    calibration: Dict[str, np.ndarray] = {}
+    if quantize == "int8":
+        if not calibration_dir:
+            raise TFLiteExportError("--quantize int8 needs --calibration TFRECORDS (training-split images)")
+        calibration = calibration_images(calibration_dir, contract, calibration_per_modality)
+    # (both modalities must be in the calibration split even when one is exported)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise TFLiteExportError(f"modalities: expected some of {list(MODALITIES)}, got {list(modalities)}")
+    parts = {m: find_embedder_parts(inference_model, m) for m in modalities}
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    temp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out_dir)}-", dir=parent)
+    try:
+        models = {}
+        for modality in modalities:
+            data = convert(ModalityEmbedder(parts[modality], contract), quantize, calibration.get(modality))
+            path = os.path.join(temp, model_file(modality))
+            with open(path, "wb") as f:
+                f.write(data)
+            models[modality] = describe_model(path)
+        info = {"format": "kdem-tflite/1", "contract": contract.to_dict(), "channel_order": contract.channel_order,
+                "batch": "dynamic", "embedding_dim": int(models[modalities[0]]["output"]["shape"][-1]),
+                "quantization": {"mode": quantize,
+                                 "weights": {"none": "float32", "float16": "float16", "int8": "int8"}[quantize],
+                                 "activations": "int8" if quantize == "int8" else "float32",
+                                 "calibration": None if quantize != "int8" else {
+                                     "tfrecords": os.path.abspath(calibration_dir), "split": "train",
+                                     "images": {m: int(len(v)) for m, v in calibration.items()}}},
+                "models": models}
+        info.update(extra_info or {})
+        with open(os.path.join(temp, INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2)
+        os.rename(temp, out_dir)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return out_dir
+
+
+def export_run_tflite(run_dir: str, out_dir: str, quantize: str = "none", calibration_dir: Optional[str] = None,
+                      calibration_per_modality: int = DEFAULT_CALIBRATION_IMAGES,
+                      modalities: Sequence[str] = MODALITIES) -> str:
+    """`export_tflite` of a training run folder (its inference_model.keras and image contract)."""
+    from serving.export import load_run
+
+    model, run_info = load_run(run_dir)
+    contract = load_contract(run_dir, run_info)
+    extra = {k: run_info[k] for k in ("dataset", "num_classes") if k in run_info}
+    extra["run_dir"] = os.path.abspath(run_dir)
+    return export_tflite(model, contract, out_dir, quantize, calibration_dir, calibration_per_modality, extra,
+                         modalities)
+
+
+def add_arguments(parser) -> None:
+    """The --tflite flags of `python -m serving.export`."""
+    parser.add_argument("--tflite", metavar="OUT_DIR", help="write per-modality TFLite models here instead")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="--tflite: none (float32), float16 (weights) or int8 (full integer, needs --calibration)")
+    parser.add_argument("--calibration", metavar="TFRECORDS", help="--tflite int8: TFRecords folder (train split)")
+    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                        help=f"--tflite int8: calibration images per modality (default {DEFAULT_CALIBRATION_IMAGES})")
+
+
+def run_cli(args) -> int:
+    """Runs the --tflite export of parsed arguments; prints the files, or one error line (exit 2)."""
+    import sys
+
+    if args.calibration_images < 1:
+        print("error: --calibration-images must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        out = export_run_tflite(args.run, args.tflite, args.quantize, args.calibration, args.calibration_images)
+    except (TFLiteExportError, ContractError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with open(os.path.join(out, INFO_FILE)) as f:
+        info = json.load(f)
+    for modality, model in info["models"].items():
+        print(f"exported {os.path.join(out, model['file'])} ({model['bytes'] / 1e6:.1f} MB, {args.quantize}, "
+              f"input {model['input']['dtype']} {model['input']['shape']})")
+    return 0
+
+
+def embed_cli(folder: str, image_paths: Sequence[str], modality: str) -> int:
+    """`python -m serving.client embed --tflite OUT_DIR --image F --modality M`: prints each embedding's summary."""
+    import sys
+
+    from kdem_tf.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
+
+    try:
+        embedder = TFLiteEmbedder(folder)
+        encoded = []
+        for path in image_paths:
+            with open(path, "rb") as f:
+                encoded.append(f.read())
+        embeddings = embedder.embed_bytes(encoded, [modality] * len(encoded), list(image_paths))
+    except (TFLiteEmbedderError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path, embedding in zip(image_paths, embeddings):
+        print(f"{path}: {modality} via {embedder.path(modality)}, dim {len(embedding)}, "
+              f"norm {np.linalg.norm(embedding):.4f}, first {np.round(embedding[:4], 4).tolist()}")
+    return 0

@@ -1,0 +1,196 @@
+"""Edge embedder: per-modality TFLite float32 / float16 / int8 vs the SavedModel, evaluation, bad input.
+
+A ResNet-50 conversion takes ~30 s on a loaded 2-core CPU, so the float32 pair is exported
+once (through the CLI) and int8 / float16 convert the infrared model only.
+"""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.serving.conftest import IMAGE_SIZE, png_bytes
+
+# float32 TFLite runs the SavedModel's graph with XNNPACK kernels: float rounding only.
+FLOAT32_ATOL = 1e-4
+# Measured once (keras seed 0, this file's model and calibration: 64x32, 4 random-pixel calibration
+# images per modality, 16 random images): int8 cosine to the SavedModel's embedding min 0.990,
+# mean 0.991; float16 weights 1.0000 (rounded to 5 digits). The limits leave room for other
+# random initialisations; a broken quantisation (wrong input scale, wrong stem) gives far less.
+INT8_MIN_COSINE = 0.9
+FLOAT16_MIN_COSINE = 0.999
+
+
+def write_tfrecords(root, modalities, per_modality=4, seed=0) -> str:
+    """A TFRecords folder with a train split of `per_modality` JPEGs of each modality."""
+    from PIL import Image
+
+    from kdem_tf.data import schema
+    os.makedirs(os.path.join(root, "train"), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(os.path.join(root, "train", "train-00000.tfrecord.gz"), options) as writer:
+        for modality in modalities:
+            for i in range(per_modality):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (*IMAGE_SIZE, 3), dtype=np.uint8)).save(buffer, "JPEG")
+                writer.write(schema.make_example(
+                    image=buffer.getvalue(), person_id=i % 2 + 1, label=i % 2, camera=1 if modality == "visible" else 3,
+                    modality=modality, split="train", path=f"{modality}/{i}.jpg", height=IMAGE_SIZE[0],
+                    width=IMAGE_SIZE[1]).SerializeToString())
+    return str(root)
+
+
+def random_images(count, seed=1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, *IMAGE_SIZE, 3), dtype=np.uint8)
+
+
+def cosine(a, b) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def float_dir(run_dir, tmp_path_factory):
+    """The float32 pair, written by `python -m serving.export --tflite` (in process)."""
+    from serving.export import main
+    out = str(tmp_path_factory.mktemp("tflite") / "float32")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", run_dir, "--tflite", out, "--quantize", "none"])
+    assert exit_info.value.code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_dir(run_dir, tmp_path_factory):
+    from serving.tflite_export import export_run_tflite
+    records = write_tfrecords(tmp_path_factory.mktemp("records"), ("visible", "infrared"))
+    out = str(tmp_path_factory.mktemp("tflite") / "int8")
+    return export_run_tflite(run_dir, out, "int8", records, calibration_per_modality=4, modalities=["infrared"])
+
+
+def test_float32_equals_saved_model_and_info(float_dir, embedder):
+    from kdem_tf.tflite_embedder import TFLiteEmbedder
+    info = json.load(open(os.path.join(float_dir, "tflite_info.json")))
+    assert sorted(os.listdir(float_dir)) == ["infrared.tflite", "tflite_info.json", "visible.tflite"]
+    assert info["contract"]["image_size"] == list(IMAGE_SIZE) and info["contract"]["normalization"] == "torchvision"
+    assert info["channel_order"] == "RGB" and info["batch"] == "dynamic" and info["quantization"]["mode"] == "none"
+    assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
+    assert info["models"]["infrared"]["input"]["shape"] == [-1, *IMAGE_SIZE, 3]
+    assert info["models"]["infrared"]["output"] == {**info["models"]["infrared"]["output"], "dtype": "float32",
+                                                     "shape": [-1, 2048]}
+    tflite = TFLiteEmbedder(float_dir)
+    images = random_images(3)
+    for modality in ("visible", "infrared"):
+        expected = embedder.embed_images(images.astype(np.float32), [modality] * 3)
+        got = tflite.embed_images(images, modality)
+        np.testing.assert_allclose(got, expected, atol=FLOAT32_ATOL)
+        np.testing.assert_allclose(tflite.embed_images(images[:1], modality), expected[:1], atol=FLOAT32_ATOL)
+    # The two files are different models: the stems differ.
+    assert not np.allclose(tflite.embed_images(images, "visible"), tflite.embed_images(images, "infrared"), atol=1e-3)
+
+
+def test_infrared_file_carries_only_the_infrared_stem(float_dir, run_dir):
+    from serving.export import load_run
+    model, _ = load_run(run_dir)
+    kernels = {m: model.get_layer(f"{m}_stem").get_layer("conv1_conv").kernel.numpy().transpose(3, 0, 1, 2)
+               for m in ("visible", "infrared")}
+    for modality, other in (("infrared", "visible"), ("visible", "infrared")):
+        interpreter = tf.lite.Interpreter(model_path=os.path.join(float_dir, f"{modality}.tflite"))
+        interpreter.allocate_tensors()
+        details = interpreter.get_tensor_details()
+        names = " ".join(d["name"] for d in details)
+        assert f"{modality}_stem" in names and f"{other}_stem" not in names
+        stem_filters = [interpreter.get_tensor(d["index"]) for d in details if list(d["shape"]) == [64, 7, 7, 3]]
+        assert len(stem_filters) == 1
+        np.testing.assert_allclose(stem_filters[0], kernels[modality], atol=1e-6)
+        assert not np.allclose(stem_filters[0], kernels[other], atol=1e-3)
+
+
+def test_int8_is_full_integer_smaller_and_close(int8_dir, float_dir, embedder):
+    from kdem_tf.tflite_embedder import TFLiteEmbedder
+    info = json.load(open(os.path.join(int8_dir, "tflite_info.json")))
+    assert sorted(os.listdir(int8_dir)) == ["infrared.tflite", "tflite_info.json"]
+    assert info["quantization"]["activations"] == "int8" and info["quantization"]["calibration"]["images"] == {
+        "visible": 4, "infrared": 4}
+    assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
+    assert info["models"]["infrared"]["output"]["dtype"] == "float32"
+    float_bytes = os.path.getsize(os.path.join(float_dir, "infrared.tflite"))
+    assert os.path.getsize(os.path.join(int8_dir, "infrared.tflite")) <= float_bytes / 3
+    interpreter = tf.lite.Interpreter(model_path=os.path.join(int8_dir, "infrared.tflite"))
+    conv_inputs = {np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details() if "convolution" in d["name"]}
+    assert "float32" not in conv_inputs, conv_inputs
+    images = random_images(4, seed=2)
+    got = TFLiteEmbedder(int8_dir).embed_images(images, "infrared")
+    expected = embedder.embed_images(images.astype(np.float32), ["infrared"] * 4)
+    assert cosine(got, expected).min() >= INT8_MIN_COSINE, cosine(got, expected)
+
+
+def test_float16_weights_half_size_and_close(run_dir, float_dir, embedder):
+    from serving.export import load_run
+    from serving.tflite_export import ModalityEmbedder, convert, find_embedder_parts, load_contract
+    model, run_info = load_run(run_dir)
+    data = convert(ModalityEmbedder(find_embedder_parts(model, "infrared"), load_contract(run_dir, run_info)),
+                   "float16")
+    assert len(data) <= 0.55 * os.path.getsize(os.path.join(float_dir, "infrared.tflite"))
+    interpreter = tf.lite.Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    images = random_images(1, seed=3)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = embedder.embed_images(images.astype(np.float32), ["infrared"])
+    assert cosine(got, expected).min() >= FLOAT16_MIN_COSINE
+
+
+def test_evaluate_cli_tflite_gives_the_saved_model_metrics(float_dir, model_base, gallery_dir, tmp_path, capsys):
+    from kdem_tf import evaluate
+    metrics = {}
+    for name, model in (("saved_model", model_base), ("tflite", float_dir)):
+        output = tmp_path / f"{name}.json"
+        code = evaluate.main(["--dataset", "sysu", "--data-root", gallery_dir, "--model", model, "--trials", "1",
+                              "--rerank", "--output", str(output)])
+        assert code == 0, capsys.readouterr().err
+        metrics[name] = json.loads(output.read_text())
+    for variant in metrics["saved_model"]["variants"]:
+        assert abs(metrics["tflite"]["variants"][variant]["mAP"] - metrics["saved_model"]["variants"][variant]["mAP"]) \
+            <= 0.05, variant
+    assert len(metrics["tflite"]["variants"]) == 2  # plain and re-ranked
+
+
+def test_client_embed_on_a_device(float_dir, tmp_path, capsys):
+    from serving.client import main
+    image = tmp_path / "frame.png"
+    image.write_bytes(png_bytes(random_images(1)[0]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", "--tflite", float_dir, "--image", str(image), "--modality", "infrared"])
+    assert exit_info.value.code == 0
+    assert "dim 2048, norm 1.0000" in capsys.readouterr().out
+
+
+def test_bad_inputs_name_the_file_and_the_expectation(float_dir, run_dir, tmp_path, capsys):
+    from kdem_tf.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
+    from serving.export import main
+    from serving.tflite_export import TFLiteExportError, export_run_tflite
+    tflite = TFLiteEmbedder(float_dir)
+    with pytest.raises(TFLiteEmbedderError, match=r"frame\.png.*expected \[N, 64, 32, 3\].*infrared\.tflite"):
+        tflite.embed_images(np.zeros((1, 32, 32, 3), np.uint8), "infrared", "frame.png")
+    with pytest.raises(TFLiteEmbedderError, match="modality must be one of.*'thermal'"):
+        tflite.embed_images(random_images(1), "thermal")
+    one_modality = write_tfrecords(tmp_path / "visible_only", ("visible",), per_modality=2)
+    with pytest.raises(TFLiteExportError, match=r"visible_only.*no infrared images.*both modalities"):
+        export_run_tflite(run_dir, str(tmp_path / "x"), "int8", one_modality)
+    with pytest.raises(TFLiteExportError, match="needs --calibration"):
+        export_run_tflite(run_dir, str(tmp_path / "y"), "int8")
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_run_tflite(run_dir, float_dir, "none")
+    os.makedirs(tmp_path / "empty_run")
+    (tmp_path / "empty_run" / "run_info.json").write_text(json.dumps({"image_size": list(IMAGE_SIZE)}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", str(tmp_path / "empty_run"), "--tflite", str(tmp_path / "z")])
+    assert exit_info.value.code == 2
+    assert "empty_run/inference_model.keras: missing" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "z")
+    # No leftover temp folders beside a failed export.
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
