@@ -76,7 +76,9 @@ class TFLiteEmbedder:
             path = self.path(modality)
             if not os.path.isfile(path):
                 raise TFLiteEmbedderError(f"{path}: missing; this folder has no {modality} model")
-            self._interpreters[modality] = tf.lite.Interpreter(model_path=path, num_threads=self.num_threads)
+            interpreter = tf.lite.Interpreter(model_path=path, num_threads=self.num_threads)
+            interpreter.allocate_tensors()
+            self._interpreters[modality] = interpreter
         return self._interpreters[modality]
 
     def embed_images(self, images: np.ndarray, modality: str, source: str = "images") -> np.ndarray:
@@ -89,11 +91,17 @@ class TFLiteEmbedder:
         if images.dtype != np.uint8:
             raise TFLiteEmbedderError(f"{source}: dtype {images.dtype}, expected uint8 0..255")
         interpreter = self.interpreter(modality)
-        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        if self._allocated.get(modality) != images.shape:  # dynamic batch: size the input to this N
+        inp = interpreter.get_input_details()[0]
+        fixed = int(inp["shape"][0])  # the export's static batch (1); -1 in models with a dynamic one
+        if fixed > 0 and len(images) != fixed:
+            return np.concatenate([self.embed_images(images[i:i + fixed], modality, source)
+                                   for i in range(0, len(images), fixed)]) if len(images) else \
+                np.zeros((0, self.embedding_dim), np.float32)
+        if fixed <= 0 and self._allocated.get(modality) != images.shape:  # dynamic batch: size it to N
             interpreter.resize_tensor_input(inp["index"], images.shape)
             interpreter.allocate_tensors()
             self._allocated[modality] = images.shape
+        out = interpreter.get_output_details()[0]
         interpreter.set_tensor(inp["index"], self._quantize_input(images, inp))
         interpreter.invoke()
         embedding = interpreter.get_tensor(out["index"])

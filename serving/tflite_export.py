@@ -7,9 +7,11 @@ writes, atomically (a hidden temp folder beside OUT_DIR, then one rename):
 
 - `visible.tflite`, `infrared.tflite`: each is ONLY its modality's stem + the shared
   trunk + pooling + BN-neck + L2 normalisation (an infrared camera carries no visible
-  stem). Input `image` uint8 [N, H, W, 3] RGB at the contract's size (dynamic batch:
-  N is -1 in the signature; resize the input tensor to any N); the contract's
-  normalisation runs inside the model. Output `embedding` float32 [N, D], L2-normalised.
+  stem). Input `image` uint8 [1, H, W, 3] RGB at the contract's size (batch fixed at 1:
+  a camera embeds frame by frame, and with every shape static XNNPACK takes the whole
+  graph; with a dynamic batch the non-local blocks' SHAPE/RESHAPE ops made tensors
+  dynamic and TFLite ran without XNNPACK); the contract's normalisation runs inside the
+  model. Output `embedding` float32 [1, D], L2-normalised.
 - `tflite_info.json`: the image contract, the quantisation settings, each file's input and
   output dtype/shape/quantisation parameters, and the batch dimension.
 
@@ -34,6 +36,8 @@ import tensorflow as tf
 
 from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE, ContractError, ImageContract
 from kdem_tf.tflite_embedder import INFO_FILE, QUANTIZATIONS, model_file
+
+BATCH = 1  # the batch dimension of the exported models (static: see the module docstring)
 
 DEFAULT_CALIBRATION_IMAGES = 64  # per modality
 
@@ -103,7 +107,7 @@ class ModalityEmbedder(tf.Module):
 
     def concrete_function(self, input_dtype):
         height, width = self.contract.image_size
-        spec = tf.TensorSpec([None, height, width, 3], input_dtype, name="image")
+        spec = tf.TensorSpec([BATCH, height, width, 3], input_dtype, name="image")
         return tf.function(self.embed, input_signature=[spec]).get_concrete_function()
 
 
@@ -216,7 +220,7 @@ def export_tflite(inference_model, contract: ImageContract, out_dir: str, quanti
                 f.write(data)
             models[modality] = describe_model(path)
         info = {"format": "kdem-tflite/1", "contract": contract.to_dict(), "channel_order": contract.channel_order,
-                "batch": "dynamic", "embedding_dim": int(models[modalities[0]]["output"]["shape"][-1]),
+                "batch": BATCH, "embedding_dim": int(models[modalities[0]]["output"]["shape"][-1]),
                 "quantization": {"mode": quantize,
                                  "weights": {"none": "float32", "float16": "float16", "int8": "int8"}[quantize],
                                  "activations": "int8" if quantize == "int8" else "float32",

@@ -75,7 +75,7 @@ def test_float32_equals_saved_model_and_info(float_dir, embedder):
     info = json.load(open(os.path.join(float_dir, "tflite_info.json")))
     assert sorted(os.listdir(float_dir)) == ["infrared.tflite", "tflite_info.json", "visible.tflite"]
     assert info["contract"]["image_size"] == list(IMAGE_SIZE) and info["contract"]["normalization"] == "torchvision"
-    assert info["channel_order"] == "RGB" and info["batch"] == "dynamic" and info["quantization"]["mode"] == "none"
+    assert info["channel_order"] == "RGB" and info["batch"] == 1 and info["quantization"]["mode"] == "none"
     assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
     assert info["models"]["infrared"]["input"]["shape"] == [-1, *IMAGE_SIZE, 3]
     assert info["models"]["infrared"]["output"] == {**info["models"]["infrared"]["output"], "dtype": "float32",
