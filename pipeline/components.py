@@ -70,7 +70,9 @@ class ReidExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
         trial = int(exec_properties.get("trial") or 1)
         num_shards = int(exec_properties.get("num_shards") or 0) or None
         try:
-            if not tf.io.gfile.isdir(data_root):
+            if dataset == "manifest" and not tf.io.gfile.exists(data_root):
+                raise datasets.DatasetError(f"{data_root}: the manifest CSV does not exist")
+            if dataset != "manifest" and not tf.io.gfile.isdir(data_root):
                 raise datasets.DatasetError(f"{data_root}: the data root does not exist or is not a folder")
             splits = preprocess.plan_splits(dataset, data_root, trial)
         except datasets.DatasetError as error:
@@ -82,7 +84,7 @@ class ReidExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
         logging.info("ReidExampleGen: %s at %s, trial %d → %s (Beam args %s)", dataset, data_root, trial,
                      examples.uri, self._beam_pipeline_args)
         summary = preprocess.run_preprocess(
-            splits, data_root, examples.uri, num_shards, PipelineOptions(self._beam_pipeline_args),
+            splits, preprocess.image_root(dataset, data_root), examples.uri, num_shards, PipelineOptions(self._beam_pipeline_args),
             overwrite=True, settings={"dataset": dataset, "data_root": data_root, "trial": trial},
             tfx_layout=True)
         if summary["skipped"] and not summary["images_written"]:
@@ -177,9 +179,11 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
     """
     from kdem_tf.data import schema
 
-    expected = schema.SYSU_SPLITS if dataset == "sysu" else schema.REGDB_SPLITS
-    modality_of = {"query": schema.INFRARED, "gallery": schema.VISIBLE,
-                   "test_visible": schema.VISIBLE, "test_thermal": schema.INFRARED}
+    expected = schema.DATASET_SPLITS[dataset]
+    # The one modality of each evaluation split; a manifest's query and gallery may mix both.
+    modality_of = {} if dataset == "manifest" else {
+        "query": schema.INFRARED, "gallery": schema.VISIBLE, "test_visible": schema.VISIBLE,
+        "test_thermal": schema.INFRARED, "test_nir": schema.INFRARED}
     problems: List[str] = []
     missing = [s for s in expected if s not in split_names]
     if missing:

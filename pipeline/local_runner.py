@@ -54,6 +54,8 @@ def fingerprint_data(data_root: str) -> str:
                 with tf.io.gfile.GFile(path, "rb") as f:
                     digest.update(path.encode() + f.read())
         return "lists:" + digest.hexdigest()[:16]
+    if os.path.isfile(data_root):  # a CSV manifest: its folder holds it and its images
+        data_root = os.path.dirname(os.path.abspath(data_root))
     if not os.path.isdir(data_root):
         return "missing"
     for folder, dirs, files in os.walk(data_root):
@@ -85,13 +87,14 @@ def ensure_synthetic_data(settings: PipelineSettings, identities: int = configs.
                           image_size: Tuple[int, int] = configs.SYNTHETIC_IMAGE_SIZE) -> str:
     """Generates the synthetic dataset at settings.synthetic_data_root unless it is there
     (rendered at `image_size`, the training size: an existing folder is reused as it is)."""
-    from kdem_tf.data import synthetic
+    from kdem_tf.data import synthetic, synthetic_llcm
 
     root = settings.synthetic_data_root
     if not os.path.isdir(root):
         print(f"generating the synthetic {settings.dataset} dataset ({identities} identities) at {root}",
               file=sys.stderr)
-        generate = synthetic.generate_sysu if settings.dataset == "sysu" else synthetic.generate_regdb
+        generate = {"sysu": synthetic.generate_sysu, "regdb": synthetic.generate_regdb,
+                    "llcm": synthetic_llcm.generate_llcm}[settings.dataset]
         generate(root, identities=identities, seed=seed, image_size=image_size,
                  images_per_camera=images_per_camera, progress=False)
     return root
@@ -104,8 +107,12 @@ def resolve_settings(settings: PipelineSettings, synthetic_identities: int = con
     from kdem_tf import config as config_lib
 
     changes = {}
-    if settings.dataset not in ("sysu", "regdb"):
-        raise SystemExit(f"--dataset must be sysu or regdb, got {settings.dataset!r}")
+    from kdem_tf.data.schema import DATASETS
+
+    if settings.dataset not in DATASETS:
+        raise SystemExit(f"--dataset must be one of {', '.join(DATASETS)}, got {settings.dataset!r}")
+    if settings.dataset == "manifest" and not settings.data_root:
+        raise SystemExit("--dataset manifest needs --data-root FILE.csv (there is no synthetic manifest)")
     if settings.image_size is None:
         config = config_lib.load_config(settings.preset, settings.train_config or None, settings.train_overrides)
         changes["image_size"] = tuple(int(v) for v in config.data.image_size)
@@ -232,7 +239,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                "Every default comes from pipeline/configs.py and its KDEM_* environment variables.")
     parser.add_argument("--pipeline-name", default=d.pipeline_name)
     parser.add_argument("--home", default=d.home, help="artifacts, metadata, serving and data folder")
-    parser.add_argument("--dataset", default=d.dataset, choices=["sysu", "regdb"])
+    from kdem_tf.data.schema import DATASETS
+
+    parser.add_argument("--dataset", default=d.dataset, choices=DATASETS)
     parser.add_argument("--data-root", default=d.data_root, help="raw dataset folder (default: synthetic, generated)")
     parser.add_argument("--trial", type=int, default=d.trial, help="RegDB trial 1..10")
     parser.add_argument("--num-shards", type=int, default=d.num_shards)
