@@ -1,6 +1,7 @@
 """Data-layer speed: Beam preprocessing images/s and tf.data P×K pipeline images/s.
 
-    python -m benchmarks.bench_data [--identities 60] [--copies 5] [--image-size 288x144] [--json OUT]
+    python -m benchmarks.bench_data [--identities 60] [--copies 5] [--image-size 288x144]
+        [--original-size 432x216] [--json OUT]
 
 Targets (issue #2): preprocessing ≥ 200 images/s at 288x144 on a 2-core machine;
 the input pipeline ≥ 5x the images/s a KDEM training step consumes at the same size

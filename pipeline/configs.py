@@ -79,7 +79,7 @@ class PipelineSettings:
     data_root: str = DATA_ROOT
     trial: int = TRIAL
     num_shards: int = NUM_SHARDS
-    image_size: Optional[Tuple[int, int]] = None   # None: the training preset's data.image_size
+    image_size: Optional[Tuple[int, int]] = None   # synthetic data's render size; None: the preset's data.image_size
     preset: str = PRESET
     train_config: str = TRAIN_CONFIG
     train_overrides: Tuple[str, ...] = TRAIN_OVERRIDES

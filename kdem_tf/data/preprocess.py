@@ -107,8 +107,9 @@ def shard_name(split: str, index: int, num_shards: int, tfx_layout: bool = False
 # ----------------------------------------------------------------------------- per-image work
 
 
-# Formats kept as their original bytes when tf.io.decode_image reads them to the size PIL reads
-# (PIL modes it decodes the same way: CMYK/YCbCr JPEGs, 16-bit or exotic modes get re-encoded).
+# Formats kept as their original bytes: JPEG/PNG in these PIL modes always decode in TensorFlow as
+# in PIL; a BMP is kept when tf.io.decode_image reads it at PIL's size (TF's BMP decoder misses some
+# variants). CMYK/YCbCr JPEGs, 16-bit or other modes, other formats: a lossless PNG of PIL's RGB.
 KEPT_FORMATS = ("JPEG", "PNG", "BMP")
 KEPT_MODES = ("RGB", "L", "RGBA", "LA", "P")
 
@@ -134,7 +135,8 @@ def original_image(data: bytes) -> StoredImage:
     with Image.open(io.BytesIO(data)) as image:
         image.load()  # truncated files fail here, not later in training
         file_format, mode, (width, height) = image.format, image.mode, image.size
-        if file_format in KEPT_FORMATS and mode in KEPT_MODES and _tf_decodes(data, height, width):
+        if file_format in KEPT_FORMATS and mode in KEPT_MODES and (
+                file_format != "BMP" or _tf_decodes(data, height, width)):  # TF's BMP decoder is partial
             return StoredImage(data, height, width, reencoded=False)
         rgb = image.convert("RGB")
     out = io.BytesIO()
