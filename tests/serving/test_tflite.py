@@ -77,9 +77,9 @@ def test_float32_equals_saved_model_and_info(float_dir, embedder):
     assert info["contract"]["image_size"] == list(IMAGE_SIZE) and info["contract"]["normalization"] == "torchvision"
     assert info["channel_order"] == "RGB" and info["batch"] == 1 and info["quantization"]["mode"] == "none"
     assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
-    assert info["models"]["infrared"]["input"]["shape"] == [-1, *IMAGE_SIZE, 3]
+    assert info["models"]["infrared"]["input"]["shape"] == [1, *IMAGE_SIZE, 3]
     assert info["models"]["infrared"]["output"] == {**info["models"]["infrared"]["output"], "dtype": "float32",
-                                                     "shape": [-1, 2048]}
+                                                     "shape": [1, 2048]}
     tflite = TFLiteEmbedder(float_dir)
     images = random_images(3)
     for modality in ("visible", "infrared"):
