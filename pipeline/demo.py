@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -52,12 +51,6 @@ class _Steps:
         return "\n".join(f"  [{n}/5] {seconds / 60:5.1f} min  {title}" for n, title, seconds in self.times)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _latest_version(base: str) -> str:
     versions = sorted((int(v) for v in os.listdir(base) if v.isdigit()), reverse=True) if os.path.isdir(base) else []
     if not versions:
@@ -66,20 +59,17 @@ def _latest_version(base: str) -> str:
     return os.path.join(base, str(versions[0]))
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 180.0) -> None:
-    import requests
-
+def _wait_ready(ready_file: str, process: subprocess.Popen, seconds: float = 180.0) -> dict:
+    """The ports the server bound (it writes them to --ready-file once it serves): no free-port race."""
     deadline = time.time() + seconds
     while time.time() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"demo: the server exited with code {process.returncode}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
+        if os.path.exists(ready_file):
+            with open(ready_file) as f:
+                return json.load(f)
         time.sleep(0.5)
-    raise SystemExit(f"demo: the server at {url} did not become healthy in {seconds:.0f} s")
+    raise SystemExit(f"demo: the server did not report ready in {seconds:.0f} s")
 
 
 def query_server(model_base: str, index_dir: str, data_root: str, out_dir: str) -> dict:
@@ -93,18 +83,21 @@ def query_server(model_base: str, index_dir: str, data_root: str, out_dir: str) 
     for record in query:
         first_of_id.setdefault(record.person_id, record)
     picks = list(first_of_id.values())[:QUERIES]
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = os.path.join(out_dir, "server.log")
     os.makedirs(out_dir, exist_ok=True)
+    ready_file = os.path.join(out_dir, "server-ready.json")
+    if os.path.exists(ready_file):
+        os.remove(ready_file)
     with open(log_path, "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "serving.server", "--model-base", model_base,
-                                   "--index", index_dir, "--host", "127.0.0.1", "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                  env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                                   "--index", index_dir, "--host", "127.0.0.1", "--port", "0",
+                                   "--grpc-port", "auto", "--ready-file", ready_file],
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         try:
-            print(f"      server pid {server.pid} on {url} (log: {log_path})", flush=True)
-            _wait_healthy(url, server)
+            ports = _wait_ready(ready_file, server)
+            url = f"http://127.0.0.1:{ports['rest_port']}"
+            print(f"      server pid {server.pid}: REST {url}, gRPC 127.0.0.1:{ports['grpc_port']} "
+                  f"(log: {log_path})", flush=True)
             client = ServingClient(url)
             status = client.status()
             images = []

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from kdem_tf import tta
 from kdem_tf.image_contract import MODALITIES, ContractError, modality_index
 from serving import search_signature
 from serving.batching import MicroBatcher, embed_batch
@@ -164,8 +165,11 @@ class ServingCore:
                                                                 inputs)
 
     async def embed(self, loaded: LoadedVersion, images_or_bytes, modalities: Sequence, encoded: bool,
-                    deadline: Optional[float] = None) -> np.ndarray:
-        """Validates + decodes one request's images in a thread, then joins the next batch."""
+                    deadline: Optional[float] = None, flip: bool = False) -> np.ndarray:
+        """Validates + decodes one request's images in a thread, then joins the next batch.
+
+        flip: flip test-time augmentation (kdem_tf.tta), for an index built with `--flip`: the
+        images and their mirrors go through the batcher together, L2(e(x) + e(mirror(x)))."""
         modalities = check_modalities(modalities)
         if len(modalities) != len(images_or_bytes):
             raise invalid(f"{len(images_or_bytes)} images but {len(modalities)} modalities")
@@ -182,7 +186,11 @@ class ServingCore:
                 raise
         else:
             images = np.asarray(images_or_bytes, np.float32)
-        return await self.batcher.submit(loaded, (images, modalities), len(images), deadline)
+        if not flip:
+            return await self.batcher.submit(loaded, (images, modalities), len(images), deadline)
+        both = np.concatenate([images, images[:, :, ::-1]])
+        out = await self.batcher.submit(loaded, (both, modalities + modalities), len(both), deadline)
+        return tta.combine_flip(out[:len(images)], out[len(images):])
 
     async def search(self, images: List[bytes], modalities: Sequence, ks: List[int],
                      deadline: Optional[float] = None) -> Tuple[LoadedVersion, list]:
@@ -193,7 +201,8 @@ class ServingCore:
         for i, k in enumerate(ks):
             if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= self.limits.max_k:
                 raise invalid(f"query {i}: k must be an integer in 1..{self.limits.max_k}")
-        embeddings = await self.embed(loaded, images, modalities, encoded=True, deadline=deadline)
+        embeddings = await self.embed(loaded, images, modalities, encoded=True, deadline=deadline,
+                                      flip=bool(self.index.manifest.get("flip")))
         indices, scores = await asyncio.get_running_loop().run_in_executor(None, self.index.search, embeddings,
                                                                            max(ks))
         results = self.index.results(indices, scores)

@@ -94,3 +94,32 @@ def test_flip_needs_a_model(sysu_root, tmp_path, capsys):
         evaluate.main(["--dataset", "sysu", "--data-root", sysu_root, "--features", str(npz), "--flip"])
     assert stop.value.code == 2
     assert "--flip" in capsys.readouterr().err
+
+
+def test_search_on_a_flip_index_embeds_the_query_with_flip(model_base, gallery_dir, embedder, tmp_path):
+    """The serving core (shared by REST and gRPC) searches a `--flip` index with flip-averaged
+    queries: its scores equal the dot products of serving_flip's query embedding with the gallery."""
+    import asyncio
+
+    from serving.core import ServingCore
+    from serving.index import build_index, read_gallery
+
+    index_dir = str(tmp_path / "flip_index")
+    build_index(model_base, gallery_dir, index_dir, batch_size=8, progress=False, flip=True)
+    query, entry = next(iter(read_gallery(gallery_dir)))
+    expected = embedder.embed_bytes([query], ["infrared"], flip=True)[0]
+
+    async def search():
+        core = ServingCore(model_base, index_dir=index_dir)
+        core.load()
+        await core.start()
+        try:
+            return await core.search([query], ["infrared"], [3])
+        finally:
+            await core.stop()
+
+    _, results = asyncio.run(search())
+    index_embeddings = np.load(os.path.join(index_dir, "embeddings.npy"))
+    scores = index_embeddings @ expected
+    top = np.argsort(-scores)[:3]
+    assert [round(r["score"], 4) for r in results[0]] == [round(float(scores[i]), 4) for i in top]
