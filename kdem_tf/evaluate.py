@@ -163,8 +163,8 @@ def _embed_batches(model_path: str, batches: Iterable[Tuple[List[bytes], List[st
         raise ev.EvaluationError("embed_images: no images to embed")
     from kdem_tf import tflite_embedder
     if tflite_embedder.is_tflite_dir(model_path):  # per-modality TFLite models (python -m serving.export --tflite)
-        return tflite_embedder.embed_files(model_path, pairs, lambda p: _read_image_bytes(data_root, p, image_size),
-                                           batch_size, ev.EvaluationError)
+        return tflite_embedder.embed_batches(model_path, batches, total, signature_name == tta.FLIP_SIGNATURE,
+                                             ev.EvaluationError)
     folder = resolve_saved_model(model_path)
     signatures = tf.saved_model.load(folder).signatures
     signature = signatures.get(signature_name)

@@ -129,8 +129,9 @@ class TFLiteEmbedder:
         return np.round(image.numpy()).astype(np.uint8)
 
     def embed_bytes(self, encoded: Sequence[bytes], modalities: Sequence[str],
-                    sources: Optional[Sequence[str]] = None) -> np.ndarray:
-        """Encoded images of any modalities → float32 [N, D], in input order (one invoke per modality)."""
+                    sources: Optional[Sequence[str]] = None, flip: bool = False) -> np.ndarray:
+        """Encoded images of any modalities → float32 [N, D], in input order (one invoke per modality);
+        flip: L2(e(x) + e(mirror(x))) (kdem_tf.tta)."""
         sources = list(sources) if sources is not None else [f"image {i}" for i in range(len(encoded))]
         if len(modalities) != len(encoded):
             raise TFLiteEmbedderError(f"{len(encoded)} images but {len(modalities)} modalities")
@@ -138,8 +139,14 @@ class TFLiteEmbedder:
         for modality in sorted(set(modalities)):
             rows = [i for i, m in enumerate(modalities) if m == modality]
             images = np.stack([self.decode(encoded[i], sources[i]) for i in rows])
-            parts[modality] = (rows, self.embed_images(images, modality, f"{sources[rows[0]]} and the other "
-                                                                          f"{len(rows) - 1} {modality} images"))
+            source = f"{sources[rows[0]]} and the other {len(rows) - 1} {modality} images"
+            embedding = self.embed_images(images, modality, source)
+            if flip:
+                from kdem_tf.tta import combine_flip
+
+                embedding = combine_flip(embedding, self.embed_images(np.ascontiguousarray(images[:, :, ::-1]),
+                                                                      modality, source))
+            parts[modality] = (rows, embedding)
         dim = next(iter(parts.values()))[1].shape[1]
         out = np.zeros((len(encoded), dim), np.float32)
         for rows, embedding in parts.values():
@@ -147,26 +154,23 @@ class TFLiteEmbedder:
         return out
 
 
-def embed_files(folder: str, pairs: Sequence, read_bytes, batch_size: int = 64,
-                error_type=TFLiteEmbedderError) -> np.ndarray:
-    """Embeds (path, modality) pairs with the TFLite models of `folder`: [N, D] float32 in input order.
-
-    read_bytes(path) returns a file's encoded bytes; images are decoded and resized with the
-    folder's contract and cast to uint8. Errors are raised as `error_type` (the evaluator's own).
-    """
+def embed_batches(folder: str, batches, total: int, flip: bool = False,
+                  error_type=TFLiteEmbedderError) -> np.ndarray:
+    """Embeds (encoded images, modalities) batches with the TFLite models of `folder`: [N, D] float32
+    in input order. Images are decoded and resized with the folder's contract and cast to uint8;
+    flip: flip test-time augmentation (kdem_tf.tta), L2(e(x) + e(mirror(x))), as the SavedModel's
+    serving_flip. Errors are raised as `error_type` (the evaluator's own)."""
     import sys
     from tqdm import tqdm
 
     try:
         embedder = TFLiteEmbedder(folder)
         out = []
-        with tqdm(total=len(pairs), desc=f"embedding (TFLite, {embedder.num_threads} threads)", unit="img",
+        with tqdm(total=total, desc=f"embedding (TFLite, {embedder.num_threads} threads)", unit="img",
                   file=sys.stderr) as bar:
-            for start in range(0, len(pairs), batch_size):
-                batch = pairs[start:start + batch_size]
-                out.append(embedder.embed_bytes([read_bytes(p) for p, _ in batch], [m for _, m in batch],
-                                                [p for p, _ in batch]))
-                bar.update(len(batch))
+            for encoded, modalities in batches:
+                out.append(embedder.embed_bytes(encoded, modalities, flip=flip))
+                bar.update(len(encoded))
     except TFLiteEmbedderError as error:
         raise error_type(str(error)) from None
     return np.concatenate(out)
