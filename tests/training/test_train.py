@@ -90,7 +90,7 @@ def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path):
 
 
 def test_history_is_trimmed_to_the_checkpoint_on_resume(tmp_path):
-    from kdem_tf.train import _trim_history
+    from kdem_tf.train_utils import trim_history as _trim_history
 
     path = tmp_path / "history.jsonl"
     path.write_text('{"epoch": 0, "eval": {"mAP": 9.0}}\n{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "lo')
