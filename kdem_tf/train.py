@@ -12,13 +12,28 @@ Run folder::
     RUN_DIR/image_contract.json    the image contract (size, resize, normalisation) every later stage reads
     RUN_DIR/history.jsonl          one line of metrics per epoch (and evaluation results; with
                                    evaluation on, an "epoch": 0 line evaluates the untrained model)
-    RUN_DIR/checkpoints/           epoch-NNNN/ folders + latest.json (written atomically)
+    RUN_DIR/checkpoints/           epoch-EEEE-step-SSSSSSSS/ folders (variables + the history up
+                                   to them) + latest.json (written atomically)
     RUN_DIR/logs/                  TensorBoard
     RUN_DIR/inference_model.keras  the inference model, saved at the end
     RUN_DIR/influence_factors.npy  mi_v of the final model on training pairs
 
 Kill it at any point and start the same command again: it resumes from the last
-complete checkpoint and finishes the schedule.
+complete checkpoint and finishes the schedule, and on a CPU with the same seeds the result
+is the uninterrupted run's bit for bit (tests/training/test_resume.py). What makes it so:
+
+* sampling and augmentation depend only on (seed, global batch number): the resumed input
+  pipeline starts at the batch the optimizer's step count says (`IdentitySampler.pairs`);
+* the checkpoint holds every piece of state a step reads or writes: model variables (BN
+  moving statistics included), the optimizer's iterations (the LR schedule's step) and
+  momentum slots, and the running means of the epoch's metrics (so an epoch cut by
+  --max-steps and completed after the resume logs the same means); the model has no
+  stateful random ops (no dropout, no SeedGenerator), the augmentation is stateless;
+* epochs are counted from the step (epoch = ceil(step / steps_per_epoch)), not from the
+  number of loop turns, so a resume after a partial epoch completes that same epoch;
+* the history is committed with the checkpoint: each checkpoint folder carries every
+  history record up to it, and RUN_DIR/history.jsonl is a copy rewritten atomically after
+  latest.json moves and rebuilt from the checkpoint on resume (see `save_checkpoint`).
 """
 from __future__ import annotations
 
@@ -34,7 +49,8 @@ import numpy as np
 from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
-                                 make_strategy, latest_checkpoint, save_checkpoint, read_json)
+                                 make_strategy, latest_checkpoint, save_checkpoint, read_json,
+                                 resume_history, write_history)
 
 
 def _build_models(config, num_classes: int, row: dict, strategy):
@@ -111,16 +127,19 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                               backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
         trainer.compile(optimizer=setup.optimizer, jit_compile=choose_jit(config.jit_compile))
         setup.optimizer.build(trainer.trainable_variables)
-        checkpoint = tf.train.Checkpoint(model=train_model, optimizer=setup.optimizer)
+        # The metrics' running means too: an epoch cut by --max-steps resumes its means.
+        checkpoint = tf.train.Checkpoint(model=train_model, optimizer=setup.optimizer, epoch_metrics={
+            tracker.name: list(tracker.variables) for tracker in trainer.metrics})
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    start_epoch = 0
+    history_path = os.path.join(run_dir, "history.jsonl")
     latest = latest_checkpoint(ckpt_dir)
     if latest:
         checkpoint.read(latest["prefix"]).assert_existing_objects_matched()
-        start_epoch = latest["epoch"]
         if verbose:
-            print(f"resumed from {latest['prefix']} (epoch {start_epoch}, step {int(setup.optimizer.iterations.numpy())})")
+            print(f"resumed from {latest['prefix']} (epoch {latest['epoch']}, step {int(setup.optimizer.iterations.numpy())})")
+    history = resume_history(latest, history_path) if is_chief else []
+    step = int(setup.optimizer.iterations.numpy())
     if is_chief:
         atomic_write_text(os.path.join(run_dir, "config.yaml"), config_lib.to_yaml(config))
         contract.save(run_dir)
@@ -131,54 +150,54 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "replicas": replicas,
             "mixed_precision": policy, "ablation": config.loss.ablation}, indent=2))
 
-    def replica_dataset(context):
-        # One whole P×K batch per element; each input pipeline draws its own batches.
+    def replica_dataset(context, start_step: int = 0):
+        # One whole P×K batch per element; each input pipeline draws its own batches and
+        # hands one to each of its replicas per step, so it has drawn step * that many.
         pipeline_seed = config.seed + 1000 * context.input_pipeline_id
+        replicas_per_pipeline = max(1, context.num_replicas_in_sync // max(1, context.num_input_pipelines))
         dataset, _ = input_pipeline.train_dataset(
             split, config.data.image_size, config.data.num_identities, config.data.num_instances, 1,
-            pipeline_seed, start_epoch=start_epoch, erasing=config.data.random_erasing,
+            pipeline_seed, start_batch=start_step * replicas_per_pipeline, erasing=config.data.random_erasing,
             channel_augmentation=config.data.channel_augmentation, contract=contract)
         return dataset
 
-    iterator = iter(strategy.distribute_datasets_from_function(replica_dataset))
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda context, start_step=step: replica_dataset(context, start_step)))
     distributed_step = make_distributed_step(strategy, trainer)
 
     writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
-    history_path = os.path.join(run_dir, "history.jsonl")
-    if is_chief:
-        _trim_history(history_path, start_epoch)
     metrics = {}
-    step = int(setup.optimizer.iterations.numpy())
-    epoch = start_epoch
+    epoch = -(-step // steps_per_epoch)  # epochs begun; the last one may be partial
     if config.eval_every and step == 0 and is_chief:
         # Epoch 0: the untrained model, the reference for what training achieved.
         record = {"epoch": 0, "step": 0, "eval": _evaluate(inference_model, dataset, data_dir,
                                                            contract, verbose, "untrained ")}
         _write_eval_summaries(writer, 0, record["eval"])
-        with open(history_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        history = [record]
+        write_history(history_path, history)
     while step < total_steps:
-        for tracker in trainer.metrics:
-            tracker.reset_state()
-        steps_now = min(steps_per_epoch, total_steps - step)
+        if step % steps_per_epoch == 0:  # a new epoch; a partial one goes on with its restored means
+            for tracker in trainer.metrics:
+                tracker.reset_state()
+            epoch += 1
+        steps_now = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
         # The trainer's metrics are running means already: show them as they are.
         bar = keras.utils.Progbar(steps_now, stateful_metrics=[m.name for m in trainer.metrics],
                                   verbose=verbose, unit_name="step") if verbose else None
         if verbose:
-            print(f"epoch {epoch + 1}/{config.optim.epochs}")
+            print(f"epoch {epoch}/{config.optim.epochs}")
         started = time.time()
-        for _ in range(steps_now):
+        for done in range(1, steps_now + 1):
             metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
             if not np.isfinite(metrics["loss"]):
-                raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch + 1}); "
+                raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch}); "
                                     f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
                                     f"check the data, or resume from {ckpt_dir}")
             step += 1
             if bar:
-                bar.update(min(bar.target, (step - 1) % steps_per_epoch + 1), values=[
+                bar.update(done, values=[
                     (k, metrics[k]) for k in ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
                     if k in metrics])
-        epoch += 1
         seconds = time.time() - started
         lr = float(setup.optimizer.learning_rate)  # the schedule's value at the current step
         record = {"epoch": epoch, "step": step, "seconds": round(seconds, 2), "lr": lr, **metrics}
@@ -189,17 +208,18 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
             record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose)
             _write_eval_summaries(writer, step, record["eval"])
-        save_checkpoint(checkpoint, ckpt_dir, epoch, is_chief)
+        # An epoch completed after a resume replaces the record of its first, partial part.
+        history = [r for r in history if r["epoch"] != epoch] + [record]
+        save_checkpoint(checkpoint, ckpt_dir, epoch, step, is_chief, history)
         if is_chief:
-            with open(history_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            write_history(history_path, history)
     writer.flush()
 
     if is_chief:
         _save_inference_model(inference_model, os.path.join(run_dir, "inference_model.keras"))
         if "influence_factors" in train_model.output:
             np.save(os.path.join(run_dir, "influence_factors.npy"),
-                    _influence_factors(train_model, replica_dataset(tf.distribute.InputContext())))
+                    _influence_factors(train_model, replica_dataset(tf.distribute.InputContext(), 0)))
     result = {"run_dir": run_dir, "steps": step, "epochs": epoch, "metrics": metrics, "num_classes": num_classes,
               "replicas": replicas, "mixed_precision": policy}
     if return_models:
@@ -250,23 +270,6 @@ def _evaluate(inference_model, dataset: str, data_dir: str, contract, verbose: i
     if verbose:
         print(f"{label}eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
     return result
-
-
-def _trim_history(path: str, start_epoch: int) -> None:
-    """Keeps the history lines of the epochs the checkpoint holds (a crash may leave later
-    ones, or a line cut short by a kill during the append: dropped)."""
-    if not os.path.exists(path):
-        return
-    records, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                dropped += 1
-    kept = [r for r in records if start_epoch > 0 and r["epoch"] <= start_epoch]
-    if dropped or len(kept) != len(records):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _write_eval_summaries(writer, step: int, result: dict) -> None:

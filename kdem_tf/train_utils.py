@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 
 class TrainingError(RuntimeError):
@@ -79,39 +79,123 @@ def make_strategy():
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
+HISTORY_FILE = "history.jsonl"
+
+
+def checkpoint_folder_name(epoch: int, step: int) -> str:
+    """epoch-EEEE-step-SSSSSSSS: unique per save (a partial epoch ended by --max-steps and the
+    same epoch completed after the resume get two names), and sorted oldest first."""
+    return f"epoch-{epoch:04d}-step-{step:08d}"
+
+
 def latest_checkpoint(ckpt_dir: str) -> Optional[dict]:
-    """{"epoch", "prefix"} of the last complete checkpoint, or None."""
-    info = read_json(os.path.join(ckpt_dir, "latest.json"))
+    """{"epoch", "step", "folder", "prefix"} of the last complete checkpoint, or None.
+
+    "step" is None for checkpoints written before it was recorded (the optimizer's
+    iterations variable holds it anyway).
+    """
+    latest_path = os.path.join(ckpt_dir, "latest.json")
+    try:
+        info = read_json(latest_path)
+    except json.JSONDecodeError as error:
+        raise TrainingError(f"{latest_path}: not valid JSON ({error}); delete it to start over") from None
     if not info:
         return None
-    prefix = os.path.join(ckpt_dir, info["folder"], "ckpt")
+    if not isinstance(info, dict) or "folder" not in info or "epoch" not in info:
+        raise TrainingError(f"{latest_path}: expected {{\"epoch\", \"folder\"}}, got {info!r}; "
+                            f"delete it to start over")
+    folder = os.path.join(ckpt_dir, info["folder"])
+    prefix = os.path.join(folder, "ckpt")
     if not os.path.exists(prefix + ".index"):
-        raise TrainingError(f"{ckpt_dir}/latest.json names {info['folder']}, which is missing: "
-                            f"restore the folder or delete latest.json to start over")
-    return {"epoch": int(info["epoch"]), "prefix": prefix}
+        raise TrainingError(f"{latest_path} names {folder}, which is missing or incomplete (no "
+                            f"{prefix}.index): restore the folder or delete latest.json to start over")
+    return {"epoch": int(info["epoch"]), "step": info.get("step"), "folder": folder, "prefix": prefix}
 
 
-def save_checkpoint(checkpoint, ckpt_dir: str, epoch: int, is_chief: bool, keep: int = 3) -> None:
-    """Writes epoch-NNNN/ via a temporary folder + rename, then points latest.json at it.
+def save_checkpoint(checkpoint, ckpt_dir: str, epoch: int, step: int, is_chief: bool,
+                    history: Sequence[dict] = (), keep: int = 3) -> Optional[str]:
+    """Writes one checkpoint folder via a temporary folder + rename, then points latest.json at it.
 
-    A crash at any point leaves latest.json naming the previous complete checkpoint.
-    Non-chief workers write to a throwaway folder (every worker must take part in
-    saving under MultiWorkerMirroredStrategy).
+    The folder holds the variables (ckpt.*) and HISTORY_FILE: every history record up to and
+    including this checkpoint. The checkpoint is the one source of truth for a resume; the run
+    folder's history.jsonl is a copy, rewritten from it (`write_history`) after this returns.
+    A kill at any instant therefore leaves a consistent pair: before latest.json is replaced the
+    previous checkpoint (with its own history) is the latest, after it the new one is, and a
+    stale history.jsonl is rebuilt from the checkpoint on resume (`resume_history`).
+
+    Non-chief workers write to a throwaway folder (every worker must take part in saving under
+    MultiWorkerMirroredStrategy) and get None; the chief gets the final folder.
     """
     os.makedirs(ckpt_dir, exist_ok=True)
-    folder = f"epoch-{epoch:04d}"
-    tmp = os.path.join(ckpt_dir, f".tmp-{folder}-{uuid.uuid4().hex[:6]}")
+    name = checkpoint_folder_name(epoch, step)
+    tmp = os.path.join(ckpt_dir, f".tmp-{name}-{uuid.uuid4().hex[:6]}")
     checkpoint.write(os.path.join(tmp, "ckpt"))
     if not is_chief:
         shutil.rmtree(tmp, ignore_errors=True)
-        return
-    final = os.path.join(ckpt_dir, folder)
-    if os.path.exists(final):
+        return None
+    atomic_write_text(os.path.join(tmp, HISTORY_FILE), history_text(history))
+    final = os.path.join(ckpt_dir, name)
+    if os.path.exists(final):  # left by a run killed before it updated latest.json
         shutil.rmtree(final)
     os.replace(tmp, final)
-    atomic_write_text(os.path.join(ckpt_dir, "latest.json"), json.dumps({"epoch": epoch, "folder": folder}))
-    for name in sorted(n for n in os.listdir(ckpt_dir) if n.startswith("epoch-"))[:-keep]:
-        shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-    for name in os.listdir(ckpt_dir):  # leftovers of crashed writes
-        if name.startswith(".tmp-epoch-") and name != os.path.basename(tmp):
-            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+    atomic_write_text(os.path.join(ckpt_dir, "latest.json"),
+                      json.dumps({"epoch": epoch, "step": step, "folder": name}))
+    for old in sorted(n for n in os.listdir(ckpt_dir) if n.startswith("epoch-") and n != name)[:-(keep - 1) or None]:
+        shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
+    for leftover in os.listdir(ckpt_dir):  # leftovers of crashed writes
+        if leftover.startswith(".tmp-epoch-") and leftover != os.path.basename(tmp):
+            shutil.rmtree(os.path.join(ckpt_dir, leftover), ignore_errors=True)
+    return final
+
+
+def history_text(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+def read_history(path: str) -> Tuple[List[dict], int]:
+    """(records, number of unreadable lines) of a history.jsonl; a missing file has none.
+    A line cut short by a kill during a write of the old append-only format is unreadable."""
+    if not os.path.exists(path):
+        return [], 0
+    records, unreadable = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                unreadable += 1
+    return records, unreadable
+
+
+def write_history(path: str, records: Sequence[dict]) -> None:
+    atomic_write_text(path, history_text(records))
+
+
+def trim_history(path: str, start_epoch: int) -> List[dict]:
+    """The records of history.jsonl up to `start_epoch` (none when 0), rewritten when that
+    drops any. For checkpoints without their own history copy (written before it existed)."""
+    records, unreadable = read_history(path)
+    kept = [r for r in records if start_epoch > 0 and r["epoch"] <= start_epoch]
+    if unreadable or len(kept) != len(records):
+        write_history(path, kept)
+    return kept
+
+
+def resume_history(latest: Optional[dict], history_path: str) -> List[dict]:
+    """The history records a resumed run continues from, and history.jsonl rewritten to them.
+
+    With a checkpoint: its own HISTORY_FILE (what was true when it was written), else, for an
+    older checkpoint, history.jsonl trimmed to its epoch. Without one: nothing (a fresh start).
+    """
+    if latest is None:
+        records = []
+    else:
+        copy = os.path.join(latest["folder"], HISTORY_FILE)
+        if not os.path.exists(copy):
+            return trim_history(history_path, latest["epoch"])
+        records, unreadable = read_history(copy)
+        if unreadable:
+            raise TrainingError(f"{copy}: {unreadable} unreadable line(s) in the checkpoint's history")
+    if records or os.path.exists(history_path):
+        write_history(history_path, records)
+    return records

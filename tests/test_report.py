@@ -65,3 +65,28 @@ def test_metrics_table_keeps_every_variant_apart_and_labelled():
     assert len(ours) == 2 and "41.50" in ours[1] and "41.50" not in ours[0] and "rerank(" in ours[1]
     # an older metrics.json without variants is one plain row
     assert [r[1] for r in report.variant_rows({"rank1": 1.0, "mAP": 2.0}, "x")] == ["plain"]
+
+
+def _curve_pixels(path: str, colour: str = "#1f77b4") -> np.ndarray:
+    """[rows, cols] of the pixels in a curve's colour (matplotlib's first colour, C0)."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), np.int32)
+    target = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return np.argwhere(np.abs(rgb - target).max(axis=2) <= 12)
+
+
+def test_the_evaluation_curve_is_drawn_where_its_values_are(tmp_path):
+    # Drawn content, not colour counts: the mAP curve (C0) goes up in the image when mAP goes up,
+    # and a history with the values reversed draws it the other way round.
+    rising = [{"epoch": e, "eval": {"mAP": m, "rank1": 50.0}} for e, m in enumerate((5.0, 30.0, 60.0, 90.0))]
+    falling = [{"epoch": r["epoch"], "eval": {"mAP": 95.0 - r["eval"]["mAP"], "rank1": 50.0}} for r in rising]
+    slopes = []
+    for name, history in (("rising", rising), ("falling", falling)):
+        pixels = _curve_pixels(report.plot_evaluation(history, str(tmp_path / f"{name}.png")))
+        assert len(pixels) > 100, name  # a line with markers, not a legend swatch alone
+        left, right = pixels[:, 1].min(), pixels[:, 1].max()
+        width = right - left
+        # Mean row of the curve's left and right quarters (image rows grow downwards).
+        left_row = pixels[pixels[:, 1] < left + width / 4, 0].mean()
+        right_row = pixels[pixels[:, 1] > right - width / 4, 0].mean()
+        slopes.append(left_row - right_row)
+    assert slopes[0] > 20 and slopes[1] < -20, slopes

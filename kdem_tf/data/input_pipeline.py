@@ -116,17 +116,23 @@ class IdentitySampler:
             infrared.append(rng.choice(pool_i, self.num_instances, replace=len(pool_i) < self.num_instances))
         return np.concatenate(visible), np.concatenate(infrared)
 
-    def pairs(self, start_epoch: int = 0) -> Iterator[Tuple[int, int, int]]:
-        """Endless (visible index, infrared index, element counter) triples, batch after batch."""
-        counter = 0
-        epoch = start_epoch
+    def batch_at(self, batch_number: int) -> Tuple[np.ndarray, np.ndarray]:
+        """`batch` by global batch number: batch `n` is batch n % batches_per_epoch of epoch
+        n // batches_per_epoch, whatever a training epoch's step count is."""
+        epoch, index = divmod(int(batch_number), self.batches_per_epoch)
+        return self.batch(epoch, index)
+
+    def pairs(self, start_batch: int = 0) -> Iterator[Tuple[int, int, int]]:
+        """Endless (visible index, infrared index, element number) triples from global batch
+        `start_batch` on. The element number is global too (batch number * P*K + position), so
+        the augmentation seeds derived from it are the same in a run resumed at any batch."""
+        size = self.num_identities * self.num_instances
+        batch_number = int(start_batch)
         while True:
-            for b in range(self.batches_per_epoch):
-                visible, infrared = self.batch(epoch, b)
-                for v, i in zip(visible, infrared):
-                    yield int(v), int(i), counter
-                    counter += 1
-            epoch += 1
+            visible, infrared = self.batch_at(batch_number)
+            for position, (v, i) in enumerate(zip(visible, infrared)):
+                yield int(v), int(i), batch_number * size + position
+            batch_number += 1
 
 
 # ----------------------------------------------------------------------------- decode and augment
@@ -195,12 +201,16 @@ def augment(image: tf.Tensor, seed: tf.Tensor, image_size: Tuple[int, int], eras
 
 
 def train_dataset(split: SplitArrays, image_size: Tuple[int, int], num_identities: int = 8,
-                  num_instances: int = 4, replicas: int = 1, seed: int = 0, start_epoch: int = 0,
+                  num_instances: int = 4, replicas: int = 1, seed: int = 0, start_batch: int = 0,
                   erasing: float = 0.5, channel_augmentation: bool = False,
                   contract: Optional[ImageContract] = None) -> Tuple[tf.data.Dataset, IdentitySampler]:
     """Endless dataset of P×K paired batches; `replicas` whole P×K batches are concatenated
     so that `strategy.experimental_distribute_dataset` hands each replica a complete one.
-    Images are decoded, resized and normalised by `contract` (default: `as_contract(image_size)`)."""
+    Images are decoded, resized and normalised by `contract` (default: `as_contract(image_size)`).
+
+    `start_batch` is the sampler's global batch number to begin at (a resumed run passes the
+    number of batches already consumed): sampling and augmentation depend only on
+    (seed, batch number), so a resumed dataset continues the uninterrupted one exactly."""
     sampler = IdentitySampler(split.labels, split.modalities, num_identities, num_instances, seed)
     images = tf.constant(list(split.images), dtype=tf.string)
     labels = tf.constant(split.labels, dtype=tf.int32)
@@ -215,7 +225,7 @@ def train_dataset(split: SplitArrays, image_size: Tuple[int, int], num_identitie
         return visible, infrared, tf.gather(labels, v), tf.gather(labels, i)
 
     dataset = tf.data.Dataset.from_generator(
-        lambda: sampler.pairs(start_epoch),
+        lambda: sampler.pairs(start_batch),
         output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)))
     batch = num_identities * num_instances * replicas
     dataset = (dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

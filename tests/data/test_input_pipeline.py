@@ -116,3 +116,96 @@ def test_eval_dataset_yields_metadata(tfrecords):
 def test_missing_split_names_the_folder(tmp_path):
     with pytest.raises(ip.InputError, match="no TFRecord shards for split 'train'"):
         ip.load_split(str(tmp_path), "train")
+
+
+# ----------------------------------------------------------------------------- resume: global batch numbers
+
+
+def test_sampler_from_a_start_batch_continues_the_sequence_from_zero(train_split):
+    sampler = ip.IdentitySampler(train_split.labels, train_split.modalities, 3, 4, seed=3)
+    size = 12
+    from_zero = [next(it) for it in [sampler.pairs(0)] for _ in range(7 * size)]
+    assert sampler.batches_per_epoch < 7  # the run crosses a sampler epoch
+    from_five = [next(it) for it in [sampler.pairs(5)] for _ in range(2 * size)]
+    assert from_five == from_zero[5 * size:]
+    assert [c for _, _, c in from_zero] == list(range(7 * size))  # element numbers are global
+
+
+def test_a_dataset_started_at_batch_n_equals_batch_n_of_the_full_one(train_split):
+    # Pixels, so that augmentation seeds replayed from element 0 (the resume bug) fail too.
+    kwargs = dict(num_identities=2, num_instances=2, seed=4, erasing=0.5, channel_augmentation=True)
+    full = [x for x, _ in ip.train_dataset(train_split, (48, 24), **kwargs)[0].take(4)]
+    resumed = next(iter(ip.train_dataset(train_split, (48, 24), start_batch=3, **kwargs)[0]))[0]
+    for stream in ("visible", "infrared"):
+        np.testing.assert_array_equal(resumed[stream].numpy(), full[3][stream].numpy())
+        assert not np.array_equal(full[0][stream].numpy(), full[3][stream].numpy())
+
+
+# ----------------------------------------------------------------------------- each augmentation branch
+
+
+TORCHVISION_MEAN = np.array(NORMALIZATIONS["torchvision"]["mean"])
+TORCHVISION_STD = np.array(NORMALIZATIONS["torchvision"]["std"])
+
+
+def _pixels(normalised: np.ndarray) -> np.ndarray:
+    """augment's output (torchvision normalisation: the default contract of a bare size) back to 0..255."""
+    return (normalised * TORCHVISION_STD + TORCHVISION_MEAN) * 255.0
+
+
+def _quadrants(height: int = 64, width: int = 32) -> np.ndarray:
+    """A picture telling a flip, a shift and a channel change apart: the left half red-ish, the
+    right half blue-ish, one bright row near the top."""
+    image = np.zeros((height, width, 3), np.float32)
+    image[:, : width // 2] = (200, 60, 20)
+    image[:, width // 2:] = (20, 90, 230)
+    image[10] = (250, 250, 250)
+    return image
+
+
+SEEDS = range(24)
+
+
+def _augmented(image, erasing=0.0, channel=False):
+    return [_pixels(ip.augment(tf.constant(image), tf.constant([s, 11], tf.int64), image.shape[:2],
+                               erasing=erasing, channel=channel).numpy()) for s in SEEDS]
+
+
+def test_flip_fires_for_some_seeds_and_not_others():
+    image = _quadrants()
+    flipped = [bool(out[32, 2, 2] > out[32, 2, 0]) for out in _augmented(image)]  # blue on the left
+    assert 0 < sum(flipped) < len(flipped)
+
+
+def test_crop_shifts_for_some_seeds_and_not_others():
+    image = _quadrants()
+    rows = [int(np.argmax(out[:, 16, 1])) for out in _augmented(image)]  # where the bright row went
+    pad = ip.crop_padding(64)
+    assert set(rows) <= set(range(10 - pad, 10 + pad + 1)) and len(set(rows)) > 1 and 10 in rows
+
+
+def test_erasing_fires_at_its_probability_and_never_when_off():
+    image = _quadrants()
+    def erased(out):  # erasing writes 0 after normalisation: the mean colour in pixels
+        return bool(np.all(np.isclose(out, TORCHVISION_MEAN * 255.0, atol=1e-3), axis=2).any())
+    assert not any(erased(out) for out in _augmented(image, erasing=0.0))
+    assert all(erased(out) for out in _augmented(image, erasing=1.0))
+    assert 0 < sum(erased(out) for out in _augmented(image, erasing=0.5)) < len(SEEDS)
+
+
+def test_channel_exchange_gives_rgb_single_channel_and_grey_and_only_when_on():
+    image = _quadrants()
+    sources = (image[32, 4], image[32, 27])  # the two halves' colours (a flip swaps them)
+
+    def kind(out):
+        pixel = out[32, 4]  # away from the crop borders, in one half or the other
+        if any(np.allclose(pixel, colour, atol=0.01) for colour in sources):
+            return "rgb"
+        if np.allclose(pixel, pixel[0], atol=0.01):
+            if any(np.isclose(pixel[0], colour[c], atol=0.01) for colour in sources for c in range(3)):
+                return "single"
+            return "grey"
+        return "other"
+    kinds = [kind(out) for out in _augmented(image, channel=True)]
+    assert set(kinds) == {"rgb", "single", "grey"}, kinds
+    assert {kind(out) for out in _augmented(image, channel=False)} == {"rgb"}

@@ -161,3 +161,35 @@ def test_trunk_zero_init_residual_starts_blocks_as_their_shortcut():
 def test_non_local_inner_channels_must_be_positive_or_half(value):
     with pytest.raises(ValueError, match="expected a positive integer or 'half'"):
         NonLocalBlock(inner_channels=value)
+
+
+@pytest.mark.parametrize("shared_fc", [True, False])
+def test_kdem_factors_match_eq5_recomputed_in_numpy(shared_fc):
+    # alpha = softmax(MLP(sum_m FC_m([avg(F_m); max(F_m)]))), F_t = mi_v F_v + mi_i F_i (Eq. 5-6),
+    # with weights large enough that the factors are far from 0.5.
+    rng = np.random.default_rng(5)
+    f_v = rng.normal(size=(4, 6, 3, 5)).astype("float32")
+    f_i = rng.normal(loc=0.5, size=(4, 6, 3, 5)).astype("float32")
+    kdem = KDEMLayer(fc_units=7, mlp_units=(6,), shared_fc=shared_fc)
+    kdem.build([f_v.shape, f_i.shape])
+    kdem.set_weights([rng.normal(scale=0.8, size=w.shape).astype("float32") for w in kdem.get_weights()])
+    f_t, factors = (keras.ops.convert_to_numpy(t) for t in kdem([f_v, f_i]))
+
+    def pooled(f):
+        f = f.astype(np.float64)
+        return np.concatenate([f.mean(axis=(1, 2)), f.max(axis=(1, 2))], axis=1)
+
+    def dense(layer, x):
+        kernel, bias = (w.astype(np.float64) for w in layer.get_weights())
+        return x @ kernel + bias
+
+    hidden = dense(kdem.fc_visible, pooled(f_v)) + dense(kdem.fc_infrared, pooled(f_i))
+    for layer in kdem.mlp_layers:
+        hidden = np.maximum(dense(layer, hidden), 0.0)
+    logits = dense(kdem.factor_logits, hidden)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(factors, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(expected[:, 0] - 0.5).max() > 0.1  # the check is not about near-uniform factors
+    mixed = expected[:, 0, None, None, None] * f_v + expected[:, 1, None, None, None] * f_i
+    np.testing.assert_allclose(f_t, mixed, rtol=1e-4, atol=1e-5)

@@ -188,3 +188,21 @@ def test_mixed_precision_outputs_are_float32():
         assert value.dtype == tf.float32, name
         assert np.all(np.isfinite(value.numpy())), name
     assert embedding.dtype == tf.float32
+
+
+def test_each_modality_embedding_is_its_own_stem_through_trunk_pool_and_bn_neck(kdem_models):
+    # Independent of SelectByModality: the layers called one after the other, per modality.
+    _, inference_model = kdem_models
+    queries = query_batch(seed=7)
+    embedding = inference_model(queries, training=False)["embedding"].numpy()
+    layer = inference_model.get_layer
+    expected = {}
+    for modality, stem in ((0, "visible_stem"), (1, "infrared_stem")):
+        features = layer(stem)(queries["image"], training=False)
+        pooled = layer("gem_pooling")(layer("trunk")(features, training=False))
+        normalised = layer("bn_neck")(pooled, training=False).numpy().astype(np.float64)
+        expected[modality] = normalised / np.linalg.norm(normalised, axis=1, keepdims=True)
+    for row, modality in enumerate(queries["modality"]):
+        np.testing.assert_allclose(embedding[row], expected[modality][row], rtol=1e-4, atol=1e-5)
+        # The other stem would be caught: it gives another embedding of the same image.
+        assert np.abs(embedding[row] - expected[1 - modality][row]).max() > 1e-3

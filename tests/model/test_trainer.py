@@ -99,3 +99,41 @@ def test_warmup_multistep_schedule_matches_agw():
     setup = build_optimizer(base_lr=0.1, backbone_lr=0.01, steps_per_epoch=10)
     assert setup.backbone_lr_scale == pytest.approx(0.1) and setup.weight_decay == 5e-4
     assert setup.optimizer.nesterov and setup.optimizer.momentum == 0.9
+
+
+def test_two_sgd_steps_equal_nesterov_on_scaled_gradients_with_coupled_weight_decay():
+    """w <- w - lr * (g' + mu * buf) with buf <- mu * buf + g', g' = scale * (g + wd * w), the
+    gradient g of the Eq. 11 total from a separate tape (PyTorch's SGD with nesterov=True)."""
+    import tensorflow as tf
+
+    from kdem_tf.model.losses import total_loss
+
+    keras.utils.set_random_seed(4)
+    model, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False)
+    lr, wd, mu, backbone_lr = 0.05, 0.5, 0.9, 0.005  # wd large enough to matter in the update
+    setup = build_optimizer(base_lr=lr, backbone_lr=backbone_lr, momentum=mu, nesterov=True, weight_decay=wd,
+                            warmup_epochs=0, milestones=(100,), steps_per_epoch=1)
+    trainer = KDEMTrainer(model, backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
+    trainer.compile(optimizer=setup.optimizer)
+    watched = {"classifier": model.get_layer("classifier").kernel,  # head: scale 1
+               "kdem": model.get_layer("kdem").factor_logits.kernel,  # head: scale 1
+               "visible_stem": model.get_layer("visible_stem").get_layer("conv1_conv").kernel,  # backbone
+               "trunk": model.get_layer("trunk").get_layer("conv4_block1_2_conv").kernel}
+    scale = {"classifier": 1.0, "kdem": 1.0, "visible_stem": backbone_lr / lr, "trunk": backbone_lr / lr}
+    inputs, labels = batch(seed=9, pairs=4)
+    buffers = {name: 0.0 for name in watched}
+    for step in range(2):
+        weights = {name: v.numpy().astype(np.float64) for name, v in watched.items()}
+        with tf.GradientTape() as tape:
+            losses = total_loss(model(inputs, training=True), labels["label_v"], labels["label_i"])
+        gradients = dict(zip(watched, (g.numpy().astype(np.float64)
+                                       for g in tape.gradient(losses["total"], list(watched.values())))))
+        trainer.train_on_batch(inputs, labels)
+        for name, variable in watched.items():
+            g = scale[name] * (gradients[name] + wd * weights[name])
+            buffers[name] = mu * buffers[name] + g
+            expected_update = -lr * (g + mu * buffers[name])
+            update = variable.numpy().astype(np.float64) - weights[name]
+            assert np.abs(expected_update).max() > 0, name
+            np.testing.assert_allclose(update, expected_update, rtol=2e-3,
+                                       atol=2e-3 * np.abs(expected_update).max(), err_msg=f"{name}, step {step + 1}")

@@ -19,7 +19,6 @@ import sys
 
 import pytest
 
-pytest.importorskip("tfx")
 
 from pipeline import configs, local_runner  # noqa: E402
 from pipeline.configs import PipelineSettings  # noqa: E402
