@@ -60,6 +60,7 @@ class _Filter:
         fd, self.log_path = tempfile.mkstemp(prefix=f"kdem-{name}-", suffix=".log")
         self.log = os.fdopen(fd, "ab", buffering=0)
         self.noise_lines = 0
+        self.moved = False
         read_fd, write_fd = os.pipe()
         self.read_fd = read_fd
         os.dup2(write_fd, 2)
@@ -166,10 +167,15 @@ def start_if_entry_point(package: str) -> None:
 
 
 def log_beside(path: str) -> Optional[str]:
-    """Moves this run's library log to `path` (e.g. RUN_DIR/console.log); returns the log's path."""
+    """Moves this run's library log to `path` (e.g. RUN_DIR/console.log); returns the log's path.
+
+    Only the first call moves it (the outermost entry point knows the run's outputs: `make demo`
+    calling `kdem_tf.evaluate` in-process keeps the demo's log where the demo put it)."""
     if _active is None:
         return None
-    _active.move_log(path)
+    if not _active.moved:
+        _active.move_log(path)
+        _active.moved = True
     return _active.log_path
 
 

@@ -498,6 +498,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.output:
+        from kdem_tf import console
+
+        console.log_beside(os.path.splitext(os.path.abspath(args.output))[0] + ".console.log")
     # TF is imported for file access (and --model); its start-up log lines and a
     # google-api-core version notice would bury the table and the one-line errors
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

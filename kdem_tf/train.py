@@ -182,9 +182,10 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             epoch += 1
         steps_now = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
         # The trainer's metrics are running means already: show them as they are.
+        # verbose 1: a progress bar per epoch; 2 (logs, the TFX Trainer): one line per epoch, at its end.
         bar = keras.utils.Progbar(steps_now, stateful_metrics=[m.name for m in trainer.metrics],
-                                  verbose=verbose, unit_name="step") if verbose else None
-        if verbose:
+                                  verbose=1, unit_name="step") if verbose == 1 else None
+        if verbose == 1:
             print(f"epoch {epoch}/{config.optim.epochs}")
         started = time.time()
         for done in range(1, steps_now + 1):
@@ -199,6 +200,10 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                     (k, metrics[k]) for k in ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
                     if k in metrics])
         seconds = time.time() - started
+        if verbose == 2:
+            print(f"epoch {epoch}/{config.optim.epochs} {seconds:.0f}s " + " ".join(
+                f"{k} {metrics[k]:.4g}" for k in ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
+                if k in metrics), flush=True)
         lr = float(setup.optimizer.learning_rate)  # the schedule's value at the current step
         record = {"epoch": epoch, "step": step, "seconds": round(seconds, 2), "lr": lr, **metrics}
         with writer.as_default(step=step):
@@ -340,6 +345,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         weights = config.model.backbone_weights
         if weights not in ("torchvision", "imagenet", "none") and not os.path.exists(weights):
             raise TrainingError(f"--backbone-weights {weights}: no such file")
+        from kdem_tf import console
+
+        console.log_beside(os.path.join(args.out, "console.log"))  # library messages of this run
         summary = train(config, args.dataset, args.data, args.out, args.max_steps, verbose=0 if args.quiet else 1)
     except (config_lib.ConfigError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -290,6 +290,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     absl_logging.set_verbosity(absl_logging.INFO)
     args = parse_args(argv)
+    from kdem_tf import console
+
+    if "://" not in args.home:
+        console.log_beside(os.path.join(os.path.abspath(args.home), "console.log"))
     settings = resolve_settings(settings_from_args(args), args.synthetic_identities,
                                 args.synthetic_images_per_camera)
     before = _latest_run_id(settings)

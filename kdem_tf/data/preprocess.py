@@ -397,6 +397,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
     args, beam_args = parser.parse_known_args(argv)
+    if "://" not in args.output:  # beside the output folder (which appears complete or not at all)
+        from kdem_tf import console
+
+        console.log_beside(os.path.abspath(args.output).rstrip("/") + ".console.log")
     try:
         splits = plan_splits(args.dataset, args.data_root, args.trial)
         summary = run_preprocess(
