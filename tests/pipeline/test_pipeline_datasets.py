@@ -68,11 +68,13 @@ def test_pipeline_runs_end_to_end_and_pushes(dataset_run):
         assert os.path.isdir(os.path.join(examples, f"Split-{split}")), split
     with open(os.path.join(report["ReidDataCheck"]["outputs"]["report"][0], "data_report.json")) as f:
         assert json.load(f)["problems"] == []
+    from kdem_tf.data import input_pipeline
+
     versions = [v for v in os.listdir(settings.serving_model_dir) if v.isdigit()]
     assert len(versions) == 1
-    index = report["ReidGalleryIndex"]["outputs"]["index"][0]
-    with open(os.path.join(index, "manifest.json")) as f:
-        assert json.load(f)["count"] > 0
+    with open(os.path.join(settings.index_base_dir, versions[0], "manifest.json")) as f:
+        count = json.load(f)["count"]
+    assert count == len(input_pipeline.load_split(examples, settings.gallery_split))
 
 
 def test_evaluator_equals_evaluate_tfrecords(dataset_run, tmp_path):
