@@ -14,9 +14,10 @@ import argparse
 import json
 import resource
 import time
-import tracemalloc
 
 import numpy as np
+
+from benchmarks.common import traced
 
 from kdem_tf import evaluation as ev
 from tests.test_evaluation import agw_eval_regdb, agw_eval_sysu
@@ -77,14 +78,6 @@ def bench_sysu(rng) -> dict:
             "identical": identical, "mean": {k: float(v) for k, v in mean.items()}}
 
 
-def traced(fn):
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return out, seconds, peak / 2 ** 20
 
 
 def bench_large(rng, reference: bool) -> dict:

@@ -19,10 +19,10 @@ import argparse
 import importlib.util
 import json
 import resource
-import time
-import tracemalloc
 
 import numpy as np
+
+from benchmarks.common import traced
 
 from kdem_tf import evaluation as ev
 from kdem_tf import reranking as rr
@@ -45,15 +45,6 @@ def cross_modal_set(rng, num_q: int, num_g: int, num_ids: int, dim: int, noise: 
     return qf, gf, q_pids, g_pids, rng.choice([3, 6], num_q), rng.choice([1, 2, 4, 5], num_g)
 
 
-def traced(fn):
-    """(result, seconds, peak traced MiB) of fn()."""
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return out, seconds, peak / 2 ** 20
 
 
 def euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:

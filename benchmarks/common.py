@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import platform
+import time
+import tracemalloc
 
 
 def machine_info() -> dict:
@@ -30,3 +32,14 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def traced(fn):
+    """(result, seconds, peak traced MiB) of fn()."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return out, seconds, peak / 2 ** 20

@@ -198,14 +198,7 @@ def read_regdb_list(root: str, split: str, modality_name: str, trial: int) -> Li
     if trial not in REGDB_TRIALS:
         raise DatasetError(f"RegDB trial must be 1..10, got {trial}")
     path = join(root, f"idx/{split}_{modality_name}_{trial}.txt")
-    entries = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            raise DatasetError(f"{path}:{number}: malformed line {line!r} (expected 'relative/path label')")
-        entries.append((fields[0].replace("\\", "/"), int(fields[1]), number))
+    entries = _read_path_label_list(path)
     if not entries:
         raise DatasetError(f"{path}: no entries")
     return entries
@@ -304,6 +297,7 @@ def llcm_train_records(root: str, check_files: bool = True) -> List[ImageRecord]
 
 
 def _read_path_label_list(path: str) -> List[Tuple[str, int, int]]:
+    """`relative/path label` lines (RegDB's and LLCM's index files) → [(path, label, line number)]."""
     entries = []
     for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
