@@ -264,7 +264,8 @@ def _title(args) -> str:
         return "LLCM " + ("infrared to visible" if args.direction == "i2v" else
                           "visible to infrared (as DEEN/test.py scores it: infrared draw vs visible pool)")
     if args.dataset == "manifest":
-        return f"manifest {os.path.basename(args.data_root)}, single gallery, same id and camera dropped"
+        source = os.path.basename(args.data_root) if args.data_root else f"TFRecords {args.tfrecords}"
+        return f"manifest {source}, single gallery, same id and camera dropped"
     if args.dataset == "sysu":
         shot = "multi-shot" if args.multi_shot else "single-shot"
         return f"SYSU-MM01 {args.mode}-search {shot}, {sampling_label(args)} gallery sampling"
