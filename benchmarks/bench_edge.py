@@ -44,14 +44,29 @@ def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def write_run(work: str, image_size, precision: str = "float32", weights_from=None):
-    """A run folder with a random-init (or given weights) KDEM inference model; returns (run_dir, model)."""
+def write_run(work: str, image_size, precision: str = "float32", weights_from=None, source_run=None):
+    """A run folder with a random-init (or given weights) KDEM inference model; returns (run_dir, model).
+
+    source_run: a training run folder whose config.yaml gives the architecture (a trained run's
+    weights only fit the architecture they were trained with)."""
     import keras
+    import tensorflow as tf
 
     from kdem_tf.model.model import build_kdem_models
     keras.mixed_precision.set_global_policy(precision)
     try:
-        _, model = build_kdem_models(num_classes=4, image_size=tuple(image_size))
+        if source_run and os.path.exists(os.path.join(source_run, "config.yaml")):
+            from kdem_tf import config as config_lib
+            from kdem_tf.model.trainer import ABLATION_ROWS
+            from kdem_tf.train import _build_models
+
+            with open(os.path.join(source_run, "config.yaml")) as f:
+                config = config_lib.from_yaml_text(f.read())
+            with open(os.path.join(source_run, "run_info.json")) as f:
+                classes = json.load(f)["num_classes"]
+            _, model = _build_models(config, classes, ABLATION_ROWS[config.loss.ablation], tf.distribute.get_strategy())
+        else:
+            _, model = build_kdem_models(num_classes=4, image_size=tuple(image_size))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if weights_from is not None:
@@ -169,7 +184,8 @@ def bench_size(image_size, work: str, args) -> dict:
         model, _ = load_run(run_dir)
     else:
         run_dir, model = write_run(work, image_size)
-    bf16_run = write_run(work, image_size, "mixed_bfloat16", weights_from=model)[0] if bf16 else None
+    bf16_run = write_run(work, image_size, "mixed_bfloat16", weights_from=model,
+                         source_run=args.demo_run)[0] if bf16 else None
     calibration = args.calibration or random_tfrecords(work, image_size)
     variants = export_variants(run_dir, work, calibration, bf16_run, both_modalities=bool(args.data_root))
     out = {"image_size": list(image_size), "bf16_cpu": bf16, "calibration": calibration, "variants": {}}

@@ -72,7 +72,7 @@ def test_metadata_equals_rest(server, stubs):
     assert response.metadata["signature_def"].Unpack(signature_map)
     rest = ServingClient(server["url"]).metadata()["metadata"]["signature_def"]
     assert json_format.MessageToDict(signature_map, preserving_proto_field_name=True) == rest
-    assert set(signature_map.signature_def) == {"serving_default", "embed_images", "search"}
+    assert set(signature_map.signature_def) == {"serving_default", "embed_images", "serving_flip", "embed_images_flip", "search"}
 
 
 def test_predict_every_signature_equals_rest(server, stubs, embedder, gallery_dir, gallery_files):

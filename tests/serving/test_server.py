@@ -26,7 +26,7 @@ def test_status_and_metadata(server):
     metadata = client.metadata()
     assert metadata["model_spec"] == {"name": "kdem", "signature_name": "", "version": "1"}
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
-    assert set(signatures) == {"serving_default", "embed_images", "search"}
+    assert set(signatures) == {"serving_default", "embed_images", "serving_flip", "embed_images_flip", "search"}
     assert set(signatures["search"]["inputs"]) == {"image_bytes", "modality", "k"}
     assert set(signatures["search"]["outputs"]) == {"gallery_ids", "person_ids", "cameras", "scores", "paths"}
     inputs = signatures["serving_default"]["inputs"]
