@@ -43,11 +43,47 @@ SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "embed_images"
 
 
-def load_run(run_dir: str) -> Tuple[keras.Model, dict]:
+def with_compute_dtype(model: keras.Model, dtype: str = "float32") -> keras.Model:
+    """The same model (same weights) with every layer computing in `dtype`.
+
+    A model trained under mixed_bfloat16 saves that policy in each layer's config, so it would
+    export running Conv2D in bfloat16 (which TFLite refuses and serving CPUs without bf16 units run
+    slowly): exports are float32 unless asked (`--compute-dtype`). Returns `model` itself when
+    every layer already computes in `dtype`."""
+    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+    if all(layer.dtype_policy.name == policy for layer in model._flatten_layers(include_self=False)):
+        return model
+
+    def retyped(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(node.get("config"), dict):
+                return dict(node, config=dict(node["config"], name=policy))
+            return {k: retyped(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [retyped(v) for v in node]
+        return node
+
+    import kdem_tf.model.model  # noqa: F401  (registers the custom layers)
+    copy = keras.Model.from_config(retyped(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def compute_dtype_of(model: keras.Model) -> str:
+    """The compute dtype of the model's convolutions (what an export runs)."""
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Conv2D):
+            return str(layer.compute_dtype)
+    return str(model.compute_dtype)
+
+
+def load_run(run_dir: str, compute_dtype: str = "float32") -> Tuple[keras.Model, dict]:
     """Loads `RUN_DIR/inference_model.keras` and `RUN_DIR/run_info.json`.
 
     Args:
         run_dir: a training run folder written by `kdem_tf.train`.
+        compute_dtype: the dtype the returned model computes in (float32 unless asked; a run trained
+            under mixed precision saved its policy in every layer: see `with_compute_dtype`).
 
     Returns:
         (inference_model, run_info).
@@ -64,7 +100,7 @@ def load_run(run_dir: str) -> Tuple[keras.Model, dict]:
     # The custom layers register themselves on import of the model module.
     import kdem_tf.model.model  # noqa: F401
     model = keras.saving.load_model(model_path, compile=False)
-    return model, run_info
+    return with_compute_dtype(model, compute_dtype), run_info
 
 
 def run_contract(run_dir: str, run_info: Optional[dict] = None) -> ImageContract:
@@ -155,6 +191,7 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
     archive.write_out(export_dir, verbose=False)
 
     info = {"image_size": [height, width], "image_contract": contract.to_dict(), "embedding_dim": embedding_dim,
+            "compute_dtype": compute_dtype_of(inference_model),
             "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE, tta.FLIP_SIGNATURE, tta.FLIP_IMAGES_SIGNATURE],
             "exported_at": time.time()}
     info.update(extra_info or {})

@@ -154,3 +154,32 @@ def test_publish_is_atomic_and_numbered(tmp_path):
         publish_dir(crash, base)
     assert list_versions(base) == [1, 2, 7]
     assert sorted(os.listdir(base)) == [".tmp-2-crashed", "1", "2", "7"]
+
+
+def test_a_bfloat16_trained_run_exports_float32(tmp_path):
+    """A run trained under mixed_bfloat16 saves that policy in every layer; the export computes in
+    float32 unless asked (and records it), with the same weights: embeddings agree to bf16 rounding."""
+    import keras
+
+    from kdem_tf.model.model import build_kdem_models
+    from serving.embedder import Embedder
+    from serving.export import compute_dtype_of, export_embedder, read_info
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        _, model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert compute_dtype_of(model) == "bfloat16"
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(str(run / "inference_model.keras"))
+    (run / "run_info.json").write_text(json.dumps({"image_size": list(IMAGE_SIZE), "embedding_dim": 2048}))
+    version_dir = export_embedder(str(run), str(tmp_path / "models"))
+    assert read_info(version_dir)["compute_dtype"] == "float32"
+    pixels = np.random.default_rng(4).integers(0, 256, (2, *IMAGE_SIZE, 3)).astype(np.float32)
+    served = Embedder(version_dir).embed_images(pixels, ["visible", "infrared"])
+    x = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    bf16 = model({"image": tf.constant(x, tf.float32), "modality": tf.constant([0, 1])}, training=False)
+    cosine = np.sum(served * bf16["embedding"].numpy(), axis=1)
+    assert np.all(cosine > 0.999) and np.abs(served - bf16["embedding"].numpy()).max() > 0  # float32 ran
