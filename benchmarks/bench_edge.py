@@ -107,7 +107,8 @@ def export_variants(run_dir: str, work: str, calibration: str, bf16_run=None, bo
     modalities = ("visible", "infrared") if both_modalities else ("infrared",)
     variants = {"saved_model_float32": export_embedder(run_dir, os.path.join(work, "sm_float32"))}
     if bf16_run:
-        variants["saved_model_bfloat16"] = export_embedder(bf16_run, os.path.join(work, "sm_bfloat16"))
+        variants["saved_model_bfloat16"] = export_embedder(bf16_run, os.path.join(work, "sm_bfloat16"),
+                                                           compute_dtype="bfloat16")
     for quantize in QUANTIZATIONS:
         name = "tflite_" + ("float32" if quantize == "none" else quantize)
         started = time.time()

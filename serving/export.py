@@ -267,7 +267,8 @@ def publish_dir(write, model_base: str, version: Optional[int] = None) -> str:
 
 def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base: str,
                     version: Optional[int] = None,
-                    image_size: Optional[Union[ImageContract, Sequence[int]]] = None) -> str:
+                    image_size: Optional[Union[ImageContract, Sequence[int]]] = None,
+                    compute_dtype: str = "float32") -> str:
     """Exports a run's inference model as `model_base/<version>/`, atomically.
 
     Args:
@@ -276,13 +277,15 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
         model_base: TF Serving base path.
         version: version number; default max existing + 1.
         image_size: an ImageContract or (H, W); default the run's contract (`run_contract`).
+        compute_dtype: "float32" (default, whatever the run trained in) or "bfloat16" (asked for:
+            `--compute-dtype bfloat16`, for CPUs with bf16 units); recorded in kdem_info.json.
 
     Returns:
         the written version folder.
     """
     extra = {}
     if isinstance(run_dir_or_keras_model, str):
-        model, run_info = load_run(run_dir_or_keras_model)
+        model, run_info = load_run(run_dir_or_keras_model, compute_dtype)
         image_size = image_size or run_contract(run_dir_or_keras_model, run_info)
         extra = {k: run_info[k] for k in ("dataset", "num_classes") if k in run_info}
         extra["run_dir"] = os.path.abspath(run_dir_or_keras_model)
@@ -297,6 +300,8 @@ def main(argv=None) -> None:
     parser.add_argument("--run", required=True, help="training run folder (inference_model.keras, run_info.json)")
     parser.add_argument("--out", help="TF Serving model base path (required unless --tflite)")
     parser.add_argument("--version", type=int, default=None, help="default: max existing + 1")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="SavedModel compute dtype (default float32, whatever the run trained in)")
     from serving import tflite_export
     tflite_export.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -304,7 +309,7 @@ def main(argv=None) -> None:
         raise SystemExit(tflite_export.run_cli(args))
     if not args.out:
         parser.error("--out (or --tflite) is required")
-    path = export_embedder(args.run, args.out, args.version)
+    path = export_embedder(args.run, args.out, args.version, compute_dtype=args.compute_dtype)
     info = read_info(path)
     print(f"exported {path} (image contract {info['image_contract']}, embedding dim {info['embedding_dim']})")
 
