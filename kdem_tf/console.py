@@ -42,6 +42,8 @@ _NOISE = re.compile("|".join([
     r"^.*/(site|dist)-packages/.*:\d+: \w*Warning: ",             # a Python warning raised inside a library
     r"^\s+(warnings\.warn|warn)\(",                             # ... and the source line printed under it
     r"^(/\S*/)?python[\d.]*: No module named build\s*$",          # Beam's stager probing for `python -m build`
+    r"^fully_quantize: \d+, inference_type: \d+",              # the TFLite calibrator's C++ printf
+    r"^INFO: Created TensorFlow Lite XNNPACK delegate",            # the TFLite interpreter's first line
 ]))
 
 

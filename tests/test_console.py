@@ -19,6 +19,8 @@ NOISE = [
     "/work/main/.venv/bin/python: No module named build",
     "I0000 00:00:1733044000.123456   12345 grpc_server.cc:12] Server listening",
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: FLOAT32",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 ]
 KEPT = [
     "/work/main/kdem_tf/train.py:120: UserWarning: our own warning stays visible",
