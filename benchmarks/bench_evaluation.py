@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 
 import numpy as np
 
-from benchmarks.common import traced
+from benchmarks.common import traced, write_json
 
 from kdem_tf import evaluation as ev
 from tests.test_evaluation import agw_eval_regdb, agw_eval_sysu
@@ -124,10 +123,7 @@ def main() -> None:
     if not args.skip_large:
         results["large"] = bench_large(rng, args.reference_large)
     if args.json:
-        from benchmarks.common import machine_info
-        results["machine"] = machine_info()
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

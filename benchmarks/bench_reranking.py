@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import resource
 
 import numpy as np
 
-from benchmarks.common import traced
+from benchmarks.common import traced, write_json
 
 from kdem_tf import evaluation as ev
 from kdem_tf import reranking as rr
@@ -134,10 +133,7 @@ def main() -> None:
     results["process_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"process max RSS {results['process_max_rss_mib']} MiB")
     if args.json:
-        from benchmarks.common import machine_info
-        results["machine"] = machine_info()
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

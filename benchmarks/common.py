@@ -43,3 +43,11 @@ def traced(fn):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return out, seconds, peak / 2 ** 20
+
+
+def write_json(path: str, results: dict) -> None:
+    """Writes a benchmark's results with the machine they ran on (`machine_info`)."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump(dict(results, machine=machine_info()), f, indent=2)

@@ -24,6 +24,7 @@ from typing import Callable, List, Sequence
 import numpy as np
 
 from kdem_tf import evaluation as ev
+from kdem_tf.image_contract import VISIBLE
 
 RAND_PERM_CAM = "exp/rand_perm_cam.mat"
 NUM_CAMERAS = 6
@@ -126,4 +127,4 @@ def sysu_official_gallery(root: str, mode: str, trial: int, multi_shot: bool, pe
         raise ev.EvaluationError(f"empty SYSU official gallery (trial {trial}, mode {mode}): {source} selects no image")
     cams = [int(p.split("/")[0][3:]) for p in paths]
     pids = [int(p.split("/")[1]) for p in paths]
-    return ev.Split(tuple(paths), np.asarray(pids, np.int64), np.asarray(cams, np.int64), "visible")
+    return ev.Split(tuple(paths), np.asarray(pids, np.int64), np.asarray(cams, np.int64), VISIBLE)

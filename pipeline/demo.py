@@ -52,11 +52,13 @@ class _Steps:
 
 
 def _latest_version(base: str) -> str:
-    versions = sorted((int(v) for v in os.listdir(base) if v.isdigit()), reverse=True) if os.path.isdir(base) else []
+    from serving.export import list_versions  # the one version-folder rule
+
+    versions = list_versions(base)
     if not versions:
         raise SystemExit(f"demo: no pushed model under {base}: the pipeline did not bless the model "
                          f"(see its metrics above); lower --min-map or train longer")
-    return os.path.join(base, str(versions[0]))
+    return os.path.join(base, str(versions[-1]))
 
 
 def _wait_ready(ready_file: str, process: subprocess.Popen, seconds: float = 180.0) -> dict:
