@@ -45,6 +45,15 @@ def decode_one(image_bytes, contract: ImageContract):
     return contract.decode(image_bytes)
 
 
+def load_saved_model(path: str):
+    """tf.saved_model.load, with an error that names the folder when it holds no loadable SavedModel."""
+    try:
+        return tf.saved_model.load(path)
+    except Exception as e:  # DecodeError, OSError, tf.errors.*: TF's messages do not name the folder
+        cause = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(f"{path}: not a loadable SavedModel ({type(e).__name__}: {cause})") from e
+
+
 class Embedder:
     """An exported embedder SavedModel, loaded once.
 
@@ -56,7 +65,7 @@ class Embedder:
     def __init__(self, model: str, version: Optional[int] = None):
         self.path = resolve_version_dir(model, version)
         self.version = version_of(self.path)
-        self.saved_model = tf.saved_model.load(self.path)
+        self.saved_model = load_saved_model(self.path)
         self.signatures = dict(self.saved_model.signatures)
         info = read_info(self.path)
         images_fn = self.signatures[IMAGES_SIGNATURE]

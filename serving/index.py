@@ -241,8 +241,13 @@ def save_index(out: str, embeddings: np.ndarray, entries: List[GalleryEntry], pa
 
 def load_index(index_dir: str) -> GalleryIndex:
     """Loads an index written by `save_index` / `build_index`."""
-    with open(os.path.join(index_dir, MANIFEST)) as f:
-        manifest = json.load(f)
+    manifest_path = os.path.join(index_dir, MANIFEST)
+    with open(manifest_path) as f:
+        try:
+            manifest = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{manifest_path}: not a gallery index manifest (invalid JSON: {e}); "
+                             f"rebuild the index with `python -m serving.index`") from None
     with np.load(os.path.join(index_dir, "entries.npz")) as data:
         entries = {key: data[key] for key in data.files}
     embeddings = np.load(os.path.join(index_dir, "embeddings.npy"), mmap_mode="r")

@@ -260,7 +260,6 @@ def agw_process_gallery_sysu(data_path, mode="all", trial=0):
 
 
 def test_sysu_query_and_gallery_follow_agw(tmp_path):
-    pytest.importorskip("tensorflow")
     root = make_sysu(tmp_path / "sysu")
     query = ev.sysu_query(str(root))
     expected = [f"cam{c}/{p:04d}/{n}" for p in (1, 2, 3, 5) for c in (3, 6)
@@ -281,7 +280,6 @@ def test_sysu_query_and_gallery_follow_agw(tmp_path):
 
 
 def test_regdb_directions_swap_query_and_gallery(tmp_path):
-    pytest.importorskip("tensorflow")
     root = make_regdb(tmp_path / "regdb")
     v2i = ev.regdb_trials(str(root), trials=2, direction="v2i")
     i2v = ev.regdb_trials(str(root), trials=2, direction="i2v")

@@ -18,7 +18,6 @@ from kdem_tf import sysu_official as so
 from tests.test_evaluate_cli import identity_features, image_paths, run_cli
 from tests.test_evaluation import make_sysu
 
-pytest.importorskip("tensorflow")  # the dataset readers use tf.io.gfile
 
 # test ids 1 and 2; cam2 has no folder for id 1. Image counts (make_sysu: 3 + (id + cam) % 3):
 # id 1: cam1 5, cam3 4, cam4 5, cam5 3, cam6 4; id 2: cam1 3, cam2 4, cam3 5, cam4 3, cam5 4, cam6 5

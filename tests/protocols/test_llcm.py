@@ -14,7 +14,6 @@ from PIL import Image
 from kdem_tf import evaluate as cli
 from kdem_tf.protocols import llcm
 
-pytest.importorskip("tensorflow")  # the folder readers use tf.io.gfile
 VIS_CAMS = ["test_vis/cam%d" % c for c in range(1, 10)]                  # process_*_llcm mode 1
 NIR_CAMS = ["test_nir/cam%d" % c for c in (1, 2, 4, 5, 6, 7, 8, 9)]      # mode 2: no cam3
 KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")

@@ -84,8 +84,6 @@ def test_a_missing_version_names_the_base_and_the_versions_it_has(tmp_path):
     assert str(tmp_path) in _message(error) and "no version 2" in _message(error) and "[1, 3]" in _message(error)
 
 
-@pytest.mark.xfail(strict=True, reason="Embedder passes tf.saved_model.load's error on: it does not "
-                                       "name the SavedModel folder (serving/embedder.py, issue #17 item 8)")
 def test_a_corrupt_saved_model_names_its_folder(tmp_path):
     version = tmp_path / "1"
     version.mkdir()
@@ -133,8 +131,6 @@ def test_a_missing_index_names_the_file_it_looked_for(tmp_path):
     assert str(tmp_path / "no-index") in _message(error)
 
 
-@pytest.mark.xfail(strict=True, reason="load_index passes json's error on: a corrupt manifest is not "
-                                       "named (serving/index.py, issue #17 item 8)")
 def test_a_corrupt_index_manifest_names_the_file(tmp_path):
     (tmp_path / index_lib.MANIFEST).write_text('{"format": 1, "cou')
     with pytest.raises(ValueError) as error:
