@@ -26,5 +26,5 @@ setup(
         "orjson",
     ],
     package_data={"pipeline": ["schema/*.pbtxt"]},
-    extras_require={"dev": ["pytest", "pytest-timeout", "httpx"]},
+    extras_require={"dev": ["pytest", "pytest-timeout", "pytest-xdist", "httpx"]},
 )

@@ -5,8 +5,10 @@
 
 Per image size: a random-init KDEM model (or the demo run, at its own size) is exported as a
 SavedModel (float32, and bfloat16 via the mixed_bfloat16 policy where the CPU has
-avx512_bf16/AMX) and as the infrared TFLite model (float32, float16, int8; int8 calibrated on
---calibration's train split, else on random-pixel TFRecords written here). Each variant is
+avx512_bf16/AMX) and as the infrared TFLite model (float32, float16, int8 with the float head,
+int8-full; the int8 ones calibrated on --calibration's train split, else on random-pixel
+TFRecords written here). With --demo-run, the largest per-op errors of int8-full (TFLite's
+quantisation debugger) are printed too. Each variant is
 then measured in its own process: images/s at batch 1 and 8 (uint8 images already decoded,
 the model only) and peak resident memory. File sizes are the .tflite / SavedModel folder.
 With --demo-run and --data-root, every variant is evaluated (`kdem_tf.evaluate --model`,
@@ -27,7 +29,6 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUANTIZATIONS = ("none", "float16", "int8")
 
 
 def cpu_has_bf16() -> bool:
@@ -102,6 +103,7 @@ def random_tfrecords(work: str, image_size, per_modality: int = 16) -> str:
 
 def export_variants(run_dir: str, work: str, calibration: str, bf16_run=None, both_modalities=False) -> dict:
     """{variant: path}: SavedModel(s) and TFLite folders of one run."""
+    from kdem_tf.tflite_embedder import QUANTIZATIONS
     from serving.export import export_embedder
     from serving.tflite_export import export_run_tflite
     modalities = ("visible", "infrared") if both_modalities else ("infrared",)
@@ -206,9 +208,25 @@ def bench_size(image_size, work: str, args) -> dict:
         except KeyError:
             pass
     tflite32 = out["variants"]["tflite_float32"]["bytes"]
-    for name in ("tflite_float16", "tflite_int8"):
+    for name in ("tflite_float16", "tflite_int8", "tflite_int8-full"):
         out["variants"][name]["bytes_over_tflite_float32"] = round(out["variants"][name]["bytes"] / tflite32, 3)
+    if args.demo_run:
+        out["int8_full_worst_layers"] = worst_int8_layers(run_dir, calibration)
     return out
+
+
+def worst_int8_layers(run_dir: str, calibration: str, count: int = 8) -> list:
+    """The fully quantised infrared model's largest per-op errors (TFLite's quantisation debugger)."""
+    from serving.export import load_run
+    from serving.tflite_export import (ModalityEmbedder, calibration_images, find_embedder_parts, int8_layer_errors,
+                                       load_contract)
+    model, run_info = load_run(run_dir)
+    contract = load_contract(run_dir, run_info)
+    embedder = ModalityEmbedder(find_embedder_parts(model, "infrared"), contract)
+    rows = int8_layer_errors(embedder, calibration_images(calibration, contract, 32)["infrared"])[:count]
+    print("  int8-full, largest per-op errors (RMSE in quantisation steps): " +
+          ", ".join(f"{r['tensor'].split(';')[0]} ({r['op']}) {r['rmse_over_scale']:.2f}" for r in rows), flush=True)
+    return rows
 
 
 def format_table(results: list) -> str:

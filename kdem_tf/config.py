@@ -71,6 +71,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     seed: int = 0
     eval_every: int = 10                       # epochs; 0 disables
+    checkpoint_every: int = 1                  # epochs between checkpoints (the last step is always saved)
     mixed_precision: str = "float32"           # float32 (AGW) | auto | mixed_bfloat16 | mixed_float16
     jit_compile: str = "auto"                  # auto | on | off
 

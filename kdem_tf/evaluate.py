@@ -385,6 +385,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=10,
                    help="SYSU / LLCM draws 0..N-1, RegDB splits 1..N (max 10); a manifest has one")
     p.add_argument("--distance", choices=ev.DISTANCES, default="cosine")
+    p.add_argument("--mean-only", action="store_true",
+                   help="print only the mean row of each table (--output still has every trial)")
     p.add_argument("--output", help="write metrics JSON here")
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
     p.add_argument("--batch-size", type=int, default=64, help="--model: images per call")
@@ -466,7 +468,7 @@ def run(args: argparse.Namespace) -> dict:
                    query_count=counts[0] if len(counts) == 1 else [r.num_query for r in results],
                    gallery_sizes=[r.num_gallery for r in results], distance=args.distance,
                    source=args.model or args.features, data_root=args.data_root, tfrecords=args.tfrecords)
-    rows = [(str(r["trial"]), r) for r in per_trial] + [("Mean", mean)]
+    rows = _table_rows(args, per_trial, mean)
     sizes = sorted(set(metrics["gallery_sizes"]))
     gallery = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     header = (f"{_title(args)} | {len(results)} trial(s) | query {metrics['query_count']} "
@@ -484,7 +486,7 @@ def run(args: argparse.Namespace) -> dict:
         if label != ev.PLAIN:
             how = "euclidean between L2-normalised features" if "rerank" in label else args.distance
             title = f"{header} | {label} on {how}"
-            print("\n" + format_table(title, [(str(r["trial"]), r) for r in entry["per_trial"]] + [("Mean", entry)]))
+            print("\n" + format_table(title, _table_rows(args, entry["per_trial"], entry)))
     if len(variants) > 1:
         print("\n" + format_variants(f"{_title(args)} | mean of {len(results)} trial(s), each variant apart",
                                      metrics["variants"]))
@@ -495,6 +497,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.plots:
         _plots(args, trials[0], features_for, results, cmc)
     return metrics
+
+
+def _table_rows(args, per_trial: List[dict], mean: dict) -> List[Tuple[str, dict]]:
+    """A table's rows: one per trial and the mean (--mean-only: the mean; --output keeps every trial)."""
+    if args.mean_only:
+        return [("Mean", mean)]
+    return [(str(r["trial"]), r) for r in per_trial] + [("Mean", mean)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,7 +16,9 @@ import numpy as np
 from kdem_tf.image_contract import MODALITIES, ContractError, ImageContract
 
 INFO_FILE = "tflite_info.json"
-QUANTIZATIONS = ("none", "float16", "int8")
+# none: float32; float16: float16 weights; int8: integer stem + trunk, float head (pooling, BN-neck,
+# L2: the layers TFLite's quantisation debugger found sensitive); int8-full: every op in int8.
+QUANTIZATIONS = ("none", "float16", "int8", "int8-full")
 
 
 class TFLiteEmbedderError(ValueError):

@@ -50,7 +50,7 @@ from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
                                  make_strategy, latest_checkpoint, save_checkpoint, read_json,
-                                 resume_history, write_history)
+                                 resume_history, write_history, RunProgress, SHOWN_METRICS)
 
 
 def _build_models(config, num_classes: int, row: dict, strategy):
@@ -81,6 +81,8 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         run_dir: the run folder (created; resumed when it holds checkpoints).
         max_steps: cap on total optimizer steps (TFX TrainArgs.num_steps); None: the schedule.
         log_dir: TensorBoard folder (default RUN_DIR/logs).
+        verbose: 0 silent; 1 a Keras progress bar per epoch (the CLI); 2 one line per epoch (logs:
+            the TFX Trainer); 3 one progress bar for the whole run (the demo's console).
         return_models: add "train_model" and "inference_model" to the result.
     """
     import tensorflow as tf
@@ -175,6 +177,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         _write_eval_summaries(writer, 0, record["eval"])
         history = [record]
         write_history(history_path, history)
+    run_bar = RunProgress(total_steps, step, config.optim.epochs) if verbose == 3 else None
     while step < total_steps:
         if step % steps_per_epoch == 0:  # a new epoch; a partial one goes on with its restored means
             for tracker in trainer.metrics:
@@ -182,7 +185,8 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             epoch += 1
         steps_now = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
         # The trainer's metrics are running means already: show them as they are.
-        # verbose 1: a progress bar per epoch; 2 (logs, the TFX Trainer): one line per epoch, at its end.
+        # verbose 1: a progress bar per epoch; 2 (logs, the TFX Trainer): one line per epoch, at its
+        # end; 3 (the demo): one progress bar for the whole run, evaluation lines above it.
         bar = keras.utils.Progbar(steps_now, stateful_metrics=[m.name for m in trainer.metrics],
                                   verbose=1, unit_name="step") if verbose == 1 else None
         if verbose == 1:
@@ -196,14 +200,13 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                                     f"check the data, or resume from {ckpt_dir}")
             step += 1
             if bar:
-                bar.update(done, values=[
-                    (k, metrics[k]) for k in ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
-                    if k in metrics])
+                bar.update(done, values=[(k, metrics[k]) for k in SHOWN_METRICS if k in metrics])
+            if run_bar:
+                run_bar.update(epoch, metrics)
         seconds = time.time() - started
         if verbose == 2:
             print(f"epoch {epoch}/{config.optim.epochs} {seconds:.0f}s " + " ".join(
-                f"{k} {metrics[k]:.4g}" for k in ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
-                if k in metrics), flush=True)
+                f"{k} {metrics[k]:.4g}" for k in SHOWN_METRICS if k in metrics), flush=True)
         lr = float(setup.optimizer.learning_rate)  # the schedule's value at the current step
         record = {"epoch": epoch, "step": step, "seconds": round(seconds, 2), "lr": lr, **metrics}
         with writer.as_default(step=step):
@@ -211,13 +214,19 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                 tf.summary.scalar(f"train/{k}", v)
             tf.summary.scalar("train/learning_rate", lr)
         if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
-            record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose)
+            record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose,
+                                       write=run_bar.write if run_bar else print)
             _write_eval_summaries(writer, step, record["eval"])
         # An epoch completed after a resume replaces the record of its first, partial part.
         history = [r for r in history if r["epoch"] != epoch] + [record]
-        save_checkpoint(checkpoint, ckpt_dir, epoch, step, is_chief, history)
+        if epoch % max(1, config.checkpoint_every) == 0 or step >= total_steps:
+            save_checkpoint(checkpoint, ckpt_dir, epoch, step, is_chief, history)
+        # Between checkpoints history.jsonl runs ahead of the latest checkpoint; a resume rebuilds it
+        # from the checkpoint (resume_history) and trains those epochs again, so the two stay consistent.
         if is_chief:
             write_history(history_path, history)
+    if run_bar:
+        run_bar.close()
     writer.flush()
 
     if is_chief:
@@ -268,12 +277,13 @@ def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
     return np.concatenate(values)
 
 
-def _evaluate(inference_model, dataset: str, data_dir: str, contract, verbose: int, label: str = "") -> dict:
+def _evaluate(inference_model, dataset: str, data_dir: str, contract, verbose: int, label: str = "",
+              write=print) -> dict:
     from kdem_tf.record_evaluation import evaluate_keras_model
 
     result = evaluate_keras_model(inference_model, dataset, data_dir, contract)
     if verbose:
-        print(f"{label}eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
+        write(f"{label}eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
     return result
 
 

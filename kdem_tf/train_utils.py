@@ -199,3 +199,33 @@ def resume_history(latest: Optional[dict], history_path: str) -> List[dict]:
     if records or os.path.exists(history_path):
         write_history(history_path, records)
     return records
+
+
+# The running means a progress display shows, in this order (the trainer's metric names).
+SHOWN_METRICS = ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "mi_v_mean")
+
+
+class RunProgress:
+    """One progress bar for a whole training run (`train(verbose=3)`, the demo): steps done of the
+    run, the epoch and the running loss; `write` prints a line (an evaluation) above the bar."""
+
+    def __init__(self, total_steps: int, start_step: int, epochs: int):
+        import sys
+
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.epochs = epochs
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step", file=sys.stderr,
+                        dynamic_ncols=True)
+
+    def update(self, epoch: int, metrics: dict) -> None:
+        self.bar.set_postfix_str(f"epoch {epoch}/{self.epochs} " + " ".join(
+            f"{k} {metrics[k]:.3g}" for k in SHOWN_METRICS[:3] if k in metrics), refresh=False)
+        self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        self._tqdm.write(line, file=self.bar.fp)
+
+    def close(self) -> None:
+        self.bar.close()

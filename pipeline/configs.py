@@ -84,6 +84,7 @@ class PipelineSettings:
     train_config: str = TRAIN_CONFIG
     train_overrides: Tuple[str, ...] = TRAIN_OVERRIDES
     train_steps: int = TRAIN_STEPS
+    train_verbose: int = 2                         # kdem_tf.train.train's verbose (2: a log line per epoch)
     min_map: float = MIN_MAP
     max_map_drop: float = MAX_MAP_DROP
     eval_trials: int = EVAL_TRIALS

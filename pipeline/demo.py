@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     steps.start(2, "TFX pipeline (LocalDagRunner): examples → statistics/schema/validation → training → "
              "evaluation → blessing → push → gallery index")
     settings = PipelineSettings(home=home, dataset="sysu", data_root=data_root, preset="demo",
-                                min_map=args.min_map, eval_trials=10)
+                                min_map=args.min_map, eval_trials=10, train_verbose=3)
     settings = local_runner.resolve_settings(settings)
     settings = local_runner.run(settings)
     report = local_runner.run_report(settings)
@@ -181,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     metrics_path = os.path.join(out_dir, "metrics.json")
     evaluate.main(["--dataset", "sysu", "--data-root", data_root, "--model", model_version, "--mode", "all",
-                   "--output", metrics_path, "--plots", out_dir])
+                   "--output", metrics_path, "--plots", out_dir, "--mean-only"])
     with open(metrics_path) as f:
         metrics = json.load(f)
 

@@ -61,7 +61,7 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         eval_args=tfx.proto.EvalArgs(splits=[settings.query_split], num_steps=0),
         custom_config={"dataset": settings.dataset, "preset": settings.preset,
                        "config_path": settings.train_config or "", "overrides": list(settings.train_overrides),
-                       "code_fingerprint": settings.code_fingerprint})
+                       "code_fingerprint": settings.code_fingerprint, "verbose": int(settings.train_verbose)})
     trainer.add_upstream_node(data_check)  # a failed data check stops the run before training
 
     baseline = tfx.dsl.Resolver(

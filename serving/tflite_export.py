@@ -7,7 +7,8 @@ writes, atomically (a hidden temp folder beside OUT_DIR, then one rename):
 
 - `visible.tflite`, `infrared.tflite`: each is ONLY its modality's stem + the shared
   trunk + pooling + BN-neck + L2 normalisation (an infrared camera carries no visible
-  stem). Input `image` uint8 [1, H, W, 3] RGB at the contract's size (batch fixed at 1:
+  stem). Input `image` [1, H, W, 3] RGB 0..255 at the contract's size, uint8 (float32 for
+  `int8`, below) (batch fixed at 1:
   a camera embeds frame by frame, and with every shape static XNNPACK takes the whole
   graph; with a dynamic batch the non-local blocks' SHAPE/RESHAPE ops made tensors
   dynamic and TFLite ran without XNNPACK); the contract's normalisation runs inside the
@@ -15,21 +16,31 @@ writes, atomically (a hidden temp folder beside OUT_DIR, then one rename):
 - `tflite_info.json`: the image contract, the quantisation settings, each file's input and
   output dtype/shape/quantisation parameters, and the batch dimension.
 
-int8 is full-integer post-training quantisation (every op in int8, TFLITE_BUILTINS_INT8):
-the uint8 image is the quantised input (its scale/zero point, calibrated on 0..255 pixels,
-are in tflite_info.json and applied by `kdem_tf.tflite_embedder`), the embedding output is
-float32 (dequantised), so every variant has the same interface. Each modality's model is
-calibrated on that modality's training-split images from the TFRecords; both modalities
-must be present in the calibration split.
+Two integer variants, both post-training quantisation calibrated on that modality's
+training-split images from the TFRecords (both modalities must be in the calibration split):
+
+- `int8`: the stem and the trunk (every convolution, residual add and pooling inside
+  ResNet-50) in int8, the head in float32: the pooling (GeM/avg), the BN-neck and the L2
+  normalisation. TFLite's quantisation debugger (`int8_layer_errors`, printed by
+  `benchmarks/bench_edge.py`) puts the largest per-layer errors there: the BN-neck's
+  affine output (a few channels with a tiny running variance stretch its int8 range)
+  and the L2 norm's sum of squares; fully quantised, the embedding of a trained model
+  lost its direction (cosine 0.09 to float on the demo model) while every convolution's
+  error stayed below 0.3 quantisation steps. The input is float32 0..255 (quantised to
+  int8 inside, first op), the output float32.
+- `int8-full`: every op in int8 (TFLITE_BUILTINS_INT8), for integer-only accelerators; the
+  uint8 image is the quantised input (scale/zero point in tflite_info.json, applied by
+  `kdem_tf.tflite_embedder`), the output float32. Much less accurate (see docs/serving.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -143,29 +154,81 @@ def calibration_images(tfrecord_dir: str, contract: ImageContract, per_modality:
     return out
 
 
-def convert(embedder: ModalityEmbedder, quantize: str, calibration: Optional[np.ndarray] = None) -> bytes:
-    """One modality's .tflite bytes. quantize: "none" (float32), "float16" (weights) or "int8" (full integer)."""
-    if quantize not in QUANTIZATIONS:
-        raise TFLiteExportError(f"--quantize: must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
-    # int8 takes float 0..255 in the graph and lets the converter quantise that input to uint8.
-    function = embedder.concrete_function(tf.float32 if quantize == "int8" else tf.uint8)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], embedder)
-    if quantize == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise TFLiteExportError("--quantize int8 needs calibration images (--calibration TFRECORDS)")
+# The head `int8` keeps in float: ops of these layers (tensor names "<layer>[_N]/...").
+FLOAT_HEAD_LAYERS = POOLING_LAYER_NAMES + (BN_NECK_LAYER_NAME, L2_LAYER_NAME)
 
-        def representative() -> Iterator[list]:
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
+def _int8_converter(embedder: ModalityEmbedder, calibration: Optional[np.ndarray], full: bool):
+    """A converter set up for post-training integer quantisation on `calibration` (uint8 images)."""
+    if calibration is None or len(calibration) == 0:
+        raise TFLiteExportError("--quantize int8 needs calibration images (--calibration TFRECORDS)")
+    # The graph takes float 0..255; int8-full lets the converter quantise that input to uint8.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([embedder.concrete_function(tf.float32)], embedder)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
+    if full:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
+    return converter
+
+
+def head_tensor_names(model_content: bytes) -> list:
+    """Output tensor names of the head's ops (FLOAT_HEAD_LAYERS) in a converted (e.g. calibrated)
+    model, plus the model's output: the nodes `int8` keeps in float."""
+    interpreter = tf.lite.Interpreter(model_content=model_content)
+    pattern = re.compile(r"^(%s)(_\d+)?/" % "|".join(map(re.escape, FLOAT_HEAD_LAYERS)))
+    names = [d["name"] for d in interpreter.get_tensor_details() if pattern.match(d["name"])]
+    if not names:
+        raise TFLiteExportError(f"no op of the head layers {list(FLOAT_HEAD_LAYERS)} in the converted model")
+    return names + [d["name"] for d in interpreter.get_output_details()]
+
+
+def _int8_float_head(embedder: ModalityEmbedder, calibration: Optional[np.ndarray]) -> bytes:
+    """int8 with the head in float: one calibration, then the quantiser with the head's nodes
+    denylisted. This is what tf.lite.experimental.QuantizationDebugger does for its
+    `denylisted_nodes` (calibrate only, then `mlir_quantize`), without building its debug model."""
+    from tensorflow.lite.python import convert as tflite_convert
+
+    converter = _int8_converter(embedder, calibration, full=False)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # noqa: SLF001  (the debugger's own switch)
+    calibrated = converter.convert()
+    return tflite_convert.mlir_quantize(calibrated, denylisted_nodes=head_tensor_names(calibrated))
+
+
+def int8_layer_errors(embedder: ModalityEmbedder, calibration: np.ndarray, debug_images: int = 16) -> list:
+    """Per-op error of the fully quantised model (TFLite's quantisation debugger): a list of
+    {op, tensor, rmse_over_scale} (root-mean-square error in quantisation steps), worst first."""
+    import csv
+    import io
+
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_int8_converter(embedder, calibration, full=False),
+        debug_dataset=lambda: ([image[None].astype(np.float32)] for image in calibration[:debug_images]))
+    debugger.run()
+    buffer = io.StringIO()
+    debugger.layer_statistics_dump(buffer)
+    rows = []
+    for row in csv.DictReader(io.StringIO(buffer.getvalue())):
+        scale = float(row["scale"])
+        rows.append({"op": row["op_name"], "tensor": row["tensor_name"],
+                     "rmse_over_scale": float(np.sqrt(float(row["mean_squared_error"])) / scale) if scale else 0.0})
+    return sorted(rows, key=lambda r: -r["rmse_over_scale"])
+
+
+def convert(embedder: ModalityEmbedder, quantize: str, calibration: Optional[np.ndarray] = None) -> bytes:
+    """One modality's .tflite bytes for a `quantize` of QUANTIZATIONS (see the module docstring)."""
+    if quantize not in QUANTIZATIONS:
+        raise TFLiteExportError(f"--quantize: must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+    if quantize == "int8-full":
+        return _int8_converter(embedder, calibration, full=True).convert()
+    if quantize == "int8":
+        return _int8_float_head(embedder, calibration)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([embedder.concrete_function(tf.uint8)], embedder)
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
 
 
@@ -199,7 +262,7 @@ def export_tflite(inference_model, contract: ImageContract, out_dir: str, quanti
     if quantize not in QUANTIZATIONS:
         raise TFLiteExportError(f"--quantize: must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
     calibration: Dict[str, np.ndarray] = {}
-    if quantize == "int8":
+    if quantize.startswith("int8"):
         if not calibration_dir:
             raise TFLiteExportError("--quantize int8 needs --calibration TFRECORDS (training-split images)")
         calibration = calibration_images(calibration_dir, contract, calibration_per_modality)
@@ -222,9 +285,10 @@ def export_tflite(inference_model, contract: ImageContract, out_dir: str, quanti
         info = {"format": "kdem-tflite/1", "contract": contract.to_dict(), "channel_order": contract.channel_order,
                 "batch": BATCH, "embedding_dim": int(models[modalities[0]]["output"]["shape"][-1]),
                 "quantization": {"mode": quantize,
-                                 "weights": {"none": "float32", "float16": "float16", "int8": "int8"}[quantize],
-                                 "activations": "int8" if quantize == "int8" else "float32",
-                                 "calibration": None if quantize != "int8" else {
+                                 "weights": {"none": "float32", "float16": "float16"}.get(quantize, "int8"),
+                                 "activations": "int8" if quantize.startswith("int8") else "float32",
+                                 "float_layers": list(FLOAT_HEAD_LAYERS) if quantize == "int8" else [],
+                                 "calibration": None if not quantize.startswith("int8") else {
                                      "tfrecords": os.path.abspath(calibration_dir), "split": "train",
                                      "images": {m: int(len(v)) for m, v in calibration.items()}}},
                 "models": models}
@@ -255,7 +319,8 @@ def add_arguments(parser) -> None:
     """The --tflite flags of `python -m serving.export`."""
     parser.add_argument("--tflite", metavar="OUT_DIR", help="write per-modality TFLite models here instead")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
-                        help="--tflite: none (float32), float16 (weights) or int8 (full integer, needs --calibration)")
+                        help="--tflite: none (float32), float16 (weights), int8 (integer stem + trunk, float head) "
+                             "or int8-full (every op integer); the int8 ones need --calibration")
     parser.add_argument("--calibration", metavar="TFRECORDS", help="--tflite int8: TFRecords folder (train split)")
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         help=f"--tflite int8: calibration images per modality (default {DEFAULT_CALIBRATION_IMAGES})")

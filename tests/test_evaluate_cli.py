@@ -129,6 +129,13 @@ def test_sysu_features_end_to_end_matches_agw(sysu, tmp_path, capsys):
     assert metrics["query_count"] == len(q_paths) and metrics["distance"] == "cosine"
     check_png(out / "cmc.png")
     check_png(out / "montage.png")
+    # --mean-only: the table keeps its mean row only; the JSON still has every trial.
+    code, brief, _ = run_cli(["--dataset", "sysu", "--data-root", root, "--features", root.parent / "feats.npz",
+                              "--mode", "indoor", "--trials", 4, "--output", out / "brief.json", "--mean-only"], capsys)
+    rows = [line.split()[0] for line in brief.splitlines() if line[:1].isdigit() or line.startswith("Mean")]
+    assert code == 0 and rows == ["Mean"], brief
+    assert json.loads((out / "brief.json").read_text())["per_trial"] == metrics["per_trial"]
+    assert f"{metrics['mAP']:.2f}" in brief
 
 
 def test_regdb_per_trial_features_i2v(regdb, tmp_path, capsys):

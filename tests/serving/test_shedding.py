@@ -108,3 +108,44 @@ def test_a_grpc_call_past_its_deadline_is_dropped_before_compute(server, gallery
     # Each follower was either computed or dropped, never both: the model saw the two timing
     # calls, the two leaders and the followers that were not dropped.
     assert after["computed"] - before["computed"] == 4 * 16 + len(followers) - dropped, (codes, before, after)
+
+
+def test_a_rest_request_whose_client_disconnects_is_dropped_before_compute(server, gallery_dir, gallery_files):
+    """REST followers queued behind three long batches whose clients close their connection are never computed."""
+    import json
+    import socket
+    from urllib.parse import urlparse
+
+    image = _image(gallery_dir, gallery_files)
+    url = server["url"] + "/v1/models/kdem:predict"
+    long_body = {"instances": [{"image_bytes": b64(image), "modality": "visible"}] * 16}
+    short_body = json.dumps({"instances": [{"image_bytes": b64(image), "modality": "visible"}]}).encode()
+    requests.post(url, json=long_body, timeout=60)  # warm
+    before = requests.get(server["url"] + "/healthz").json()["queue"]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        leaders = [pool.submit(requests.post, url, json=long_body, timeout=60) for _ in range(3)]
+        deadline = time.time() + 20
+        while requests.get(server["url"] + "/healthz").json()["queue"]["waiting"] < 2:  # one computes, two wait
+            assert time.time() < deadline, "the leaders never queued"
+            time.sleep(0.005)
+        address = urlparse(server["url"])
+        followers = []
+        for _ in range(3):  # sent whole, then the connection is closed: the client has gone
+            sock = socket.create_connection((address.hostname, address.port), timeout=10)
+            sock.sendall(b"POST /v1/models/kdem:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(short_body) + short_body)
+            followers.append(sock)
+        deadline = time.time() + 20
+        while requests.get(server["url"] + "/healthz").json()["queue"]["waiting"] < 2 + len(followers):
+            assert time.time() < deadline, "the followers never queued"
+            time.sleep(0.005)
+        for sock in followers:
+            sock.close()
+        assert all(future.result().status_code == 200 for future in leaders)
+    deadline = time.time() + 20
+    while requests.get(server["url"] + "/healthz").json()["queue"]["waiting"] > 0:
+        assert time.time() < deadline, "the queue never drained"
+        time.sleep(0.01)
+    after = requests.get(server["url"] + "/healthz").json()["queue"]
+    assert after["dropped"] - before["dropped"] == len(followers), (before, after)
+    assert after["computed"] - before["computed"] == 3 * 16, (before, after)  # the leaders only

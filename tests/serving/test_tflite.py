@@ -1,7 +1,7 @@
-"""Edge embedder: per-modality TFLite float32 / float16 / int8 vs the SavedModel, evaluation, bad input.
+"""Edge embedder: per-modality TFLite float32 / float16 / int8 / int8-full vs the SavedModel, evaluation, bad input.
 
 A ResNet-50 conversion takes ~30 s on a loaded 2-core CPU, so the float32 pair is exported
-once (through the CLI) and int8 / float16 convert the infrared model only.
+once (through the CLI) and int8 / int8-full / float16 convert the infrared model only.
 """
 import io
 import json
@@ -15,11 +15,14 @@ from tests.serving.conftest import IMAGE_SIZE, png_bytes
 
 # float32 TFLite runs the SavedModel's graph with XNNPACK kernels: float rounding only.
 FLOAT32_ATOL = 1e-4
-# Measured once (keras seed 0, this file's model and calibration: 64x32, 4 random-pixel calibration
-# images per modality, 16 random images): int8 cosine to the SavedModel's embedding min 0.990,
-# mean 0.991; float16 weights 1.0000 (rounded to 5 digits). The limits leave room for other
-# random initialisations; a broken quantisation (wrong input scale, wrong stem) gives far less.
-INT8_MIN_COSINE = 0.9
+# int8 runs on a copy of the model whose BN-neck holds the statistics training gives it (the
+# pooled features' own per-channel means and variances: a wide spread of variances, as in every
+# trained run; a fresh BN-neck's variances of 1 hide the problem). Measured once (keras seed 0, this
+# file's model and calibration: 64x32, 4 random-pixel images per modality, 4 random images): cosine
+# to the float model's embedding, int8 (float head) 0.968-0.987, int8-full 0.330-0.355. On the
+# demo's trained model (mean over 60 query images): 0.986 and 0.09 (mAP 70.39 and 31.12, the
+# SavedModel 70.37).
+INT8_MIN_COSINE = 0.95
 FLOAT16_MIN_COSINE = 0.999
 
 
@@ -63,11 +66,48 @@ def float_dir(run_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def int8_dir(run_dir, tmp_path_factory):
-    from serving.tflite_export import export_run_tflite
-    records = write_tfrecords(tmp_path_factory.mktemp("records"), ("visible", "infrared"))
-    out = str(tmp_path_factory.mktemp("tflite") / "int8")
-    return export_run_tflite(run_dir, out, "int8", records, calibration_per_modality=4, modalities=["infrared"])
+def trained_bn_neck(run_dir):
+    """(inference model, contract): the run's model with BN-neck statistics set as training sets them."""
+    from serving.export import load_run
+    from serving.tflite_export import find_embedder_parts, load_contract
+    model, run_info = load_run(run_dir)
+    parts = find_embedder_parts(model, "infrared")
+    pooled = parts.pooling(parts.trunk(parts.stem(
+        load_contract(run_dir, run_info).normalize(random_images(16, seed=5).astype(np.float32)))))
+    bn = parts.bn_neck
+    bn.moving_mean.assign(np.mean(pooled, axis=0))
+    bn.moving_variance.assign(np.var(pooled, axis=0) + 1e-6)
+    return model, load_contract(run_dir, run_info)
+
+
+@pytest.fixture(scope="module")
+def calibration_records(tmp_path_factory):
+    return write_tfrecords(tmp_path_factory.mktemp("records"), ("visible", "infrared"))
+
+
+def int8_export(trained_bn_neck, calibration_records, tmp_path_factory, quantize: str) -> str:
+    from serving.tflite_export import export_tflite
+    model, contract = trained_bn_neck
+    out = str(tmp_path_factory.mktemp("tflite") / quantize)
+    return export_tflite(model, contract, out, quantize, calibration_records, calibration_per_modality=4,
+                         modalities=["infrared"])
+
+
+@pytest.fixture(scope="module")
+def int8_dir(trained_bn_neck, calibration_records, tmp_path_factory):
+    return int8_export(trained_bn_neck, calibration_records, tmp_path_factory, "int8")
+
+
+@pytest.fixture(scope="module")
+def int8_full_dir(trained_bn_neck, calibration_records, tmp_path_factory):
+    return int8_export(trained_bn_neck, calibration_records, tmp_path_factory, "int8-full")
+
+
+def float_reference(trained_bn_neck, images) -> np.ndarray:
+    from serving.tflite_export import ModalityEmbedder, find_embedder_parts
+    model, contract = trained_bn_neck
+    embed = ModalityEmbedder(find_embedder_parts(model, "infrared"), contract).embed
+    return embed(tf.constant(images, tf.float32))["embedding"].numpy()
 
 
 def test_float32_equals_saved_model_and_info(float_dir, embedder):
@@ -108,23 +148,48 @@ def test_infrared_file_carries_only_the_infrared_stem(float_dir, run_dir):
         assert not np.allclose(stem_filters[0], kernels[other], atol=1e-3)
 
 
-def test_int8_is_full_integer_smaller_and_close(int8_dir, float_dir, embedder):
+def conv_dtypes(path: str) -> set:
+    interpreter = tf.lite.Interpreter(model_path=path)
+    return {np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details() if "convolution" in d["name"]}
+
+
+def test_int8_has_integer_convolutions_a_float_head_and_stays_close(int8_dir, float_dir, trained_bn_neck):
     from kdem_tf.tflite_embedder import TFLiteEmbedder
     info = json.load(open(os.path.join(int8_dir, "tflite_info.json")))
     assert sorted(os.listdir(int8_dir)) == ["infrared.tflite", "tflite_info.json"]
     assert info["quantization"]["activations"] == "int8" and info["quantization"]["calibration"]["images"] == {
         "visible": 4, "infrared": 4}
-    assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
+    assert info["quantization"]["float_layers"] == ["gem_pooling", "avg_pooling", "bn_neck", "embedding"]
+    assert info["models"]["infrared"]["input"]["dtype"] == "float32"
     assert info["models"]["infrared"]["output"]["dtype"] == "float32"
-    float_bytes = os.path.getsize(os.path.join(float_dir, "infrared.tflite"))
-    assert os.path.getsize(os.path.join(int8_dir, "infrared.tflite")) <= float_bytes / 3
-    interpreter = tf.lite.Interpreter(model_path=os.path.join(int8_dir, "infrared.tflite"))
-    conv_inputs = {np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details() if "convolution" in d["name"]}
-    assert "float32" not in conv_inputs, conv_inputs
+    path = os.path.join(int8_dir, "infrared.tflite")
+    assert os.path.getsize(path) <= os.path.getsize(os.path.join(float_dir, "infrared.tflite")) / 3
+    assert conv_dtypes(path) == {"int8"}, conv_dtypes(path)
+    interpreter = tf.lite.Interpreter(model_path=path)
+    head = {np.dtype(d["dtype"]).name for d in interpreter.get_tensor_details() if d["name"].startswith("bn_neck")}
+    assert head == {"float32"}, head
     images = random_images(4, seed=2)
     got = TFLiteEmbedder(int8_dir).embed_images(images, "infrared")
-    expected = embedder.embed_images(images.astype(np.float32), ["infrared"] * 4)
-    assert cosine(got, expected).min() >= INT8_MIN_COSINE, cosine(got, expected)
+    similarity = cosine(got, float_reference(trained_bn_neck, images))
+    assert similarity.min() >= INT8_MIN_COSINE, similarity
+
+
+def test_int8_full_is_integer_end_to_end_and_loses_what_the_float_head_keeps(int8_full_dir, int8_dir,
+                                                                             trained_bn_neck):
+    from kdem_tf.tflite_embedder import TFLiteEmbedder
+    info = json.load(open(os.path.join(int8_full_dir, "tflite_info.json")))
+    assert info["quantization"]["mode"] == "int8-full" and info["quantization"]["float_layers"] == []
+    assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
+    path = os.path.join(int8_full_dir, "infrared.tflite")
+    interpreter = tf.lite.Interpreter(model_path=path)
+    float_ops = [d["name"] for d in interpreter.get_tensor_details()
+                 if np.dtype(d["dtype"]).name == "float32" and d["name"].startswith("bn_neck")]
+    assert conv_dtypes(path) == {"int8"} and not float_ops, float_ops
+    images = random_images(4, seed=2)
+    reference = float_reference(trained_bn_neck, images)
+    full = cosine(TFLiteEmbedder(int8_full_dir).embed_images(images, "infrared"), reference)
+    head = cosine(TFLiteEmbedder(int8_dir).embed_images(images, "infrared"), reference)
+    assert full.mean() < head.mean() - 0.02, (full, head)
 
 
 def test_float16_weights_half_size_and_close(run_dir, float_dir, embedder):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from tests.training.conftest import train_command as _train_cmd, train_env as _env
@@ -28,3 +29,24 @@ def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path):
     assert nan.returncode == 2, nan.stderr[-2000:]
     assert "loss became nan" in nan.stderr.lower() or "loss became inf" in nan.stderr.lower()
     assert not os.path.exists(os.path.join(tmp_path, "r2", "checkpoints", "latest.json"))
+
+
+def test_checkpoints_every_n_epochs_and_one_progress_bar_for_the_run(tfrecords, tmp_path, capsys):
+    """checkpoint_every=2 over 3 epochs: epochs 2 and 3 (the last) are saved, not 1, and history.jsonl
+    still has every epoch; verbose=3 (the demo's console) shows one bar for the run, no epoch lines."""
+    from kdem_tf import config as config_lib
+    from kdem_tf.train import train
+
+    config = config_lib.load_config("tiny", overrides=[
+        "model.non_local=false", "optim.epochs=3", "optim.steps_per_epoch=1", "checkpoint_every=2",
+        "eval_every=0", "mixed_precision=float32"])
+    out = tmp_path / "run"
+    train(config, "sysu", tfrecords, str(out), verbose=3)
+    folders = sorted(n for n in os.listdir(out / "checkpoints") if n.startswith("epoch-"))
+    assert folders == ["epoch-0002-step-00000002", "epoch-0003-step-00000003"], folders
+    with open(out / "history.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1, 2, 3]
+    console = capsys.readouterr()
+    assert "training" in console.err and "3/3" in console.err and "epoch 3/3" in console.err
+    per_epoch_lines = re.findall(r"^epoch \d+/3", console.out + console.err, flags=re.M)  # verbose 1 and 2 print them
+    assert per_epoch_lines == [], per_epoch_lines
