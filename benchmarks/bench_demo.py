@@ -1,17 +1,21 @@
 """The demo preset end to end: does it learn the synthetic set, and does bfloat16 train like float32?
 
-    python -m benchmarks.bench_demo [--identities 100] [--runs float32:0,mixed_bfloat16:0,float32:1]
+    python -m benchmarks.bench_demo [--identities 100]
+                                    [--runs float32:0,mixed_bfloat16:0,float32:1,mixed_bfloat16:1]
                                     [--work DIR] [--plot curves.png] [--json FILE] [--set KEY=VALUE ...]
 
-About 15 minutes on a 2-core CPU (three runs of about 5).
+About 20 minutes on a 2-core CPU (four runs of about 5).
 
 1. generates a synthetic SYSU-MM01-layout set (`--identities`, 3 images per camera, rendered at
    the preset's image size, as `make demo` does) and its TFRecords under `--work` (reused);
 2. trains the `demo` preset once per `precision:seed` in `--runs`, each in its own process
    (`python -m kdem_tf.train`, mixed precision is process-global);
 3. prints, per run, the untrained model's mAP (history epoch 0), the trained mAP, their ratio and
-   the wall time; and the loss-curve gaps: the largest per-epoch difference of the total loss
-   between each run and the first, next to the gap between two float32 seeds (the noise floor).
+   the wall time; and the loss-curve gaps (the largest per-epoch difference of the total loss):
+   the precision gap float32 vs mixed_bfloat16 at the first seed, beside the noise floor measured
+   both ways, float32 seed vs seed and mixed_bfloat16 seed vs seed (the first two seeds of `--runs`).
+   The verdict is "bf16 changes training beyond seed noise" only when the precision gap exceeds
+   both seed gaps, "within seed noise" otherwise; without all four runs, "not judged".
 
 The issue's targets: trained mAP >= 50 and >= 3x untrained; bfloat16's curve within the noise of
 float32's. `--plot` draws the total and ID loss curves of every run.
@@ -28,7 +32,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import machine_info
+from benchmarks.common import write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,6 +90,39 @@ def max_gap(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a[:n]) - np.asarray(b[:n]))))
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")
+BEYOND_NOISE = "bf16 changes training beyond seed noise"
+WITHIN_NOISE = "within seed noise"
+NOT_JUDGED = "not judged (needs float32 and mixed_bfloat16 at two seeds each)"
+
+
+def precision_gaps(runs) -> dict:
+    """The precision gap (float32 vs mixed_bfloat16, first seed) beside the two seed gaps (each
+    precision, first vs second seed), and the verdict: beyond seed noise only above both."""
+    by = {(r["precision"], r["seed"]): r for r in runs}
+    seeds = list(dict.fromkeys(r["seed"] for r in runs))[:2]
+    pairs = {"precision": [(p, seeds[0]) for p in PRECISIONS]}
+    if len(seeds) == 2:
+        pairs.update({f"{p}_seed": [(p, s) for s in seeds] for p in PRECISIONS})
+    gaps = {}
+    for name, (a, b) in pairs.items():
+        if a in by and b in by:
+            gaps[name] = {"runs": [f"{a[0]}:{a[1]}", f"{b[0]}:{b[1]}"],
+                          "gap": round(max_gap(by[a]["loss"], by[b]["loss"]), 4)}
+    if len(gaps) < 3:
+        verdict = NOT_JUDGED
+    else:
+        beyond = all(gaps["precision"]["gap"] > gaps[f"{p}_seed"]["gap"] for p in PRECISIONS)
+        verdict = BEYOND_NOISE if beyond else WITHIN_NOISE
+    return {"gaps": gaps, "verdict": verdict}
+
+
+def gap_line(judged: dict) -> str:
+    names = {"precision": "precision", "float32_seed": "float32 seeds", "mixed_bfloat16_seed": "bf16 seeds"}
+    parts = [f"{names[k]} {' vs '.join(v['runs'])}: {v['gap']}" for k, v in judged["gaps"].items()]
+    return "largest per-epoch total-loss gaps: " + "; ".join(parts) + f" -> {judged['verdict']}"
+
+
 def plot_curves(runs, path: str) -> None:
     from kdem_tf.report import _figure
 
@@ -105,8 +142,8 @@ def plot_curves(runs, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--identities", type=int, default=100)
-    parser.add_argument("--runs", default="float32:0,mixed_bfloat16:0,float32:1",
-                        help="comma-separated precision:seed; the first is the reference")
+    parser.add_argument("--runs", default="float32:0,mixed_bfloat16:0,float32:1,mixed_bfloat16:1",
+                        help="comma-separated precision:seed; the first is the reference of loss_gap_vs_first")
     parser.add_argument("--work", help="keep data and runs here (finished runs are reused); default: a "
                                            "temporary folder, removed at the end")
     parser.add_argument("--set", action="append", default=[], help="config override for every run")
@@ -136,18 +173,17 @@ def run(args, work: str) -> None:
               f"({r['trained_map'] / max(r['untrained_map'], 1e-9):.2f}x), rank-1 {r['trained_rank1']:.2f}, "
               f"{r['train_seconds']:.0f} s of training steps", flush=True)
     reference = runs[0]
-    summary = {"machine": machine_info(), "identities": args.identities, "image_size": list(image_size),
-               "overrides": args.set, "runs": runs,
+    judged = precision_gaps(runs)
+    summary = {"identities": args.identities, "image_size": list(image_size), "overrides": args.set, "runs": runs,
                "loss_gap_vs_first": {f"{r['precision']}:{r['seed']}": round(max_gap(reference["loss"], r["loss"]), 4)
-                                     for r in runs[1:]}}
-    print("largest per-epoch total-loss gap to " + f"{reference['precision']} seed {reference['seed']}: " +
-          ", ".join(f"{k} {v}" for k, v in summary["loss_gap_vs_first"].items()))
+                                     for r in runs[1:]},
+               "loss_gaps": judged["gaps"], "bf16_verdict": judged["verdict"]}
+    print(gap_line(judged))
     if args.plot:
         plot_curves(runs, args.plot)
         print(f"curves: {args.plot}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(args.json, summary)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training-step speed and memory: plain ResNet-50 vs the two-stream baseline vs full KDEM.
 
-    python -m benchmarks.bench_train [--image-size 288x144] [--pairs 8] [--steps 3] [--xla] [--json OUT]
+    python -m benchmarks.bench_train [--image-size 288x144] [--pairs 8] [--steps 3] [--repeats 5] [--xla]
+                                     [--json OUT]
 
 Each configuration runs in its own process, so each peak memory (max RSS) is its own.
 The baseline and KDEM models are the `paper` preset's architecture (build_kdem_models'
@@ -12,7 +13,11 @@ pair; KDEM: 3 per pair, the enhanced stream included), peak RSS, inference image
 float32 vs mixed_bfloat16, XLA off (and on with --xla), forward GFLOPs per stream-image,
 and float32 variants of the KDEM step that show where its time goes (VARIANTS). Target: the KDEM step's
 stream-images/s >= 90% of the plain ResNet-50 step's; bf16 >= 1.25x float32 on CPUs
-with AVX512-BF16. Prints figures; asserts nothing.
+with AVX512-BF16. Each configuration's step (and inference) is timed `--repeats` times over `--steps`
+steps (benchmarks.common.time_repeats): rates and ratios come from the median seconds per step, and a
+target line says "met" / "not met" only where the ratio's margin to the target exceeds the combined
+relative spread (max - min) / median of its two figures, else "within noise (cannot tell)".
+Prints figures and verdicts; asserts nothing.
 """
 from __future__ import annotations
 
@@ -22,19 +27,8 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
-from benchmarks.common import machine_info
-
-
-def _time_steps(step, batch, steps: int) -> float:
-    step(*batch)  # trace + first run
-    started = time.time()
-    for _ in range(steps):
-        out = step(*batch)
-    if isinstance(out, dict):  # wait for the last step's results
-        next(iter(out.values())).numpy()
-    return (time.time() - started) / steps
+from benchmarks.common import combined_spread, target_verdict, time_repeats, verdict_line, write_json
 
 
 # Speed variants of the full KDEM step (float32), to show where the time goes:
@@ -58,7 +52,8 @@ def forward_gflops(fn, *specs) -> float:
     return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops / 1e9
 
 
-def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: bool, model_args: dict) -> dict:
+def run_one(kind: str, image_size, pairs: int, steps: int, repeats: int, policy: str, xla: bool,
+            model_args: dict) -> dict:
     import numpy as np
     import keras
     import tensorflow as tf
@@ -74,11 +69,11 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                       loss="sparse_categorical_crossentropy", jit_compile=xla)
         x, y = images(2 * pairs), np.repeat(np.arange(pairs // 2), 4).astype(np.int32)
-        seconds = _time_steps(lambda a, b: model.train_on_batch(a, b), (x, y), steps)
-        result["stream_images_per_second"] = round(2 * pairs / seconds, 2)
+        step_timing = time_repeats(lambda: model.train_on_batch(x, y), steps, repeats)
+        stream_images = 2 * pairs  # per step
         count_flops = lambda: forward_gflops(lambda a: model(a, training=False), tf.TensorSpec((1, h, w, 3)))  # noqa: E731
         infer = tf.function(lambda a: model(a, training=False), jit_compile=xla)
-        result["inference_images_per_second"] = round(2 * pairs / _time_steps(infer, (x,), steps), 2)
+        infer_timing = time_repeats(lambda: infer(x), steps, repeats)
     else:
         from kdem_tf.model.model import build_kdem_models
         from kdem_tf.model.optim import build_optimizer
@@ -96,9 +91,9 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
         data = ({"visible": images(pairs), "infrared": images(pairs)},
                 {"label_v": tf.constant(labels), "label_i": tf.constant(labels)})
         step = tf.function(trainer.train_step, jit_compile=xla)
-        seconds = _time_steps(lambda d: step(d), (data,), steps)
+        step_timing = time_repeats(lambda: step(data), steps, repeats)
         streams = 3 if row["kdem"] else 2
-        result["stream_images_per_second"] = round(streams * pairs / seconds, 2)
+        stream_images = streams * pairs  # per step
         one = tf.TensorSpec((1, h, w, 3))
         count_flops = lambda: forward_gflops(  # noqa: E731
             lambda v, i: train_model({"visible": v, "infrared": i}, training=False), one, one) / streams
@@ -106,11 +101,58 @@ def run_one(kind: str, image_size, pairs: int, steps: int, policy: str, xla: boo
                             jit_compile=xla)
         x = images(2 * pairs)
         modality = tf.constant(np.arange(2 * pairs) % 2, tf.int32)
-        result["inference_images_per_second"] = round(2 * pairs / _time_steps(infer, (x, modality), steps), 2)
-    result["step_seconds"] = round(seconds, 3)
+        infer_timing = time_repeats(lambda: infer(x, modality), steps, repeats)
+    # Rates from the medians; the spreads (min..max over the repeats) beside them.
+    result["step"], result["inference"] = step_timing, infer_timing
+    result["step_seconds"] = round(step_timing["median"], 4)
+    result["stream_images_per_second"] = round(stream_images / step_timing["median"], 2)
+    result["inference_images_per_second"] = round(2 * pairs / infer_timing["median"], 2)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024, 2)
     result["forward_gflops_per_stream_image"] = round(count_flops(), 2)  # after the RSS: tracing costs memory
     return result
+
+
+# The issue's targets on ratios of stream-images/s: summary key -> (numerator, denominator, target, label).
+TARGETS = {
+    "kdem_over_resnet50_float32": (("kdem", "float32"), ("resnet50", "float32"), 0.90,
+                                   "KDEM / ResNet-50 stream-images/s, float32"),
+    "kdem_over_resnet50_bfloat16": (("kdem", "mixed_bfloat16"), ("resnet50", "mixed_bfloat16"), 0.90,
+                                    "KDEM / ResNet-50 stream-images/s, mixed_bfloat16"),
+    "kdem_bf16_over_float32": (("kdem", "mixed_bfloat16"), ("kdem", "float32"), 1.25,
+                               "KDEM mixed_bfloat16 / float32 stream-images/s"),
+}
+
+
+def speed_ratio(a: dict, b: dict) -> float:
+    """a's stream-images/s over b's, from the median seconds per step of each."""
+    return round(a["stream_images_per_second"] / b["stream_images_per_second"], 3)
+
+
+def summarize(results: list) -> dict:
+    """Ratios of medians; per target, a verdict only where the margin exceeds the two figures' spread."""
+    by = {(r["kind"], r["policy"], r["xla"]): r for r in results}
+    summary, verdicts = {}, {}
+    for key, (top, bottom, target, _) in TARGETS.items():
+        a, b = by.get((*top, False)), by.get((*bottom, False))
+        if a and b:
+            summary[key] = speed_ratio(a, b)
+            verdicts[key] = target_verdict(summary[key], target, combined_spread(a["step"], b["step"]))
+    plain, kdem = by.get(("resnet50", "float32", False)), by.get(("kdem", "float32", False))
+    if plain and kdem:
+        # Work done per second relative to the reference: AGW's trunk (stride-1 conv5,
+        # non-local blocks) does more work per image than a plain ResNet-50.
+        summary["kdem_over_resnet50_gflops_per_second_float32"] = round(
+            speed_ratio(kdem, plain) * kdem["forward_gflops_per_stream_image"]
+            / plain["forward_gflops_per_stream_image"], 3)
+    for label in VARIANTS:
+        variant = by.get((label, "float32", False))
+        if plain and variant:
+            summary[f"{label}_over_resnet50_float32"] = speed_ratio(variant, plain)
+    kdem_xla = by.get(("kdem", "float32", True))
+    if kdem and kdem_xla:
+        summary["kdem_xla_over_no_xla"] = speed_ratio(kdem_xla, kdem)
+    summary["verdicts"] = verdicts
+    return summary
 
 
 def main() -> None:
@@ -119,7 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=parse_image_size, default=(288, 144))
     parser.add_argument("--pairs", type=int, default=8, help="visible/infrared pairs per step (P*K)")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per configuration (median, min, max)")
     parser.add_argument("--xla", action="store_true", help="also measure jit_compile=True (slow to compile)")
     parser.add_argument("--no-variants", action="store_true", help="skip the float32 speed variants of KDEM")
     parser.add_argument("--kinds", default="resnet50,baseline,kdem",
@@ -130,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         kind, policy, xla = args.one.split(",")
-        print(json.dumps(run_one(kind, args.image_size, args.pairs, args.steps, policy, xla == "1",
+        print(json.dumps(run_one(kind, args.image_size, args.pairs, args.steps, args.repeats, policy, xla == "1",
                                  json.loads(args.model_args))))
         return
     # (label, kind, policy, xla, build_kdem_models arguments)
@@ -148,7 +191,7 @@ def main() -> None:
     for label, kind, policy, xla, extra in configs:
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--one", f"{kind},{policy},{xla}",
                "--model-args", json.dumps(extra), "--image-size", "x".join(map(str, args.image_size)),
-               "--pairs", str(args.pairs), "--steps", str(args.steps)]
+               "--pairs", str(args.pairs), "--steps", str(args.steps), "--repeats", str(args.repeats)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{label} {policy} xla={xla}: failed\n{out.stderr[-1500:]}")
@@ -156,39 +199,17 @@ def main() -> None:
             failures.append({"kind": label, "policy": policy, "xla": xla == "1", "error": last.strip()})
             continue
         results.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), kind=label))
-        print(json.dumps(results[-1]))
-    by = {(r["kind"], r["policy"], r["xla"]): r for r in results}
-    summary = {}
-    plain, kdem = by.get(("resnet50", "float32", False)), by.get(("kdem", "float32", False))
-    if plain and kdem:
-        summary["kdem_over_resnet50_float32"] = round(kdem["stream_images_per_second"] / plain["stream_images_per_second"], 3)
-    kdem_bf16 = by.get(("kdem", "mixed_bfloat16", False))
-    plain_bf16 = by.get(("resnet50", "mixed_bfloat16", False))
-    if plain_bf16 and kdem_bf16:  # both in the precision `auto` picks on AVX512-BF16 CPUs
-        summary["kdem_over_resnet50_bfloat16"] = round(
-            kdem_bf16["stream_images_per_second"] / plain_bf16["stream_images_per_second"], 3)
-    if kdem and kdem_bf16:
-        summary["kdem_bf16_over_float32"] = round(kdem_bf16["stream_images_per_second"] / kdem["stream_images_per_second"], 3)
-    if plain and kdem:
-        # Work done per second relative to the reference: AGW's trunk (stride-1 conv5,
-        # non-local blocks) does more work per image than a plain ResNet-50.
-        summary["kdem_over_resnet50_gflops_per_second_float32"] = round(
-            kdem["stream_images_per_second"] * kdem["forward_gflops_per_stream_image"]
-            / (plain["stream_images_per_second"] * plain["forward_gflops_per_stream_image"]), 3)
-    for label in VARIANTS:
-        variant = by.get((label, "float32", False))
-        if plain and variant:
-            summary[f"{label}_over_resnet50_float32"] = round(
-                variant["stream_images_per_second"] / plain["stream_images_per_second"], 3)
-    kdem_xla = by.get(("kdem", "float32", True))
-    if kdem and kdem_xla:
-        summary["kdem_xla_over_no_xla"] = round(kdem_xla["stream_images_per_second"] / kdem["stream_images_per_second"], 3)
-    print("\n" + json.dumps(summary, indent=2))
-    print("targets: KDEM/ResNet-50 stream-images/s >= 0.90; KDEM bf16/float32 >= 1.25")
+        r = results[-1]
+        print(f"{label} {policy} xla={xla}: {r['stream_images_per_second']} stream-images/s; step median "
+              f"{r['step']['median']:.4g} s (min {r['step']['min']:.4g}, max {r['step']['max']:.4g}, "
+              f"{r['step']['repeats']} repeats of {args.steps} steps)", flush=True)
+    summary = summarize(results)
+    print("\n" + json.dumps({k: v for k, v in summary.items() if k != "verdicts"}, indent=2))
+    for key, verdict in summary["verdicts"].items():
+        print(verdict_line(TARGETS[key][3], verdict))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine_info(), "image_size": list(args.image_size), "results": results,
-                       "summary": summary, "failures": failures}, f, indent=2)
+        write_json(args.json, {"image_size": list(args.image_size), "steps": args.steps, "repeats": args.repeats,
+                               "results": results, "summary": summary, "failures": failures})
 
 
 if __name__ == "__main__":

@@ -10,32 +10,16 @@ Parts (seconds per training step, median of `--repeats` timings of `--steps` ste
 - `optimizer`: step − forward_backward;
 - `eval_per_image`: the inference model on evaluation batches, per image (periodic evaluations);
 plus the implied epoch time and the preset's total (steps × step + evaluations). Prints figures;
-asserts nothing. The spread (min..max over repeats) is printed next to each median.
+asserts nothing. The spread (min..max over repeats, `benchmarks.common.time_repeats`) is printed
+next to each median.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 
-from benchmarks.common import machine_info
-
-
-def _timed(fn, steps: int, repeats: int) -> dict:
-    fn()  # trace + warm-up
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(steps):
-            out = fn()
-        if isinstance(out, dict):
-            next(iter(out.values())).numpy()
-        elif hasattr(out, "numpy"):
-            out.numpy()
-        runs.append((time.perf_counter() - started) / steps)
-    return {"median": round(statistics.median(runs), 4), "min": round(min(runs), 4), "max": round(max(runs), 4)}
+from benchmarks.common import machine_info, time_repeats
 
 
 def _synthetic_tfrecords(folder: str, image_size, identities: int = 12) -> str:
@@ -109,12 +93,12 @@ def profile(preset: str, overrides, steps: int, repeats: int) -> dict:
                                                   config.data.num_instances, 1, 0,
                                                   erasing=config.data.random_erasing)
         iterator = iter(dataset)
-        result["input"] = _timed(lambda: next(iterator)[0]["visible"], steps, repeats)
-    result["forward"] = _timed(forward, steps, repeats)
-    result["forward_backward"] = _timed(forward_backward, steps, repeats)
-    result["step"] = _timed(step, steps, repeats)
+        result["input"] = time_repeats(lambda: next(iterator)[0]["visible"], steps, repeats)
+    result["forward"] = time_repeats(forward, steps, repeats)
+    result["forward_backward"] = time_repeats(forward_backward, steps, repeats)
+    result["step"] = time_repeats(step, steps, repeats)
     result["optimizer"] = round(result["step"]["median"] - result["forward_backward"]["median"], 4)
-    per_batch = _timed(infer, max(1, steps // 2), repeats)
+    per_batch = time_repeats(infer, max(1, steps // 2), repeats)
     result["eval_per_image"] = round(per_batch["median"] / 64, 5)
     steps_per_epoch = config.optim.steps_per_epoch or 20
     result["epoch_seconds_steps_only"] = round(steps_per_epoch * result["step"]["median"], 1)
