@@ -206,6 +206,11 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"data.image_size {config.data.image_size} is below 32 pixels")
     if config.optim.epochs < 1:
         raise ConfigError("optim.epochs must be at least 1")
+    if not config.optim.base_lr > 0 or config.optim.backbone_lr < 0:
+        raise ConfigError(f"optim.base_lr must be > 0 and optim.backbone_lr >= 0 (the backbone's rate is a "
+                          f"multiple of the head's), got {config.optim.base_lr} and {config.optim.backbone_lr}")
+    if config.checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be at least 1 (epochs), got {config.checkpoint_every}")
     from kdem_tf.image_contract import ContractError, resolve_normalization
 
     try:

@@ -81,6 +81,8 @@ def test_round_trip_through_yaml():
     (["model.non_local_inner_channels=0"], "model.non_local_inner_channels: expected a positive integer or 'half'"),
     (["model.non_local_inner_channels=third"], "model.non_local_inner_channels: expected an integer"),
     (["model.backbone_weights=weights.npz"], "cannot tell how they were trained"),
+    (["optim.base_lr=0"], r"optim.base_lr must be > 0"),
+    (["checkpoint_every=0"], "checkpoint_every must be at least 1"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(config_lib.ConfigError, match=message):
