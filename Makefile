@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core; each test file stays in one process (its module
+# fixtures are built once). PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: venv demo test bench lock clean
 
@@ -21,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m pipeline.demo --home $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

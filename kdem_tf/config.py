@@ -96,6 +96,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "optim": {"base_lr": 0.003, "backbone_lr": 0.03, "warmup_epochs": 2, "milestones": (20, 26),
                   "epochs": 30, "steps_per_epoch": 20},
         "eval_every": 10,
+        "checkpoint_every": 5,  # a checkpoint (~300 MB with the momentum slots) every 5 epochs, not 30
         "mixed_precision": "auto",
     },
     # For tests: a handful of steps.
