@@ -8,7 +8,7 @@ import dataclasses
 class ServingLimits:
     """Server knobs; the one place their defaults are defined (the CLI reads them from here)."""
     poll_seconds: float = 2.0        # how often base paths are checked for a new version
-    window_ms: float = 5.0           # micro-batching window
+    window_ms: float = 60.0          # micro-batching window (5 ms: half-full batches on a CPU; docs/serving.md)
     max_batch: int = 32              # images per model call
     max_queue: int = 64              # requests waiting for a batch; more get 429 / RESOURCE_EXHAUSTED
     max_body_bytes: int = 32 << 20   # REST request body
