@@ -59,13 +59,13 @@ def write_run(work: str, image_size, precision: str = "float32", weights_from=No
         if source_run and os.path.exists(os.path.join(source_run, "config.yaml")):
             from kdem_tf import config as config_lib
             from kdem_tf.model.trainer import ABLATION_ROWS
-            from kdem_tf.train import _build_models
+            from kdem_tf.train import build_models
 
             with open(os.path.join(source_run, "config.yaml")) as f:
                 config = config_lib.from_yaml_text(f.read())
             with open(os.path.join(source_run, "run_info.json")) as f:
                 classes = json.load(f)["num_classes"]
-            _, model = _build_models(config, classes, ABLATION_ROWS[config.loss.ablation], tf.distribute.get_strategy())
+            _, model = build_models(config, classes, ABLATION_ROWS[config.loss.ablation], tf.distribute.get_strategy())
         else:
             _, model = build_kdem_models(num_classes=4, image_size=tuple(image_size))
     finally:

@@ -41,7 +41,7 @@ def profile(preset: str, overrides, steps: int, repeats: int) -> dict:
 
     from kdem_tf import config as config_lib
     from kdem_tf.data import input_pipeline
-    from kdem_tf.model.model import build_kdem_models
+    from kdem_tf.train import build_models
     from kdem_tf.model.optim import build_optimizer
     from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
     from kdem_tf.train_utils import choose_mixed_precision
@@ -53,10 +53,8 @@ def profile(preset: str, overrides, steps: int, repeats: int) -> dict:
     pairs = config.data.num_identities * config.data.num_instances
     row = ABLATION_ROWS[config.loss.ablation]
     classes = 75
-    train_model, inference_model = build_kdem_models(
-        num_classes=classes, image_size=size, kdem=row["kdem"], non_local=config.model.non_local,
-        last_stride=config.model.last_stride, gem=config.model.gem, bn_neck=config.model.bn_neck,
-        fused_batch_norm=config.model.fused_batch_norm)
+    # The models train() builds for this config (backbone variant, weights, every model.* key).
+    train_model, inference_model = build_models(config, classes, row, tf.distribute.get_strategy())
     setup = build_optimizer(base_lr=config.optim.base_lr, backbone_lr=config.optim.backbone_lr,
                             steps_per_epoch=config.optim.steps_per_epoch or 20)
     trainer = KDEMTrainer(train_model, use_diversity_loss=row["use_diversity_loss"],

@@ -39,6 +39,7 @@ class ModelConfig:
     backbone: str = "torchvision"              # torchvision (ResNet-50 v1.5, AGW) | keras (v1, conv biases)
     backbone_weights: str = "torchvision"      # torchvision | imagenet (Keras') | a weights file | none
     fused_batch_norm: bool = True              # TF's fused BN kernel (same weights, faster)
+    width: float = 1.0                         # channel multiplier of stems and trunk; 1 = ResNet-50 (the paper)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +229,11 @@ def _validate_model(model: ModelConfig) -> None:
     from kdem_tf.model.non_local import check_inner_channels
     from kdem_tf.model.resnet import BACKBONES
 
+    if not 0.0 < model.width <= 1.0:
+        raise ConfigError(f"model.width must be in (0, 1] (1 = ResNet-50's channels), got {model.width}")
+    if model.width != 1.0 and str(model.backbone_weights).lower() not in ("none", ""):
+        raise ConfigError(f"model.width={model.width}: ImageNet weights exist for width 1 only; set "
+                          f"model.backbone_weights=none to train a narrower network from random init")
     if model.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone must be one of {list(BACKBONES)}, got {model.backbone!r}")
     try:

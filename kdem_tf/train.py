@@ -53,7 +53,7 @@ from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_
                                  resume_history, write_history, RunProgress, SHOWN_METRICS)
 
 
-def _build_models(config, num_classes: int, row: dict, strategy):
+def build_models(config, num_classes: int, row: dict, strategy):
     """(train_model, inference_model) for the config's ablation row, under the strategy's scope."""
     from kdem_tf.model.model import build_kdem_models
 
@@ -65,7 +65,7 @@ def _build_models(config, num_classes: int, row: dict, strategy):
             non_local_inner_channels=config.model.non_local_inner_channels, backbone=config.model.backbone,
             fused_batch_norm=config.model.fused_batch_norm, gem=config.model.gem, bn_neck=config.model.bn_neck,
             shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
-            last_stride=config.model.last_stride, backbone_weights=weights)
+            last_stride=config.model.last_stride, backbone_weights=weights, width=config.model.width)
     return train_model, inference_model
 
 
@@ -109,7 +109,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         raise TrainingError(f"{run_dir}: the run was started with {previous.get('num_classes')} classes but "
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
     row = ABLATION_ROWS[config.loss.ablation]
-    train_model, inference_model = _build_models(config, num_classes, row, strategy)
+    train_model, inference_model = build_models(config, num_classes, row, strategy)
 
     sampler = input_pipeline.IdentitySampler(split.labels, split.modalities, config.data.num_identities,
                                              config.data.num_instances, config.seed)

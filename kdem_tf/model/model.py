@@ -72,6 +72,7 @@ def build_kdem_models(
     backbone_weights: Optional[str] = None,
     fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
     backbone: str = _DEFAULTS.backbone,
+    width: float = _DEFAULTS.width,
 ) -> Tuple[keras.Model, keras.Model]:
     """Builds the KDEM train model and an inference model sharing its weights.
 
@@ -97,6 +98,9 @@ def build_kdem_models(
             see `FusedBatchNormalization`); False for Keras 3's own.
         backbone: "torchvision" (ResNet-50 v1.5, AGW's) or "keras" (v1); see
             `kdem_tf.model.resnet`.
+        width: channel multiplier of the stems and the trunk (1: ResNet-50, the
+            paper's; the demo preset trains 0.5 from random init). Embeddings are
+            2048 * width wide.
 
     Returns:
         (train_model, inference_model).
@@ -120,12 +124,13 @@ def build_kdem_models(
     >>> sorted(train_model.output.keys())[:3]
     ['influence_factors', 'logits_i', 'logits_t']
     """
-    height, width = image_size
-    image_shape = (height, width, 3)
+    image_shape = (int(image_size[0]), int(image_size[1]), 3)
 
     # Stage 0, one per modality (weights not shared, Eq. 1).
-    visible_stem = build_stem("visible_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone)
-    infrared_stem = build_stem("infrared_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone)
+    visible_stem = build_stem("visible_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone,
+                              width=width)
+    infrared_stem = build_stem("infrared_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone,
+                               width=width)
     # Stages 1-4, shared by all modalities.
     trunk = build_trunk(
         "trunk",
@@ -136,7 +141,10 @@ def build_kdem_models(
         non_local_inner_channels=non_local_inner_channels,
         fused_batch_norm=fused_batch_norm,
         backbone=backbone,
+        width=width,
     )
+    if width != 1.0 and backbone_weights not in (None, "", "none"):
+        raise ValueError(f"width={width}: ImageNet weights fit width 1 only; use backbone_weights=None")
     load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
     kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None
 

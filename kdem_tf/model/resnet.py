@@ -47,6 +47,11 @@ RESNET50_STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 
 NON_LOCAL_BLOCKS_PER_STAGE = {"conv2": 0, "conv3": 2, "conv4": 3, "conv5": 0}
 STEM_CHANNELS = 64
 TRUNK_CHANNELS = 2048
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """`channels` of ResNet-50 times the width multiplier (`model.width`), at least 8."""
+    return max(8, int(round(channels * width)))
 _DEFAULTS = ModelConfig()
 
 
@@ -67,6 +72,7 @@ def build_stem(
     input_shape: Tuple[Optional[int], ...] = (None, None, 3),
     fused_batch_norm: bool = True,
     backbone: str = _DEFAULTS.backbone,
+    width: float = _DEFAULTS.width,
 ) -> keras.Model:
     """Stage 0 of ResNet-50 (conv 7x7/2 pad 3, BN, ReLU, max-pool 3x3/2 pad 1) as a `keras.Model`.
 
@@ -77,14 +83,15 @@ def build_stem(
         fused_batch_norm: `FusedBatchNormalization` (TF's fused kernel) instead of
             Keras 3's op-by-op BatchNormalization; same weights and results.
         backbone: "torchvision" (bias-free conv, eps 1e-5) or "keras" (conv bias).
+        width: channel multiplier (1: ResNet-50's 64 channels; see `scaled_channels`).
 
     Returns:
-        A model mapping [B, H, W, 3] to [B, H/4, W/4, 64].
+        A model mapping [B, H, W, 3] to [B, H/4, W/4, 64 * width].
     """
     check_backbone(backbone)
     image = keras.Input(shape=input_shape, name=f"{name}_input")
     x = keras.layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(image)
-    x = keras.layers.Conv2D(STEM_CHANNELS, 7, strides=2, use_bias=backbone == "keras", name="conv1_conv")(x)
+    x = keras.layers.Conv2D(scaled_channels(STEM_CHANNELS, width), 7, strides=2, use_bias=backbone == "keras", name="conv1_conv")(x)
     x = _batch_norm("conv1_bn", backbone, fused=fused_batch_norm)(x)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
     x = keras.layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
@@ -143,6 +150,7 @@ def build_trunk(
     zero_init_residual: bool = True,
     fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
     backbone: str = _DEFAULTS.backbone,
+    width: float = _DEFAULTS.width,
 ) -> keras.Model:
     """Stages 1-4 of ResNet-50 (conv2_x ... conv5_x = torchvision's layer1..layer4), shared by all modalities.
 
@@ -169,9 +177,11 @@ def build_trunk(
             init the output stays at the scale of one BN-ReLU.
         fused_batch_norm: see `build_stem`.
         backbone: "torchvision" (v1.5) or "keras" (v1); see the module docstring.
+        width: channel multiplier of every bottleneck (1: ResNet-50; 0.5 halves each
+            conv's channels, about a quarter of the FLOPs and weights; random init only).
 
     Returns:
-        A model mapping [B, h, w, 64] to [B, h/4, w/4, 2048] (last_stride=1; /8 with 2).
+        A model mapping [B, h, w, 64 w] to [B, h/4, w/4, 2048 w] (last_stride=1; /8 with 2).
     """
     check_backbone(backbone)
     features = keras.Input(shape=input_shape, name=f"{name}_input")
@@ -182,7 +192,7 @@ def build_trunk(
         num_non_local = NON_LOCAL_BLOCKS_PER_STAGE[stage] if non_local else 0
         for block_index in range(1, num_blocks + 1):
             block_name = f"{stage}_block{block_index}"
-            x = _bottleneck_block(x, filters, stride=first_stride if block_index == 1 else 1,
+            x = _bottleneck_block(x, scaled_channels(filters, width), stride=first_stride if block_index == 1 else 1,
                                   conv_shortcut=block_index == 1, name=block_name, backbone=backbone,
                                   zero_init_residual=zero_init_residual, fused=fused_batch_norm)
             if block_index > num_blocks - num_non_local:

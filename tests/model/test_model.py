@@ -206,3 +206,22 @@ def test_each_modality_embedding_is_its_own_stem_through_trunk_pool_and_bn_neck(
         np.testing.assert_allclose(embedding[row], expected[modality][row], rtol=1e-4, atol=1e-5)
         # The other stem would be caught: it gives another embedding of the same image.
         assert np.abs(embedding[row] - expected[1 - modality][row]).max() > 1e-3
+
+
+def test_width_scales_every_stem_and_trunk_channel_and_the_embedding():
+    keras.utils.set_random_seed(0)
+    full_train, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False)
+    half_train, half_inference = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False, width=0.5)
+    assert half_inference(query_batch())["embedding"].shape == (3, 1024)
+    assert half_train(pair_batch())["pooled_t"].shape == (BATCH, 1024)
+    for stem in ("visible_stem", "infrared_stem"):
+        assert half_train.get_layer(stem).output.shape[-1] == 32
+    full_convs = {l.name: l.filters for l in full_train.get_layer("trunk").layers if hasattr(l, "filters")}
+    half_convs = {l.name: l.filters for l in half_train.get_layer("trunk").layers if hasattr(l, "filters")}
+    assert full_convs.keys() == half_convs.keys() and len(full_convs) == 52  # 16 bottlenecks x 3 + 4 shortcuts
+    assert all(half_convs[name] * 2 == filters for name, filters in full_convs.items())
+    # About a quarter of the weights (convs scale with in x out channels).
+    ratio = half_train.count_params() / full_train.count_params()
+    assert 0.2 < ratio < 0.3, ratio
+    with pytest.raises(ValueError, match="ImageNet weights fit width 1 only"):
+        build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, width=0.5, backbone_weights="torchvision")

@@ -83,6 +83,8 @@ def test_round_trip_through_yaml():
     (["model.backbone_weights=weights.npz"], "cannot tell how they were trained"),
     (["optim.base_lr=0"], r"optim.base_lr must be > 0"),
     (["checkpoint_every=0"], "checkpoint_every must be at least 1"),
+    (["model.width=0"], r"model.width must be in \(0, 1\]"),
+    (["model.width=0.5"], "ImageNet weights exist for width 1 only"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(config_lib.ConfigError, match=message):
