@@ -188,8 +188,11 @@ def run_report(settings: PipelineSettings, store=None) -> Dict[str, dict]:
             if ev.artifact_id in artifacts and ev.type in (ev.OUTPUT, ev.DECLARED_OUTPUT):
                 key = ev.path.steps[0].key if ev.path.steps else "?"
                 outputs.setdefault(key, []).append(artifacts[ev.artifact_id].uri)
+        # MLMD's own timestamps (ms): creation when the launcher starts it, last update when it ends.
+        seconds = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0
         report[node.name[len(prefix):]] = {"state": state_name(execution.last_known_state),
-                                           "execution_id": execution.id, "outputs": outputs}
+                                           "execution_id": execution.id, "outputs": outputs,
+                                           "seconds": round(seconds, 1)}
     return report
 
 
@@ -202,10 +205,12 @@ def _latest_run_id(settings: PipelineSettings) -> Optional[int]:
 
 def format_report(settings: PipelineSettings, report: Dict[str, dict]) -> str:
     lines = [f"pipeline {settings.pipeline_name}: root {settings.pipeline_root}",
-             f"{'component':<36}{'state':<10}output"]
+             f"{'component':<32}{'state':<10}{'time':>7}  output"]
     for node, info in sorted(report.items(), key=lambda kv: kv[1]["execution_id"]):
         first = next((f"{k}: {v[0]}" for k, v in sorted(info["outputs"].items()) if v), "")
-        lines.append(f"{node:<36}{info['state']:<10}{first}")
+        # A cached component's execution is this run's lookup, not the work: its time is ~0.
+        time_text = f"{info['seconds']:.0f} s" if info["state"] != "CACHED" else "cached"
+        lines.append(f"{node:<32}{info['state']:<10}{time_text:>7}  {first}")
     metrics = _first_output(report, "ReidEvaluator", "evaluation")
     if metrics and os.path.exists(os.path.join(metrics, "metrics.json")):
         with open(os.path.join(metrics, "metrics.json")) as f:

@@ -41,10 +41,14 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         dataset=settings.dataset, data_root=settings.data_root, trial=settings.trial,
         num_shards=settings.num_shards,
         input_fingerprint=settings.data_fingerprint)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if settings.schema_path:
+        # The curated schema also informs the statistics: its image feature (image_domain) gets
+        # byte-size statistics instead of string sketches of every image's bytes.
         schema_gen = tfx.components.ImportSchemaGen(schema_file=settings.schema_path)
+        statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+                                                      schema=schema_gen.outputs["schema"])
     else:
+        statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
         schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                               infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(

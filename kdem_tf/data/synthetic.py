@@ -242,6 +242,38 @@ def _save(img: np.ndarray, path: str) -> None:
     Image.fromarray(img).save(path, **({"quality": 90} if path.endswith(".jpg") else {}))
 
 
+# (render_image's positional arguments, the file's path); a job's output depends on nothing else.
+RenderJob = Tuple[tuple, dict, str]
+PARALLEL_FROM = 300  # fewer images than this render in this process (worker start-up costs ~1 s)
+
+
+def _render_and_save(jobs: Sequence[RenderJob]) -> int:
+    for args, kwargs, path in jobs:
+        _save(render_image(*args, **kwargs), path)
+    return len(jobs)
+
+
+def _render_all(jobs: List[RenderJob], bar, workers: Optional[int] = None) -> None:
+    """Renders and writes every job on `workers` processes (None: one per core from PARALLEL_FROM jobs on).
+
+    Each image is seeded by its own keys (see `render_image`), so the files are the same
+    byte for byte whatever the number of workers or the order they finish in."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(jobs) >= PARALLEL_FROM else 1
+    if workers == 1:
+        for job in jobs:
+            bar.update(_render_and_save([job]))
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    chunks = [jobs[start:start + 16] for start in range(0, len(jobs), 16)]
+    # spawn: the parent may hold TensorFlow's threads, which a fork would copy half-locked.
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in pool.map(_render_and_save, chunks):
+            bar.update(done)
+
+
 def sysu_split(identities: int, seed: int) -> Dict[str, List[int]]:
     """About 60/15/25 % train/val/test ids (1-based), at least 1 each and 2 train/test when N >= 6."""
     if identities < 3:
@@ -273,7 +305,8 @@ def _check(seed: int, image_size: Size, images_per_camera: int) -> None:
 
 
 def generate_sysu(out: str, identities: int = 24, seed: int = 0, image_size: Size = (64, 32),
-                  images_per_camera: int = 4, overwrite: bool = False, progress: bool = True) -> str:
+                  images_per_camera: int = 4, overwrite: bool = False, progress: bool = True,
+                  workers: Optional[int] = None) -> str:
     """Writes a SYSU-MM01-layout dataset; returns its absolute path.
 
     Args:
@@ -282,6 +315,8 @@ def generate_sysu(out: str, identities: int = 24, seed: int = 0, image_size: Siz
         seed: non-negative seed; the same seed gives byte-identical files.
         image_size: (height, width).
         images_per_camera: images per id per camera it appears in.
+        workers: rendering processes for large sets (default one per core; the files do not
+            depend on it).
     """
     _check(seed, image_size, images_per_camera)
     split = sysu_split(identities, seed)
@@ -296,17 +331,16 @@ def generate_sysu(out: str, identities: int = 24, seed: int = 0, image_size: Siz
             with open(os.path.join(root, f"exp/{which}_id.txt"), "w") as f:
                 f.write(",".join(str(i) for i in ids) + "\n")
         bar = _progress(len(plan), "sysu", progress)
-        for pid, cam, i in plan:
-            img = render_image(seed, _SYSU, pid, cam, (cam, i), cam in SYSU_INFRARED_CAMERAS, image_size)
-            _save(img, os.path.join(root, f"cam{cam}/{pid:04d}/{i:04d}.jpg"))
-            bar.update()
+        _render_all([((seed, _SYSU, pid, cam, (cam, i), cam in SYSU_INFRARED_CAMERAS, image_size), {},
+                      os.path.join(root, f"cam{cam}/{pid:04d}/{i:04d}.jpg")) for pid, cam, i in plan], bar, workers)
         bar.close()
 
     return _atomic_write(out, overwrite, write)
 
 
 def generate_regdb(out: str, identities: int = 20, seed: int = 0, image_size: Size = (64, 32),
-                   images_per_camera: int = 10, overwrite: bool = False, progress: bool = True) -> str:
+                   images_per_camera: int = 10, overwrite: bool = False, progress: bool = True,
+                   workers: Optional[int] = None) -> str:
     """Writes a RegDB-layout dataset with idx files for trials 1..10; returns its absolute path.
 
     Args: as `generate_sysu`; identities >= 2, images_per_camera per id per modality.
@@ -320,6 +354,7 @@ def generate_regdb(out: str, identities: int = 20, seed: int = 0, image_size: Si
     def write(root: str) -> None:
         bar = _progress(2 * identities * images_per_camera, "regdb", progress)
         files: Dict[Tuple[int, bool], List[str]] = {}
+        jobs: List[RenderJob] = []
         for pid, person in people.items():
             for thermal, cam, folder, tag in ((False, 1, "Visible", "v"), (True, 2, "Thermal", "t")):
                 names = files.setdefault((pid, thermal), [])
@@ -327,10 +362,10 @@ def generate_regdb(out: str, identities: int = 20, seed: int = 0, image_size: Si
                     number = (pid - 1) * images_per_camera + i
                     view = ("back", "front")[i % 2]
                     name = f"{folder}/{pid}/{person.gender}_{view}_{tag}_{number:05d}_{pid}.bmp"
-                    _save(render_image(seed, _REGDB, pid, cam, (0, i), thermal, image_size, geometry_camera=1),
-                          os.path.join(root, name))
+                    jobs.append(((seed, _REGDB, pid, cam, (0, i), thermal, image_size), {"geometry_camera": 1},
+                                 os.path.join(root, name)))
                     names.append(name)
-                    bar.update()
+        _render_all(jobs, bar, workers)
         bar.close()
         os.makedirs(os.path.join(root, "idx"))
         for trial in range(1, 11):

@@ -24,6 +24,9 @@ def test_demo_and_tiny_presets_keep_their_behaviour():
     demo, tiny = config_lib.load_config("demo"), config_lib.load_config("tiny")
     assert demo.model.backbone == "keras" and demo.model.backbone_weights == "none"  # as measured in training.md
     assert demo.mixed_precision == "auto" and demo.data.random_erasing == 0.0 and not demo.model.non_local
+    # The measured demo schedule (docs/training.md): half width, 400 steps; the paper keeps ResNet-50.
+    assert demo.model.width == 0.5 and demo.optim.epochs * demo.optim.steps_per_epoch == 400
+    assert config_lib.load_config("paper").model.width == 1.0
     assert tiny.model.backbone_weights == "none" and tiny.data.random_erasing == 0.5
 
 
