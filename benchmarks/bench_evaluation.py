@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
+from benchmarks.agw_oracle import agw_eval_regdb, agw_eval_sysu
 from benchmarks.common import traced, write_json
 
 from kdem_tf import evaluation as ev
-from tests.test_evaluation import agw_eval_regdb, agw_eval_sysu
 
 SYSU_QUERIES, SYSU_GALLERY, SYSU_IDS, SYSU_TRIALS, SYSU_DIM = 3803, 301, 96, 10, 2048
 

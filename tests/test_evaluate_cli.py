@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from kdem_tf import evaluate as cli
-from tests.test_evaluation import (agw_eval_regdb, agw_eval_sysu, agw_process_gallery_sysu, make_regdb,
-                                   make_sysu)
+from benchmarks.agw_oracle import agw_eval_regdb, agw_eval_sysu
+from tests.test_evaluation import agw_process_gallery_sysu, make_regdb, make_sysu
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
