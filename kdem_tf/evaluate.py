@@ -285,7 +285,7 @@ def format_table(title: str, rows: List[Tuple[str, dict]]) -> str:
     head = f"{'Trial':<7}" + "".join(f"{n:>9}" for n in names)
     lines = [title, "-" * len(head), head, "-" * len(head)]
     for i, (name, m) in enumerate(rows):
-        if i == len(rows) - 1:
+        if i == len(rows) - 1 and i > 0:  # the mean below the trials (a lone mean row needs none)
             lines.append("-" * len(head))
         lines.append(f"{name:<7}" + "".join(f"{m[c]:>9.2f}" for c in cols))
     return "\n".join(lines)

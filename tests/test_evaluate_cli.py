@@ -328,3 +328,12 @@ def test_rerank_params_flag(sysu, regdb, tmp_path, capsys):
         cli.parse_args(["--dataset", "sysu", "--data-root", str(root), "--features", str(npz),
                         "--rerank-params", "20,6"])
     assert exit_info.value.code == 2 and "k1,k2,lambda" in capsys.readouterr().err
+
+
+def test_table_separates_the_mean_from_trials_and_a_lone_mean_row_once():
+    from kdem_tf.evaluate import format_table
+
+    row = {k: 50.0 for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}
+    separators = lambda text: sum(1 for line in text.splitlines() if set(line) == {"-"})  # noqa: E731
+    assert separators(format_table("t", [("1", row), ("Mean", row)])) == 3
+    assert separators(format_table("t", [("Mean", row)])) == 2  # --mean-only: no doubled rule
