@@ -157,7 +157,7 @@ def embed_saved_model(model_path: str, splits: Dict[str, object], batch_size: in
     """(paths, [N, D]) of the given splits, their stored bytes fed to the SavedModel's `serving_default`
     (or `signature_name`, e.g. `serving_flip`)."""
     from kdem_tf.data import schema
-    from kdem_tf.evaluate import embed_encoded
+    from kdem_tf.model_embedding import embed_encoded
 
     paths, images, modalities = [], [], []
     for arrays in splits.values():

@@ -37,6 +37,7 @@ from kdem_tf import image_contract
 from kdem_tf import tta
 from kdem_tf.data import schema
 from kdem_tf.image_contract import ImageContract, as_contract
+from kdem_tf.model_versions import list_versions  # the one version-folder rule (re-exported here)
 
 INFO_FILE = "kdem_info.json"
 SERVING_SIGNATURE = "serving_default"
@@ -199,14 +200,6 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
     with open(os.path.join(export_dir, "assets.extra", INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     return export_dir
-
-
-def list_versions(model_base: str) -> list:
-    """Sorted version numbers under a TF Serving base path (all-digit folder names only)."""
-    if not os.path.isdir(model_base):
-        return []
-    return sorted(int(name) for name in os.listdir(model_base)
-                  if name.isdigit() and os.path.isdir(os.path.join(model_base, name)))
 
 
 def read_info(version_dir: str) -> dict:

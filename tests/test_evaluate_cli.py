@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from kdem_tf import evaluate as cli
+from kdem_tf.model_versions import resolve_saved_model
 from benchmarks.agw_oracle import agw_eval_regdb, agw_eval_sysu
 from tests.test_evaluation import agw_process_gallery_sysu, make_regdb, make_sysu
 
@@ -193,7 +194,7 @@ def test_model_run_folder_end_to_end(sysu, tmp_path, capsys):
                                "--batch-size", 16, "--output", tmp_path / "m.json"], capsys)
     assert code == 0 and json.loads((tmp_path / "m.json").read_text())["source"] == str(tmp_path / "run")
     with pytest.raises(cli.ev.EvaluationError, match="no SavedModel"):
-        cli.resolve_saved_model(str(tmp_path))
+        resolve_saved_model(str(tmp_path))
 
 
 def test_model_per_trial_regdb(regdb, tmp_path, capsys):
