@@ -50,7 +50,7 @@ from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
                                  make_strategy, latest_checkpoint, save_checkpoint, read_json,
-                                 resume_history, write_history, RunProgress, SHOWN_METRICS)
+                                 resume_history, write_history, PhaseTimes, RunProgress, SHOWN_METRICS)
 
 
 def build_models(config, num_classes: int, row: dict, strategy):
@@ -91,6 +91,8 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     from kdem_tf.model.optim import build_optimizer
     from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
 
+    times = PhaseTimes()
+    started = times.clock()
     os.makedirs(run_dir, exist_ok=True)
     log_dir = log_dir or os.path.join(run_dir, "logs")
     keras.utils.set_random_seed(config.seed)
@@ -172,12 +174,14 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     epoch = -(-step // steps_per_epoch)  # epochs begun; the last one may be partial
     if config.eval_every and step == 0 and is_chief:
         # Epoch 0: the untrained model, the reference for what training achieved.
-        record = {"epoch": 0, "step": 0, "eval": _evaluate(inference_model, dataset, data_dir,
-                                                           contract, verbose, "untrained ")}
+        with times("evaluations"):
+            record = {"epoch": 0, "step": 0, "eval": _evaluate(inference_model, dataset, data_dir,
+                                                               contract, verbose, "untrained ")}
         _write_eval_summaries(writer, 0, record["eval"])
         history = [record]
         write_history(history_path, history)
     run_bar = RunProgress(total_steps, step, config.optim.epochs) if verbose == 3 else None
+    times.since("setup", started)
     while step < total_steps:
         if step % steps_per_epoch == 0:  # a new epoch; a partial one goes on with its restored means
             for tracker in trainer.metrics:
@@ -193,7 +197,9 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
             print(f"epoch {epoch}/{config.optim.epochs}")
         started = time.time()
         for done in range(1, steps_now + 1):
-            metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+            # The first call traces the step function: timed apart from the others.
+            with times("first step (tracing)" if "first step (tracing)" not in times.seconds else "steps"):
+                metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
             if not np.isfinite(metrics["loss"]):
                 raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch}); "
                                     f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
@@ -214,13 +220,15 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                 tf.summary.scalar(f"train/{k}", v)
             tf.summary.scalar("train/learning_rate", lr)
         if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
-            record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose,
-                                       write=run_bar.write if run_bar else print)
+            with times("evaluations"):
+                record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose,
+                                           write=run_bar.write if run_bar else print)
             _write_eval_summaries(writer, step, record["eval"])
         # An epoch completed after a resume replaces the record of its first, partial part.
         history = [r for r in history if r["epoch"] != epoch] + [record]
         if epoch % max(1, config.checkpoint_every) == 0 or step >= total_steps:
-            save_checkpoint(checkpoint, ckpt_dir, epoch, step, is_chief, history)
+            with times("checkpoints"):
+                save_checkpoint(checkpoint, ckpt_dir, epoch, step, is_chief, history)
         # Between checkpoints history.jsonl runs ahead of the latest checkpoint; a resume rebuilds it
         # from the checkpoint (resume_history) and trains those epochs again, so the two stay consistent.
         if is_chief:
@@ -230,12 +238,15 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     writer.flush()
 
     if is_chief:
-        _save_inference_model(inference_model, os.path.join(run_dir, "inference_model.keras"))
-        if "influence_factors" in train_model.output:
-            np.save(os.path.join(run_dir, "influence_factors.npy"),
-                    _influence_factors(train_model, replica_dataset(tf.distribute.InputContext(), 0)))
+        with times("final save"):
+            _save_inference_model(inference_model, os.path.join(run_dir, "inference_model.keras"))
+            if "influence_factors" in train_model.output:
+                np.save(os.path.join(run_dir, "influence_factors.npy"),
+                        _influence_factors(train_model, replica_dataset(tf.distribute.InputContext(), 0)))
+    if verbose:
+        print(times.summary(), flush=True)
     result = {"run_dir": run_dir, "steps": step, "epochs": epoch, "metrics": metrics, "num_classes": num_classes,
-              "replicas": replicas, "mixed_precision": policy}
+              "replicas": replicas, "mixed_precision": policy, "seconds": times.as_dict()}
     if return_models:
         result.update(train_model=train_model, inference_model=inference_model)
     return result

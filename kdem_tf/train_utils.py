@@ -229,3 +229,52 @@ class RunProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class PhaseTimes:
+    """Wall seconds of a run's phases, in the order first seen: `with times("evaluations"): ...`.
+
+    `train()` times its setup, the first step (which traces the step function), the other
+    steps, the evaluations, the checkpoints and the final save, and returns them; the demo
+    and the TFX Trainer's log print `summary()`, where a run's time goes without a profiler."""
+
+    def __init__(self):
+        import time
+
+        self._clock = time.perf_counter
+        self.seconds: dict = {}
+        self.counts: dict = {}
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def phase():
+            started = self._clock()
+            try:
+                yield
+            finally:
+                self.since(name, started)
+        return phase()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def since(self, name: str, started: float) -> None:
+        """Adds the time from `started` (a `clock()` reading) to now to `name`."""
+        self.add(name, self._clock() - started)
+
+    def clock(self) -> float:
+        return self._clock()
+
+    def as_dict(self) -> dict:
+        return {name: round(seconds, 2) for name, seconds in self.seconds.items()}
+
+    def summary(self) -> str:
+        parts = []
+        for name, seconds in self.seconds.items():
+            count = self.counts[name]
+            each = f" ({count}, {seconds / count:.2f} s each)" if count > 1 else ""
+            parts.append(f"{name} {seconds:.0f} s{each}")
+        return "time: " + ", ".join(parts)

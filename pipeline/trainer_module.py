@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from absl import logging
 
@@ -39,10 +40,13 @@ def run_fn(fn_args) -> None:
     summary = train_lib.train(config, custom["dataset"], data_dir, run_dir,
                               max_steps=fn_args.train_steps or None, log_dir=os.path.join(run_dir, "logs"),
                               verbose=int(custom.get("verbose", 2)))
+    started = time.perf_counter()
     model, run_info = export.load_run(run_dir)
     export.export_saved_model(model, export.run_contract(run_dir, run_info), fn_args.serving_model_dir,
                               extra_info={"dataset": custom["dataset"], "preset": custom.get("preset"),
                                           "steps": summary.get("steps"), "num_classes": run_info.get("num_classes")})
+    summary["seconds"]["export"] = round(time.perf_counter() - started, 2)
+    print(f"SavedModel export {summary['seconds']['export']:.0f} s", flush=True)
     with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     logging.info("run_fn: %d steps, SavedModel at %s, TensorBoard logs at %s", summary.get("steps", -1),

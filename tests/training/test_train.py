@@ -41,7 +41,7 @@ def test_checkpoints_every_n_epochs_and_one_progress_bar_for_the_run(tfrecords, 
         "model.non_local=false", "optim.epochs=3", "optim.steps_per_epoch=1", "checkpoint_every=2",
         "eval_every=0", "mixed_precision=float32"])
     out = tmp_path / "run"
-    train(config, "sysu", tfrecords, str(out), verbose=3)
+    summary = train(config, "sysu", tfrecords, str(out), verbose=3)
     folders = sorted(n for n in os.listdir(out / "checkpoints") if n.startswith("epoch-"))
     assert folders == ["epoch-0002-step-00000002", "epoch-0003-step-00000003"], folders
     with open(out / "history.jsonl") as f:
@@ -50,3 +50,7 @@ def test_checkpoints_every_n_epochs_and_one_progress_bar_for_the_run(tfrecords, 
     assert "training" in console.err and "3/3" in console.err and "epoch 3/3" in console.err
     per_epoch_lines = re.findall(r"^epoch \d+/3", console.out + console.err, flags=re.M)  # verbose 1 and 2 print them
     assert per_epoch_lines == [], per_epoch_lines
+    # Where the run's time went: 3 steps = the traced first one + 2 more, 2 checkpoints, the final save.
+    assert re.search(r"^time: setup \d+ s, first step \(tracing\) \d+ s, steps \d+ s \(2, [\d.]+ s each\), "
+                     r"checkpoints \d+ s \(2, [\d.]+ s each\), final save \d+ s$", console.out, flags=re.M), console.out
+    assert set(summary["seconds"]) == {"setup", "first step (tracing)", "steps", "checkpoints", "final save"}
