@@ -8,6 +8,9 @@
                                                                              │ blessing
                                                      Pusher (blessed only) ◄─┘
                                                         └─ ReidGalleryIndex (ScaNN)
+
+With the curated schema (ImportSchemaGen, the default) the schema also feeds StatisticsGen, so
+the encoded images (`image_domain`) get byte-size statistics rather than string sketches.
 """
 from __future__ import annotations
 
