@@ -16,17 +16,21 @@ import requests
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_SIZE = (64, 32)
+# A quarter-width network (model.width, 1/16 of ResNet-50's conv FLOPs and weights): serving does not
+# depend on ResNet-50's channel count, only on the embedding width the model reports.
+MODEL_WIDTH = 0.25
+EMBEDDING_DIM = int(2048 * MODEL_WIDTH)
 
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
-    """A training run folder: inference_model.keras + run_info.json (random init, 64x32)."""
+    """A training run folder: inference_model.keras + run_info.json (random init, 64x32, MODEL_WIDTH)."""
     from kdem_tf.model.model import build_kdem_models
     path = tmp_path_factory.mktemp("run")
-    _, inference_model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False)
+    _, inference_model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH)
     inference_model.save(str(path / "inference_model.keras"))
     with open(path / "run_info.json", "w") as f:
-        json.dump({"image_size": list(IMAGE_SIZE), "embedding_dim": 2048, "num_classes": 4, "dataset": "sysu"}, f)
+        json.dump({"image_size": list(IMAGE_SIZE), "embedding_dim": EMBEDDING_DIM, "num_classes": 4, "dataset": "sysu"}, f)
     return str(path)
 
 
