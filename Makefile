@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= outputs/demo
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): one per core; each test file stays in one process (its module
-# fixtures are built once). PYTEST_WORKERS=0 runs everything in this process.
+# fixtures are built once), handed out in collection order: the slowest files first (tests/conftest.py
+# SLOW_FILES_FIRST), so that both processes end together. PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= auto
 
 .PHONY: venv demo test bench lock clean
@@ -24,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m pipeline.demo --home $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -103,10 +103,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "checkpoint_every": 5,  # a checkpoint (~45 MB with the momentum slots) every 5 epochs, not each
         "mixed_precision": "auto",
     },
-    # For tests: a handful of steps.
+    # For tests: a handful of steps on a quarter-width network (1/16 of ResNet-50's conv FLOPs
+    # and weights: 512-d embeddings); tests of ResNet-50's own shapes or weights set model.width=1.
     "tiny": {
         "data": {"image_size": (64, 32), "num_identities": 2, "num_instances": 2, "random_erasing": 0.5},
-        "model": {"backbone_weights": "none"},
+        "model": {"backbone_weights": "none", "width": 0.25},
         "optim": {"warmup_epochs": 1, "milestones": (2,), "epochs": 2, "steps_per_epoch": 2},
         "eval_every": 0,
         "mixed_precision": "auto",

@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     run = base / "run"
     run.mkdir()
     contract = ImageContract(MODEL_SIZE, "caffe")
-    _, model = build_kdem_models(num_classes=4, image_size=MODEL_SIZE, non_local=False)
+    _, model = build_kdem_models(num_classes=4, image_size=MODEL_SIZE, non_local=False, width=0.25)  # quarter width: speed
     model.save(str(run / "inference_model.keras"))
     contract.save(str(run))
     (run / "run_info.json").write_text(json.dumps({"image_size": list(MODEL_SIZE), "dataset": "sysu",

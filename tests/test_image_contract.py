@@ -54,8 +54,8 @@ def test_normalisation_follows_the_weights_and_a_mismatch_is_refused():
 
 def test_config_with_weights_and_the_wrong_normalisation_is_refused_at_load():
     with pytest.raises(config_lib.ConfigError, match="data.normalization='torchvision'.*backbone_weights='imagenet'"):
-        config_lib.load_config("tiny", overrides=["model.backbone=keras", "model.backbone_weights=imagenet", "data.normalization=torchvision"])
-    config = config_lib.load_config("tiny", overrides=["model.backbone=keras", "model.backbone_weights=imagenet"])
+        config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone=keras", "model.backbone_weights=imagenet", "data.normalization=torchvision"])
+    config = config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone=keras", "model.backbone_weights=imagenet"])
     assert config.data.normalization == "auto" and ImageContract.from_config(config).normalization == "caffe"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.serving.conftest import IMAGE_SIZE, REPO, png_bytes
+from tests.serving.conftest import EMBEDDING_DIM, IMAGE_SIZE, MODEL_WIDTH, REPO, png_bytes
 
 # Same graph ops on the same CPU: the SavedModel and Keras differ by float rounding only.
 EMBEDDING_ATOL = 1e-5
@@ -20,7 +20,7 @@ def test_export_layout_and_info(model_base):
     version_dir = os.path.join(model_base, "1")
     assert os.path.exists(os.path.join(version_dir, "saved_model.pb"))
     info = read_info(version_dir)
-    assert info["image_size"] == list(IMAGE_SIZE) and info["embedding_dim"] == 2048
+    assert info["image_size"] == list(IMAGE_SIZE) and info["embedding_dim"] == EMBEDDING_DIM
     assert info["dataset"] == "sysu"
     # The fixture's run folder predates contracts (run_info.json holds only a size): torchvision.
     assert info["image_contract"]["image_size"] == list(IMAGE_SIZE)
@@ -64,7 +64,7 @@ def test_reloaded_embeddings_equal_keras(run_dir, embedder):
     served = embedder.embed_bytes(images, modalities)
     batch = tf.stack([contract.preprocess(tf.constant(b)) for b in images])
     expected = model({"image": batch, "modality": tf.constant([0, 1])}, training=False)["embedding"].numpy()
-    assert served.shape == (2, 2048)
+    assert served.shape == (2, EMBEDDING_DIM)
     np.testing.assert_allclose(served, expected, atol=EMBEDDING_ATOL)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
     # The float-image signature gives the same embeddings.
@@ -121,7 +121,7 @@ def test_only_stock_ops_in_a_fresh_tensorflow(model_base, tmp_path):
     report = _op_check(os.path.join(model_base, "1"), str(image_path))
     assert report["missing"] == [], report
     assert report["ops"] > 20
-    assert report["shape"] == [1, 2048]
+    assert report["shape"] == [1, EMBEDDING_DIM]
     assert "scann" not in report["modules"] and "kdem_tf" not in report["modules"]
 
 
@@ -167,14 +167,14 @@ def test_a_bfloat16_trained_run_exports_float32(tmp_path):
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        _, model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False)
+        _, model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert compute_dtype_of(model) == "bfloat16"
     run = tmp_path / "run"
     run.mkdir()
     model.save(str(run / "inference_model.keras"))
-    (run / "run_info.json").write_text(json.dumps({"image_size": list(IMAGE_SIZE), "embedding_dim": 2048}))
+    (run / "run_info.json").write_text(json.dumps({"image_size": list(IMAGE_SIZE), "embedding_dim": EMBEDDING_DIM}))
     version_dir = export_embedder(str(run), str(tmp_path / "models"))
     assert read_info(version_dir)["compute_dtype"] == "float32"
     pixels = np.random.default_rng(4).integers(0, 256, (2, *IMAGE_SIZE, 3)).astype(np.float32)

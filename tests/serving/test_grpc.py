@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from serving.client import ServingClient, b64
+from tests.serving.conftest import EMBEDDING_DIM
 
 
 def _images(gallery_dir, gallery_files, count):
@@ -84,7 +85,7 @@ def test_predict_every_signature_equals_rest(server, stubs, embedder, gallery_di
     assert (response.model_spec.name, response.model_spec.version.value,
             response.model_spec.signature_name) == ("kdem", 1, "serving_default")
     grpc_embeddings = tf.make_ndarray(response.outputs["embedding"])
-    assert grpc_embeddings.shape == (3, 2048)
+    assert grpc_embeddings.shape == (3, EMBEDDING_DIM)
     np.testing.assert_allclose(grpc_embeddings, rest, atol=1e-5)
     np.testing.assert_allclose(grpc_embeddings, embedder.embed_bytes(images, modalities), atol=1e-5)
     # embed_images (float images), pinned by version and by output_filter.
@@ -159,5 +160,5 @@ def test_each_error_code(server, stubs, gallery_dir, gallery_files):
     assert _code(prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
         model_spec=metadata.model_spec, metadata_field=["nope"])) == invalid
     # The server keeps serving.
-    assert prediction.Predict(good, timeout=60).outputs["embedding"].tensor_shape.dim[1].size == 2048
+    assert prediction.Predict(good, timeout=60).outputs["embedding"].tensor_shape.dim[1].size == EMBEDDING_DIM
     assert requests.get(server["url"] + "/healthz").json()["ready"] is True

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.serving.conftest import EMBEDDING_DIM
+
 
 def test_each_gallery_image_is_its_own_top1(index_dir, gallery_dir, gallery_files, embedder):
     from serving.index import load_index
@@ -14,7 +16,7 @@ def test_each_gallery_image_is_its_own_top1(index_dir, gallery_dir, gallery_file
     # Ids and cameras come from the SYSU layout camN/PPPP/NNNN.jpg.
     first = gallery_files[0].split(os.sep)
     assert index.entries["cameras"][0] == int(first[0][3:]) and index.entries["person_ids"][0] == int(first[1])
-    assert index.manifest["model_version"] == 1 and index.manifest["embedding_dim"] == 2048
+    assert index.manifest["model_version"] == 1 and index.manifest["embedding_dim"] == EMBEDDING_DIM
     assert index.params == {"mode": "brute_force"}
     images = [open(os.path.join(gallery_dir, p), "rb").read() for p in gallery_files]
     queries = embedder.embed_bytes(images, ["visible"] * len(images))

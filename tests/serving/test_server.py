@@ -11,6 +11,7 @@ import numpy as np
 import requests
 
 from serving.client import ServingClient, b64, load_test
+from tests.serving.conftest import EMBEDDING_DIM
 
 
 def _images(gallery_dir, gallery_files, count):
@@ -31,7 +32,7 @@ def test_status_and_metadata(server):
     assert set(signatures["search"]["outputs"]) == {"gallery_ids", "person_ids", "cameras", "scores", "paths"}
     inputs = signatures["serving_default"]["inputs"]
     assert set(inputs) == {"image_bytes", "modality"} and inputs["image_bytes"]["dtype"] == "DT_STRING"
-    assert signatures["serving_default"]["outputs"]["embedding"]["tensor_shape"]["dim"][1]["size"] == "2048"
+    assert signatures["serving_default"]["outputs"]["embedding"]["tensor_shape"]["dim"][1]["size"] == str(EMBEDDING_DIM)
     assert signatures["serving_default"]["method_name"] == "tensorflow/serving/predict"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.serving.conftest import IMAGE_SIZE, png_bytes
+from tests.serving.conftest import EMBEDDING_DIM, IMAGE_SIZE, png_bytes
 
 # float32 TFLite runs the SavedModel's graph with XNNPACK kernels: float rounding only.
 FLOAT32_ATOL = 1e-4
@@ -119,7 +119,7 @@ def test_float32_equals_saved_model_and_info(float_dir, embedder):
     assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
     assert info["models"]["infrared"]["input"]["shape"] == [1, *IMAGE_SIZE, 3]
     assert info["models"]["infrared"]["output"] == {**info["models"]["infrared"]["output"], "dtype": "float32",
-                                                     "shape": [1, 2048]}
+                                                     "shape": [1, EMBEDDING_DIM]}
     tflite = TFLiteEmbedder(float_dir)
     images = random_images(3)
     for modality in ("visible", "infrared"):
@@ -142,7 +142,7 @@ def test_infrared_file_carries_only_the_infrared_stem(float_dir, run_dir):
         details = interpreter.get_tensor_details()
         names = " ".join(d["name"] for d in details)
         assert f"{modality}_stem" in names and f"{other}_stem" not in names
-        stem_filters = [interpreter.get_tensor(d["index"]) for d in details if list(d["shape"]) == [64, 7, 7, 3]]
+        stem_filters = [interpreter.get_tensor(d["index"]) for d in details if list(d["shape"]) == list(kernels[modality].shape)]
         assert len(stem_filters) == 1
         np.testing.assert_allclose(stem_filters[0], kernels[modality], atol=1e-6)
         assert not np.allclose(stem_filters[0], kernels[other], atol=1e-3)
@@ -231,7 +231,7 @@ def test_client_embed_on_a_device(float_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["embed", "--tflite", float_dir, "--image", str(image), "--modality", "infrared"])
     assert exit_info.value.code == 0
-    assert "dim 2048, norm 1.0000" in capsys.readouterr().out
+    assert f"dim {EMBEDDING_DIM}, norm 1.0000" in capsys.readouterr().out
 
 
 def test_bad_inputs_name_the_file_and_the_expectation(float_dir, run_dir, tmp_path, capsys):

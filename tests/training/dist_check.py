@@ -23,7 +23,8 @@ from kdem_tf.train import make_distributed_step  # noqa: E402
 def one_step(devices, initial_weights, batch):
     strategy = tf.distribute.MirroredStrategy(devices)
     with strategy.scope():
-        train_model, _ = build_kdem_models(num_classes=4, image_size=(64, 32), non_local=False)
+        # Quarter width (model.width): the replica arithmetic does not depend on the channel count.
+        train_model, _ = build_kdem_models(num_classes=4, image_size=(64, 32), non_local=False, width=0.25)
         if initial_weights is not None:
             train_model.set_weights(initial_weights)
         setup = build_optimizer(base_lr=0.01, backbone_lr=0.001, steps_per_epoch=1, warmup_epochs=0)

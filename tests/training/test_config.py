@@ -28,6 +28,12 @@ def test_demo_and_tiny_presets_keep_their_behaviour():
     assert demo.model.width == 0.5 and demo.optim.epochs * demo.optim.steps_per_epoch == 400
     assert config_lib.load_config("paper").model.width == 1.0
     assert tiny.model.backbone_weights == "none" and tiny.data.random_erasing == 0.5
+    assert tiny.model.width == 0.25  # quarter width: test speed only
+    # tiny's width cannot meet ImageNet weights; width=1 restores ResNet-50 for weight tests.
+    with pytest.raises(config_lib.ConfigError, match="ImageNet weights exist for width 1 only"):
+        config_lib.load_config("tiny", overrides=["model.backbone_weights=torchvision"])
+    assert config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone_weights=torchvision"]
+                                  ).model.width == 1.0
 
 
 def test_non_local_inner_channels_take_an_integer_or_half():

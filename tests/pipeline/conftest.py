@@ -1,0 +1,27 @@
+"""Fixtures of the pipeline tests: the tiny synthetic SYSU dataset and the tiny pipeline settings."""
+import pytest
+
+from pipeline.configs import PipelineSettings
+
+# The full model (non-local blocks included; the tiny preset's quarter width) trains 2 steps from
+# random init. The code fingerprint is pinned: other work editing kdem_tf/ during the test must not retrain.
+OVERRIDES = ()
+
+
+def tiny_settings(home, data_root, **changes) -> PipelineSettings:
+    base = dict(pipeline_name="kdem-test", home=str(home), data_root=str(data_root), preset="tiny",
+                train_overrides=OVERRIDES, train_steps=2, code_fingerprint="tests", eval_trials=2, min_map=0.0,
+                beam_mode="in_memory")
+    base.update(changes)
+    return PipelineSettings(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """6 identities at 64x32, 2 images per camera (read only: a test that breaks it copies it first)."""
+    from kdem_tf.data import synthetic
+
+    root = tmp_path_factory.mktemp("data") / "sysu"
+    synthetic.generate_sysu(str(root), identities=6, seed=0, image_size=(64, 32), images_per_camera=2,
+                            progress=False)
+    return str(root)
