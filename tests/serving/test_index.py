@@ -42,7 +42,10 @@ def test_save_and_reload_give_the_same_search(tmp_path):
     index = load_index(out)
     queries = embeddings[:50] + rng.normal(scale=0.01, size=(50, 64)).astype(np.float32)
     indices, scores = index.search(queries, k=10)
-    np.testing.assert_array_equal(indices[:, 0], np.arange(50))
+    # Approximate search (k-means tree + AH, trained afresh): nearly every query finds its own image
+    # first (a clean run: 50 of 50; one CI run 49), and within the top 10 always.
+    assert np.mean(indices[:, 0] == np.arange(50)) >= 0.96, indices[:, 0]
+    assert all(i in row for i, row in enumerate(indices))
     again, again_scores = load_index(out).search(queries, k=10)
     np.testing.assert_array_equal(indices, again)
     np.testing.assert_allclose(scores, again_scores)
