@@ -172,6 +172,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
     metrics = {}
     epoch = -(-step // steps_per_epoch)  # epochs begun; the last one may be partial
+    times.since("setup", started)  # up to here: models, optimizer, data, run folder (not the evaluation below)
     if config.eval_every and step == 0 and is_chief:
         # Epoch 0: the untrained model, the reference for what training achieved.
         with times("evaluations"):
@@ -181,7 +182,6 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         history = [record]
         write_history(history_path, history)
     run_bar = RunProgress(total_steps, step, config.optim.epochs) if verbose == 3 else None
-    times.since("setup", started)
     while step < total_steps:
         if step % steps_per_epoch == 0:  # a new epoch; a partial one goes on with its restored means
             for tracker in trainer.metrics:
