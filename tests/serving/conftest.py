@@ -25,8 +25,14 @@ EMBEDDING_DIM = int(2048 * MODEL_WIDTH)
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
-    """A training run folder: inference_model.keras + run_info.json (random init, 64x32, MODEL_WIDTH)."""
+    """A training run folder: inference_model.keras + run_info.json (random init, seed 0, 64x32, MODEL_WIDTH).
+
+    Seeded, so that every session tests the same weights (test_tflite's int8 closeness depends on them).
+    """
+    import keras
+
     from kdem_tf.model.model import build_kdem_models
+    keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("run")
     _, inference_model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH)
     inference_model.save(str(path / "inference_model.keras"))
