@@ -50,7 +50,10 @@ from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
                                  make_strategy, latest_checkpoint, save_checkpoint, read_json,
-                                 resume_history, write_history, PhaseTimes, RunProgress, SHOWN_METRICS)
+                                 resume_history, write_history, PhaseTimes, RunProgress, SHOWN_METRICS,
+                                 kill_self, sigkill_step)
+
+FIRST_STEP = "first step (tracing)"  # the PhaseTimes key of the traced first step
 
 
 def build_models(config, num_classes: int, row: dict, strategy):
@@ -93,6 +96,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
 
     times = PhaseTimes()
     started = times.clock()
+    kill_at_step = sigkill_step()  # None unless a resume test injects a crash
     os.makedirs(run_dir, exist_ok=True)
     log_dir = log_dir or os.path.join(run_dir, "logs")
     keras.utils.set_random_seed(config.seed)
@@ -198,13 +202,15 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         started = time.time()
         for done in range(1, steps_now + 1):
             # The first call traces the step function: timed apart from the others.
-            with times("first step (tracing)" if "first step (tracing)" not in times.seconds else "steps"):
+            with times(FIRST_STEP if FIRST_STEP not in times.seconds else "steps"):
                 metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
             if not np.isfinite(metrics["loss"]):
                 raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch}); "
                                     f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
                                     f"check the data, or resume from {ckpt_dir}")
             step += 1
+            if step == kill_at_step:
+                kill_self()
             if bar:
                 bar.update(done, values=[(k, metrics[k]) for k in SHOWN_METRICS if k in metrics])
             if run_bar:

@@ -82,6 +82,31 @@ def make_strategy():
 HISTORY_FILE = "history.jsonl"
 
 
+# Fault injection for the resume tests: KDEM_FAULT_SIGKILL_AT_STEP=N makes the training process
+# SIGKILL itself right after optimizer step N (a crash at a known point whatever the machine's speed;
+# a kill from outside after a sleep either missed the epoch on a fast CPU or waited long on a slow one).
+SIGKILL_AT_STEP_ENV = "KDEM_FAULT_SIGKILL_AT_STEP"
+
+
+def sigkill_step() -> Optional[int]:
+    """The step after which this process kills itself (SIGKILL_AT_STEP_ENV), or None."""
+    value = os.environ.get(SIGKILL_AT_STEP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise TrainingError(f"{SIGKILL_AT_STEP_ENV}={value!r}: expected a step number >= 1")
+    return int(value)
+
+
+def kill_self() -> None:
+    import signal
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def checkpoint_folder_name(epoch: int, step: int) -> str:
     """epoch-EEEE-step-SSSSSSSS: unique per save (a partial epoch ended by --max-steps and the
     same epoch completed after the resume get two names), and sorted oldest first."""

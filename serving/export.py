@@ -154,6 +154,13 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
                          f"contract says {height}x{width}")
     embedding_dim = int(inference_model.output["embedding"].shape[-1])
 
+    images_spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
+    modality_spec = tf.TensorSpec([None], tf.string, name="modality")
+
+    # The one traced call of the model: the four endpoints call this function (a call op in their
+    # graphs, not a retrace), so the SavedModel holds the network's graph once and saves in a
+    # fraction of the time (six traces of the model before, the flip endpoints taking two each).
+    @tf.function(input_signature=[images_spec, modality_spec], autograph=False)
     def embed_images(images, modality):
         outputs = inference_model({"image": contract.normalize(images), "modality": modality_ids(modality)},
                                   training=False)
@@ -167,28 +174,23 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
         return embed_images(decode(image_bytes), modality)
 
     def embed_images_flip(images, modality):
-        plain = embed_images(images, modality)["embedding"]
-        mirrored = embed_images(tta.tf_flip_images(images), modality)["embedding"]
-        return {"embedding": tta.tf_combine_flip(plain, mirrored)}
+        # The images and their mirrors in one batch (inference is per image: the same numbers).
+        count = tf.shape(images)[0]
+        both = embed_images(tf.concat([images, tta.tf_flip_images(images)], axis=0),
+                            tf.concat([modality, modality], axis=0))["embedding"]
+        return {"embedding": tta.tf_combine_flip(both[:count], both[count:])}
 
     def serve_bytes_flip(image_bytes, modality):
         return embed_images_flip(decode(image_bytes), modality)
 
     archive = keras.export.ExportArchive()
     archive.track(inference_model)
-    archive.add_endpoint(SERVING_SIGNATURE, serve_bytes, input_signature=[
-        tf.TensorSpec([None], tf.string, name="image_bytes"),
-        tf.TensorSpec([None], tf.string, name="modality")])
-    archive.add_endpoint(IMAGES_SIGNATURE, embed_images, input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.float32, name="images"),
-        tf.TensorSpec([None], tf.string, name="modality")])
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    archive.add_endpoint(SERVING_SIGNATURE, serve_bytes, input_signature=[bytes_spec, modality_spec])
+    archive.add_endpoint(IMAGES_SIGNATURE, embed_images, input_signature=[images_spec, modality_spec])
     # Flip test-time augmentation (kdem_tf.tta): the same inputs, flip-averaged embeddings.
-    archive.add_endpoint(tta.FLIP_SIGNATURE, serve_bytes_flip, input_signature=[
-        tf.TensorSpec([None], tf.string, name="image_bytes"),
-        tf.TensorSpec([None], tf.string, name="modality")])
-    archive.add_endpoint(tta.FLIP_IMAGES_SIGNATURE, embed_images_flip, input_signature=[
-        tf.TensorSpec([None, height, width, 3], tf.float32, name="images"),
-        tf.TensorSpec([None], tf.string, name="modality")])
+    archive.add_endpoint(tta.FLIP_SIGNATURE, serve_bytes_flip, input_signature=[bytes_spec, modality_spec])
+    archive.add_endpoint(tta.FLIP_IMAGES_SIGNATURE, embed_images_flip, input_signature=[images_spec, modality_spec])
     archive.write_out(export_dir, verbose=False)
 
     info = {"image_size": [height, width], "image_contract": contract.to_dict(), "embedding_dim": embedding_dim,

@@ -4,6 +4,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+import fcntl
+import pathlib
+import shutil
+
 import pytest
 
 
@@ -48,3 +52,54 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"tests/conftest.py SLOW_FILES_FIRST names missing files: {missing}")
     rank = {path: index for index, path in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+def shared_path(tmp_path_factory, name: str, build) -> str:
+    """The path of `name`, built once per test session by `build(path)` and shared by the xdist
+    processes (their base folders sit side by side under one session folder; one flock decides who
+    builds, the others wait and read). The folder counts as built once `build` has returned (a marker
+    file then): a failed build is started again from an empty folder. Readers must not change what
+    they get: a test that modifies a shared folder copies it first."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, common to gw0, gw1, ...
+    target = base / "shared" / name
+    target.parent.mkdir(exist_ok=True)
+    with open(target.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = target.parent / f"{name}.built"
+        if not built.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            built.touch()
+    return str(target)
+
+
+@pytest.fixture(scope="session")
+def tiny_sysu(tmp_path_factory):
+    """THE tiny synthetic SYSU-MM01 folder of the session (6 identities at 64x32, seed 0, 2 images per
+    camera; the pipeline's data and the serving gallery), shared by the test processes. Read only."""
+    from kdem_tf.data import synthetic
+
+    def build(path: pathlib.Path) -> None:
+        synthetic.generate_sysu(str(path / "sysu"), identities=6, seed=0, image_size=(64, 32), images_per_camera=2,
+                                progress=False)
+
+    return os.path.join(shared_path(tmp_path_factory, "tiny_sysu", build), "sysu")
+
+
+@pytest.fixture(scope="session")
+def tiny_tfrecords(tmp_path_factory):
+    """THE preprocessed tiny set of the session: a synthetic SYSU-MM01 of 8 identities (2 images per
+    camera) through `kdem_tf.data.preprocess` (a real Beam run, in memory), shared by the test
+    processes: the training tests and the input pipeline's. Read only."""
+    from kdem_tf.data import preprocess, synthetic
+
+    def build(path: pathlib.Path) -> None:
+        root = synthetic.generate_sysu(str(path / "raw"), identities=8, images_per_camera=2, progress=False)
+        preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, str(path / "tfr"),
+                                  pipeline_options=preprocess.local_pipeline_options(
+                                      ["--runner=DirectRunner", "--direct_running_mode=in_memory"]))
+
+    return os.path.join(shared_path(tmp_path_factory, "tiny_tfrecords", build), "tfr")

@@ -6,20 +6,12 @@ import pytest
 import tensorflow as tf
 
 from kdem_tf.data import input_pipeline as ip
-from kdem_tf.data import preprocess, synthetic
 from kdem_tf.image_contract import NORMALIZATIONS
 
-IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
-
-
 @pytest.fixture(scope="module")
-def tfrecords(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ip")
-    root = synthetic.generate_sysu(str(base / "raw"), identities=10, images_per_camera=2, progress=False)
-    out = str(base / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out,
-                              pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
-    return out
+def tfrecords(tiny_tfrecords):
+    """The session's preprocessed tiny set (tests/conftest.py: 8 identities)."""
+    return tiny_tfrecords
 
 
 @pytest.fixture(scope="module")

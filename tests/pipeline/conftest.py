@@ -17,11 +17,7 @@ def tiny_settings(home, data_root, **changes) -> PipelineSettings:
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """6 identities at 64x32, 2 images per camera (read only: a test that breaks it copies it first)."""
-    from kdem_tf.data import synthetic
-
-    root = tmp_path_factory.mktemp("data") / "sysu"
-    synthetic.generate_sysu(str(root), identities=6, seed=0, image_size=(64, 32), images_per_camera=2,
-                            progress=False)
-    return str(root)
+def tiny_data(tiny_sysu):
+    """The session's tiny SYSU folder (tests/conftest.py: 6 identities at 64x32, 2 images per camera;
+    read only: a test that breaks it copies it first)."""
+    return tiny_sysu

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import shared_path
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_SIZE = (64, 32)
 # model.width of the session model (the tests read the embedding width from EMBEDDING_DIM, not 2048).
@@ -25,37 +27,39 @@ EMBEDDING_DIM = int(2048 * MODEL_WIDTH)
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
-    """A training run folder: inference_model.keras + run_info.json (random init, seed 0, 64x32, MODEL_WIDTH).
+    """A training run folder: inference_model.keras + run_info.json (random init, seed 0, 64x32, MODEL_WIDTH),
+    built once and shared by the test processes (read only).
 
     Seeded, so that every session tests the same weights (test_tflite's int8 closeness depends on them).
     """
-    import keras
+    def build(path):
+        import keras
 
-    from kdem_tf.model.model import build_kdem_models
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("run")
-    _, inference_model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH)
-    inference_model.save(str(path / "inference_model.keras"))
-    with open(path / "run_info.json", "w") as f:
-        json.dump({"image_size": list(IMAGE_SIZE), "embedding_dim": EMBEDDING_DIM, "num_classes": 4, "dataset": "sysu"}, f)
-    return str(path)
+        from kdem_tf.model.model import build_kdem_models
+        keras.utils.set_random_seed(0)
+        _, inference_model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False,
+                                               width=MODEL_WIDTH)
+        inference_model.save(str(path / "inference_model.keras"))
+        with open(path / "run_info.json", "w") as f:
+            json.dump({"image_size": list(IMAGE_SIZE), "embedding_dim": EMBEDDING_DIM, "num_classes": 4,
+                       "dataset": "sysu"}, f)
+
+    return shared_path(tmp_path_factory, "serving_run", build)
 
 
 @pytest.fixture(scope="session")
 def model_base(run_dir, tmp_path_factory):
-    """TF Serving base path with version 1 of the embedder."""
+    """TF Serving base path with version 1 of the embedder (shared, read only: a test that adds
+    versions copies it)."""
     from serving.export import export_embedder
-    base = str(tmp_path_factory.mktemp("models") / "kdem")
-    export_embedder(run_dir, base)
-    return base
+    folder = shared_path(tmp_path_factory, "serving_models", lambda path: export_embedder(run_dir, str(path / "kdem")))
+    return os.path.join(folder, "kdem")
 
 
 @pytest.fixture(scope="session")
-def gallery_dir(tmp_path_factory):
-    """A small SYSU-layout image folder from the synthetic generator (6 ids, 2 images per camera)."""
-    from kdem_tf.data.synthetic import generate_sysu
-    out = str(tmp_path_factory.mktemp("gallery") / "sysu")
-    return generate_sysu(out, identities=6, seed=0, image_size=IMAGE_SIZE, images_per_camera=2, progress=False)
+def gallery_dir(tiny_sysu):
+    """The session's tiny SYSU-layout folder (tests/conftest.py: 6 ids, 2 images per camera)."""
+    return tiny_sysu
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +74,11 @@ def gallery_files(gallery_dir):
 @pytest.fixture(scope="session")
 def index_dir(model_base, gallery_dir, tmp_path_factory):
     from serving.index import build_index
-    out = str(tmp_path_factory.mktemp("index") / "gallery")
-    build_index(model_base, gallery_dir, out, progress=False)
-    return out
+
+    def build(path):
+        build_index(model_base, gallery_dir, str(path / "gallery"), progress=False)
+
+    return os.path.join(shared_path(tmp_path_factory, "serving_index", build), "gallery")
 
 
 @pytest.fixture(scope="session")

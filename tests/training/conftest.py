@@ -6,10 +6,7 @@ import sys
 
 import pytest
 
-from kdem_tf.data import preprocess, synthetic
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 TINY = ["--preset", "tiny", "--mixed-precision", "float32", "--set", "model.non_local=false"]
 
 
@@ -20,15 +17,16 @@ def train_env() -> dict:
     return env
 
 
+def train_args(data: str, out: str, *extra: str) -> list:
+    """The arguments of a tiny `kdem_tf.train` run (for `kdem_tf.train.main` or the subprocess)."""
+    return ["--dataset", "sysu", "--data", data, "--out", out, *TINY, *extra]
+
+
 def train_command(data: str, out: str, *extra: str) -> list:
-    return [sys.executable, "-m", "kdem_tf.train", "--dataset", "sysu", "--data", data, "--out", out, *TINY, *extra]
+    return [sys.executable, "-m", "kdem_tf.train", *train_args(data, out, *extra)]
 
 
 @pytest.fixture(scope="session")
-def tfrecords(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train")
-    root = synthetic.generate_sysu(str(base / "raw"), identities=8, images_per_camera=2, progress=False)
-    out = str(base / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, out,
-                              pipeline_options=preprocess.local_pipeline_options(IN_PROCESS))
-    return out
+def tfrecords(tiny_tfrecords):
+    """The session's preprocessed tiny set (tests/conftest.py: 8 identities)."""
+    return tiny_tfrecords

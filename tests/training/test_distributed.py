@@ -12,8 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from kdem_tf.data import preprocess, synthetic
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
@@ -91,12 +89,8 @@ def _run_workers(tmp_path, data, attempts=3, timeout=900):
 
 
 @pytest.mark.timeout(3000)  # two ResNet-50 processes; up to 3 launches when a port race is lost
-def test_two_worker_processes_end_with_identical_weights(tmp_path):
-    root = synthetic.generate_sysu(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
-    data = str(tmp_path / "tfr")
-    preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, data,
-                              pipeline_options=preprocess.local_pipeline_options(["--direct_running_mode=in_memory"]))
-    codes, outputs = _run_workers(tmp_path, data)
+def test_two_worker_processes_end_with_identical_weights(tmp_path, tiny_tfrecords):
+    codes, outputs = _run_workers(tmp_path, tiny_tfrecords)
     for code, out in zip(codes, outputs):
         assert code == 0, out[-3000:]
     first, second = (np.load(tmp_path / f"weights{i}.npz") for i in range(2))

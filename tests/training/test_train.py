@@ -6,29 +6,42 @@ import os
 import re
 import subprocess
 
-from tests.training.conftest import train_command as _train_cmd, train_env as _env
+from tests.training.conftest import train_args, train_command as _train_cmd, train_env as _env
 
 
-def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path):
-    missing = subprocess.run(_train_cmd(str(tmp_path / "none"), str(tmp_path / "r1")), env=_env(),
-                             capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "no TFRecord shards for split 'train'" in missing.stderr
+def _cli(capsys, *argv: str) -> tuple:
+    """(exit code, stderr) of `python -m kdem_tf.train ARGV` run in this process (its `main`: the
+    same parsing, errors and exit codes as the subprocess, without another TensorFlow start-up)."""
+    from kdem_tf.train import main
+
+    capsys.readouterr()
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_missing_data_and_nan_loss_are_clear_errors(tfrecords, tmp_path, capsys):
+    code, err = _cli(capsys, *train_args(str(tmp_path / "none"), str(tmp_path / "r1")))
+    assert code == 2 and "no TFRecord shards for split 'train'" in err
     (tmp_path / "empty").mkdir()
-    empty = subprocess.run(_train_cmd(str(tmp_path / "empty"), str(tmp_path / "r0")), env=_env(),
-                           capture_output=True, text=True, timeout=300)
-    assert empty.returncode == 2 and str(tmp_path / "empty") in empty.stderr
+    code, err = _cli(capsys, *train_args(str(tmp_path / "empty"), str(tmp_path / "r0")))
+    assert code == 2 and str(tmp_path / "empty") in err
     # A run folder started on other data (another class count) is not resumed on this one.
     (tmp_path / "r3").mkdir()
     (tmp_path / "r3" / "run_info.json").write_text(json.dumps({"num_classes": 999}))
-    other = subprocess.run(_train_cmd(tfrecords, str(tmp_path / "r3")), env=_env(), capture_output=True,
-                           text=True, timeout=300)
-    assert other.returncode == 2 and "started with 999 classes" in other.stderr and "new --out" in other.stderr
-    nan = subprocess.run(_train_cmd(tfrecords, str(tmp_path / "r2"), "--set", "optim.base_lr=1e30",
-                                    "--set", "optim.backbone_lr=1e30", "--set", "optim.warmup_epochs=0", "--quiet"),
-                         env=_env(), capture_output=True, text=True, timeout=600)
-    assert nan.returncode == 2, nan.stderr[-2000:]
-    assert "loss became nan" in nan.stderr.lower() or "loss became inf" in nan.stderr.lower()
+    code, err = _cli(capsys, *train_args(tfrecords, str(tmp_path / "r3")))
+    assert code == 2 and "started with 999 classes" in err and "new --out" in err
+    code, err = _cli(capsys, *train_args(tfrecords, str(tmp_path / "r2"), "--set", "optim.base_lr=1e30",
+                                   "--set", "optim.backbone_lr=1e30", "--set", "optim.warmup_epochs=0", "--quiet"))
+    assert code == 2, err[-2000:]
+    assert "loss became nan" in err.lower() or "loss became inf" in err.lower()
     assert not os.path.exists(os.path.join(tmp_path, "r2", "checkpoints", "latest.json"))
+
+
+def test_the_cli_subprocess_fails_with_exit_code_2_and_the_message(tmp_path):
+    """The real `python -m kdem_tf.train` process: its exit code and stderr (the cases above run its main)."""
+    missing = subprocess.run(_train_cmd(str(tmp_path / "none"), str(tmp_path / "r1")), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no TFRecord shards for split 'train'" in missing.stderr
 
 
 def test_checkpoints_every_n_epochs_and_one_progress_bar_for_the_run(tfrecords, tmp_path, capsys):

@@ -140,3 +140,16 @@ def test_non_chief_writes_leave_nothing(tmp_path):
     checkpoint, _ = _checkpoint(np.float32(1.0))
     assert save_checkpoint(checkpoint, str(tmp_path), 1, 2, False, [_record(1, 1.0)]) is None
     assert os.listdir(tmp_path) == []
+
+
+def test_sigkill_step_reads_the_fault_injection_variable(monkeypatch):
+    from kdem_tf.train_utils import SIGKILL_AT_STEP_ENV, sigkill_step
+
+    monkeypatch.delenv(SIGKILL_AT_STEP_ENV, raising=False)
+    assert sigkill_step() is None
+    monkeypatch.setenv(SIGKILL_AT_STEP_ENV, "3")
+    assert sigkill_step() == 3
+    for bad in ("0", "-1", "three"):
+        monkeypatch.setenv(SIGKILL_AT_STEP_ENV, bad)
+        with pytest.raises(TrainingError, match=SIGKILL_AT_STEP_ENV):
+            sigkill_step()
