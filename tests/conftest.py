@@ -22,11 +22,12 @@ def _float32_policy_after_each_test():
         sys.modules["keras"].mixed_precision.set_global_policy("float32")
 
 
-# Test files that take minutes, slowest first (serial seconds measured before #16: pipeline 400,
-# resume 340, pipeline datasets 270, distributed 175, ...). `make test` runs xdist with --dist loadfile
-# --no-loadscope-reorder: the files go to the two processes in collection order, so the long ones
-# start first and the many short files fill in behind them (xdist's default order, most tests first,
-# left these few-test files to the end, where one process ran them while the other idled).
+# Test files that take minutes, slowest first (seconds in one `make test` of 2026-12-01, 2 processes on
+# the 2-core Intel Xeon: pipeline ~250, resume ~185, pipeline datasets ~160, distributed ~110, tflite ~90,
+# then 35-55 each). `make test` runs xdist with --dist loadfile --no-loadscope-reorder: each process
+# takes the next file when it has at most 2 tests left, in collection order, so the long ones start first
+# and the many short files fill in behind them (xdist's default order, most tests first, left these
+# few-test files to the end, where one process ran them while the other idled).
 SLOW_FILES_FIRST = (
     "tests/pipeline/test_pipeline.py",
     "tests/training/test_resume.py",
@@ -35,10 +36,11 @@ SLOW_FILES_FIRST = (
     "tests/serving/test_tflite.py",
     "tests/training/test_train.py",
     "tests/model/test_trainer.py",
-    "tests/serving/test_audit.py",
-    "tests/data/test_preprocess.py",
     "tests/serving/test_export.py",
-    "tests/test_console.py",
+    "tests/serving/test_version_swap.py",
+    "tests/test_contract_parity.py",
+    "tests/serving/test_flip.py",
+    "tests/serving/test_audit.py",
     "tests/pipeline/test_pipeline_failures.py",
 )
 
