@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import local_runner
 from pipeline.configs import PipelineSettings
+from tests.pipeline.conftest import OVERRIDES
 
 NODES = ("ImportSchemaGen", "ReidExampleGen", "StatisticsGen", "ExampleValidator", "ReidDataCheck", "Trainer",
          "ReidEvaluator", "Pusher", "ReidGalleryIndex")
@@ -20,7 +21,8 @@ NODES = ("ImportSchemaGen", "ReidExampleGen", "StatisticsGen", "ExampleValidator
 
 def _settings(home, dataset, data_root) -> PipelineSettings:
     return PipelineSettings(pipeline_name=f"kdem-{dataset}", home=str(home), dataset=dataset,
-                            data_root=str(data_root), preset="tiny", train_steps=1, code_fingerprint="tests",
+                            data_root=str(data_root), preset="tiny", train_overrides=OVERRIDES, train_steps=1,
+                            code_fingerprint="tests",
                             eval_trials=2, min_map=0.0, beam_mode="in_memory")
 
 
