@@ -35,4 +35,4 @@ def resolve_saved_model(model_path: str) -> str:
             if tf.io.gfile.exists(f"{folder}/{version}/saved_model.pb"):
                 return f"{folder}/{version}"
     raise EvaluationError(f"{model_path}: no SavedModel (saved_model.pb) there, nor in export/ or "
-                             f"inference_model/ below it (or a numbered version folder inside those)")
+                          f"inference_model/ below it (or a numbered version folder inside those)")

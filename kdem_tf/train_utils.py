@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from typing import List, Optional, Sequence, Tuple
 
@@ -264,9 +265,6 @@ class PhaseTimes:
     and the TFX Trainer's log print `summary()`, where a run's time goes without a profiler."""
 
     def __init__(self):
-        import time
-
-        self._clock = time.perf_counter
         self.seconds: dict = {}
         self.counts: dict = {}
 
@@ -275,7 +273,7 @@ class PhaseTimes:
 
         @contextlib.contextmanager
         def phase():
-            started = self._clock()
+            started = self.clock()
             try:
                 yield
             finally:
@@ -288,10 +286,11 @@ class PhaseTimes:
 
     def since(self, name: str, started: float) -> None:
         """Adds the time from `started` (a `clock()` reading) to now to `name`."""
-        self.add(name, self._clock() - started)
+        self.add(name, self.clock() - started)
 
-    def clock(self) -> float:
-        return self._clock()
+    @staticmethod
+    def clock() -> float:
+        return time.perf_counter()
 
     def as_dict(self) -> dict:
         return {name: round(seconds, 2) for name, seconds in self.seconds.items()}

@@ -183,19 +183,21 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
     def serve_bytes_flip(image_bytes, modality):
         return embed_images_flip(decode(image_bytes), modality)
 
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    # name → (function, its first input); every endpoint's second input is the modality. Flip test-time
+    # augmentation (kdem_tf.tta): the same inputs, flip-averaged embeddings.
+    endpoints = {SERVING_SIGNATURE: (serve_bytes, bytes_spec), IMAGES_SIGNATURE: (embed_images, images_spec),
+                 tta.FLIP_SIGNATURE: (serve_bytes_flip, bytes_spec),
+                 tta.FLIP_IMAGES_SIGNATURE: (embed_images_flip, images_spec)}
     archive = keras.export.ExportArchive()
     archive.track(inference_model)
-    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
-    archive.add_endpoint(SERVING_SIGNATURE, serve_bytes, input_signature=[bytes_spec, modality_spec])
-    archive.add_endpoint(IMAGES_SIGNATURE, embed_images, input_signature=[images_spec, modality_spec])
-    # Flip test-time augmentation (kdem_tf.tta): the same inputs, flip-averaged embeddings.
-    archive.add_endpoint(tta.FLIP_SIGNATURE, serve_bytes_flip, input_signature=[bytes_spec, modality_spec])
-    archive.add_endpoint(tta.FLIP_IMAGES_SIGNATURE, embed_images_flip, input_signature=[images_spec, modality_spec])
+    for name, (function, first_input) in endpoints.items():
+        archive.add_endpoint(name, function, input_signature=[first_input, modality_spec])
     archive.write_out(export_dir, verbose=False)
 
     info = {"image_size": [height, width], "image_contract": contract.to_dict(), "embedding_dim": embedding_dim,
             "compute_dtype": compute_dtype_of(inference_model),
-            "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE, tta.FLIP_SIGNATURE, tta.FLIP_IMAGES_SIGNATURE],
+            "signatures": list(endpoints),
             "exported_at": time.time()}
     info.update(extra_info or {})
     os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
