@@ -68,7 +68,8 @@ def build_models(config, num_classes: int, row: dict, strategy):
             non_local_inner_channels=config.model.non_local_inner_channels, backbone=config.model.backbone,
             fused_batch_norm=config.model.fused_batch_norm, gem=config.model.gem, bn_neck=config.model.bn_neck,
             shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
-            last_stride=config.model.last_stride, backbone_weights=weights, width=config.model.width)
+            last_stride=config.model.last_stride, backbone_weights=weights, width=config.model.width,
+            stage_blocks=config.model.stage_blocks)
     return train_model, inference_model
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kdem_tf.image_contract import NORMALIZATIONS, ImageContract
+from tests.conftest import TEST_STAGE_BLOCKS
 
 RENDER_SIZE = (96, 48)
 MODEL_SIZE = (64, 32)
@@ -41,7 +42,8 @@ def world(tmp_path_factory):
     run = base / "run"
     run.mkdir()
     contract = ImageContract(MODEL_SIZE, "caffe")
-    _, model = build_kdem_models(num_classes=4, image_size=MODEL_SIZE, non_local=False, width=0.25)  # quarter width: speed
+    _, model = build_kdem_models(num_classes=4, image_size=MODEL_SIZE, non_local=False, width=0.25,
+                                 stage_blocks=TEST_STAGE_BLOCKS)  # quarter width, 4 blocks: speed
     model.save(str(run / "inference_model.keras"))
     contract.save(str(run))
     (run / "run_info.json").write_text(json.dumps({"image_size": list(MODEL_SIZE), "dataset": "sysu",

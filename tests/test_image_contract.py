@@ -52,10 +52,14 @@ def test_normalisation_follows_the_weights_and_a_mismatch_is_refused():
         ic.resolve_normalization("bgr", "none")
 
 
+RESNET50 = ["model.width=1", "model.stage_blocks=3,4,6,3"]  # the tiny preset's network at ResNet-50's size
+
+
 def test_config_with_weights_and_the_wrong_normalisation_is_refused_at_load():
     with pytest.raises(config_lib.ConfigError, match="data.normalization='torchvision'.*backbone_weights='imagenet'"):
-        config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone=keras", "model.backbone_weights=imagenet", "data.normalization=torchvision"])
-    config = config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone=keras", "model.backbone_weights=imagenet"])
+        config_lib.load_config("tiny", overrides=RESNET50 + ["model.backbone=keras", "model.backbone_weights=imagenet",
+                                                             "data.normalization=torchvision"])
+    config = config_lib.load_config("tiny", overrides=RESNET50 + ["model.backbone=keras", "model.backbone_weights=imagenet"])
     assert config.data.normalization == "auto" and ImageContract.from_config(config).normalization == "caffe"
 
 

@@ -28,7 +28,7 @@ from kdem_tf.config import ModelConfig
 from kdem_tf.model.backbone_weights import load_backbone_weights
 from kdem_tf.model.gem_pooling import GeMPooling
 from kdem_tf.model.kdem_layer import KDEMLayer
-from kdem_tf.model.resnet import build_stem, build_trunk
+from kdem_tf.model.resnet import RESNET50_BLOCKS, build_stem, build_trunk
 
 VISIBLE_MODALITY = 0
 INFRARED_MODALITY = 1
@@ -73,6 +73,7 @@ def build_kdem_models(
     fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
     backbone: str = _DEFAULTS.backbone,
     width: float = _DEFAULTS.width,
+    stage_blocks: Sequence[int] = _DEFAULTS.stage_blocks,
 ) -> Tuple[keras.Model, keras.Model]:
     """Builds the KDEM train model and an inference model sharing its weights.
 
@@ -101,6 +102,8 @@ def build_kdem_models(
         width: channel multiplier of the stems and the trunk (1: ResNet-50, the
             paper's; the demo preset trains 0.5 from random init). Embeddings are
             2048 * width wide.
+        stage_blocks: bottleneck blocks in conv2_x..conv5_x ((3, 4, 6, 3): ResNet-50, the
+            paper's; fewer train and trace faster from random init, as the tests do).
 
     Returns:
         (train_model, inference_model).
@@ -142,9 +145,11 @@ def build_kdem_models(
         fused_batch_norm=fused_batch_norm,
         backbone=backbone,
         width=width,
+        stage_blocks=stage_blocks,
     )
-    if width != 1.0 and backbone_weights not in (None, "", "none"):
-        raise ValueError(f"width={width}: ImageNet weights fit width 1 only; use backbone_weights=None")
+    if (width != 1.0 or tuple(stage_blocks) != RESNET50_BLOCKS) and backbone_weights not in (None, "", "none"):
+        raise ValueError(f"width={width}, stage_blocks={tuple(stage_blocks)}: ImageNet weights fit ResNet-50 "
+                         f"(width 1, {RESNET50_BLOCKS}) only; use backbone_weights=None")
     load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
     kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None
 

@@ -29,7 +29,7 @@ Differences from the ImageNet ResNet-50, all weight-free, as AGW:
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import keras
 
@@ -43,7 +43,9 @@ BN_MOMENTUM = 0.9  # PyTorch's momentum=0.1 (Keras weighs the old value, PyTorch
 
 # (stage name, bottleneck filters, number of blocks, stride of the first block)
 RESNET50_STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))
-# Number of non-local blocks per stage, placed after its last blocks (AGW's non_layers).
+RESNET50_BLOCKS = tuple(blocks for _, _, blocks, _ in RESNET50_STAGES)  # (3, 4, 6, 3): model.stage_blocks
+# Number of non-local blocks per stage, placed after its last blocks (AGW's non_layers); a stage built
+# with fewer blocks (model.stage_blocks) has one after each of its blocks.
 NON_LOCAL_BLOCKS_PER_STAGE = {"conv2": 0, "conv3": 2, "conv4": 3, "conv5": 0}
 STEM_CHANNELS = 64
 TRUNK_CHANNELS = 2048
@@ -151,6 +153,7 @@ def build_trunk(
     fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
     backbone: str = _DEFAULTS.backbone,
     width: float = _DEFAULTS.width,
+    stage_blocks: Sequence[int] = _DEFAULTS.stage_blocks,
 ) -> keras.Model:
     """Stages 1-4 of ResNet-50 (conv2_x ... conv5_x = torchvision's layer1..layer4), shared by all modalities.
 
@@ -179,6 +182,8 @@ def build_trunk(
         backbone: "torchvision" (v1.5) or "keras" (v1); see the module docstring.
         width: channel multiplier of every bottleneck (1: ResNet-50; 0.5 halves each
             conv's channels, about a quarter of the FLOPs and weights; random init only).
+        stage_blocks: bottleneck blocks of conv2_x..conv5_x ((3, 4, 6, 3): ResNet-50;
+            fewer: a shallower trunk with the same stages and names, random init only).
 
     Returns:
         A model mapping [B, h, w, 64 w] to [B, h/4, w/4, 2048 w] (last_stride=1; /8 with 2).
@@ -186,10 +191,12 @@ def build_trunk(
     check_backbone(backbone)
     features = keras.Input(shape=input_shape, name=f"{name}_input")
     x = features
-    for stage, filters, num_blocks, first_stride in RESNET50_STAGES:
+    if len(stage_blocks) != len(RESNET50_STAGES) or min(stage_blocks) < 1:
+        raise ValueError(f"stage_blocks: 4 positive block counts (conv2_x..conv5_x), got {tuple(stage_blocks)}")
+    for (stage, filters, _, first_stride), num_blocks in zip(RESNET50_STAGES, stage_blocks):
         if stage == "conv5":
             first_stride = last_stride
-        num_non_local = NON_LOCAL_BLOCKS_PER_STAGE[stage] if non_local else 0
+        num_non_local = min(num_blocks, NON_LOCAL_BLOCKS_PER_STAGE[stage]) if non_local else 0
         for block_index in range(1, num_blocks + 1):
             block_name = f"{stage}_block{block_index}"
             x = _bottleneck_block(x, scaled_channels(filters, width), stride=first_stride if block_index == 1 else 1,

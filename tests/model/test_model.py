@@ -223,5 +223,27 @@ def test_width_scales_every_stem_and_trunk_channel_and_the_embedding():
     # About a quarter of the weights (convs scale with in x out channels).
     ratio = half_train.count_params() / full_train.count_params()
     assert 0.2 < ratio < 0.3, ratio
-    with pytest.raises(ValueError, match="ImageNet weights fit width 1 only"):
+    with pytest.raises(ValueError, match=r"ImageNet weights fit ResNet-50 \(width 1"):
         build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, width=0.5, backbone_weights="torchvision")
+
+
+def test_stage_blocks_build_a_shallower_trunk_with_resnet50s_stages_and_names():
+    """model.stage_blocks=1,1,1,1 (the tiny preset): one bottleneck per stage, the same strides, output
+    shape and layer names as ResNet-50's first blocks; each stage's non-local blocks are capped at its
+    block count; weights are refused."""
+    keras.utils.set_random_seed(0)
+    train_model, inference_model = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, stage_blocks=(1, 1, 1, 1))
+    trunk = train_model.get_layer("trunk")
+    blocks = sorted({l.name.split("_")[0] + "_" + l.name.split("_")[1] for l in trunk.layers if "_block" in l.name})
+    assert blocks == ["conv2_block1", "conv3_block1", "conv4_block1", "conv5_block1"]
+    assert [l.name for l in trunk.layers if l.name.endswith("_non_local")] == [
+        "conv3_block1_non_local", "conv4_block1_non_local"]
+    full_trunk = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE)[0].get_layer("trunk")
+    assert trunk.output.shape == full_trunk.output.shape  # same strides: same feature map
+    convs = {l.name for l in trunk.layers if not l.name.endswith("_non_local")}
+    assert convs < {l.name for l in full_trunk.layers}  # ResNet-50's names, its later blocks left out
+    assert inference_model(query_batch())["embedding"].shape == (3, 2048)
+    with pytest.raises(ValueError, match=r"stage_blocks=\(1, 1, 1, 1\): ImageNet weights fit ResNet-50"):
+        build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, stage_blocks=(1, 1, 1, 1), backbone_weights="torchvision")
+    with pytest.raises(ValueError, match="4 positive block counts"):
+        build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, stage_blocks=(1, 1, 1))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import TEST_STAGE_BLOCKS
 from tests.serving.conftest import EMBEDDING_DIM, IMAGE_SIZE, MODEL_WIDTH, REPO, png_bytes
 
 # Same graph ops on the same CPU: the SavedModel and Keras differ by float rounding only.
@@ -167,7 +168,8 @@ def test_a_bfloat16_trained_run_exports_float32(tmp_path):
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        _, model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH)
+        _, model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH,
+                                     stage_blocks=TEST_STAGE_BLOCKS)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert compute_dtype_of(model) == "bfloat16"

@@ -10,6 +10,7 @@ import requests
 
 from serving.client import ServingClient, b64
 from serving.grpc_client import GrpcClient
+from tests.conftest import TEST_STAGE_BLOCKS
 from tests.serving.conftest import IMAGE_SIZE, MODEL_WIDTH, start_server, stop_server
 
 
@@ -45,7 +46,8 @@ def test_v2_is_served_search_stays_pinned_and_a_corrupt_v3_is_skipped(swap_serve
     np.testing.assert_allclose(rest.predict(images, modalities), v1, atol=1e-5)
 
     # Version 2: a freshly initialised network (other weights), exported atomically beside version 1.
-    _, other = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH)
+    _, other = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH,
+                                 stage_blocks=TEST_STAGE_BLOCKS)
     export_embedder(other, swap_server["base"], version=2)
     v2 = Embedder(swap_server["base"], 2).embed_bytes(images, modalities)
     assert np.abs(v2 - v1).max() > 1e-2  # the versions really differ

@@ -28,12 +28,20 @@ def test_demo_and_tiny_presets_keep_their_behaviour():
     assert demo.model.width == 0.5 and demo.optim.epochs * demo.optim.steps_per_epoch == 400
     assert config_lib.load_config("paper").model.width == 1.0
     assert tiny.model.backbone_weights == "none" and tiny.data.random_erasing == 0.5
-    assert tiny.model.width == 0.25  # quarter width: test speed only
-    # tiny's width cannot meet ImageNet weights; width=1 restores ResNet-50 for weight tests.
+    assert tiny.model.width == 0.25 and tiny.model.stage_blocks == (1, 1, 1, 1)  # test speed only
+    assert config_lib.load_config("paper").model.stage_blocks == (3, 4, 6, 3) == demo.model.stage_blocks
+    # tiny's width and depth cannot meet ImageNet weights; width=1 and ResNet-50's blocks restore
+    # ResNet-50 for weight tests.
     with pytest.raises(config_lib.ConfigError, match="ImageNet weights exist for width 1 only"):
         config_lib.load_config("tiny", overrides=["model.backbone_weights=torchvision"])
-    assert config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone_weights=torchvision"]
-                                  ).model.width == 1.0
+    with pytest.raises(config_lib.ConfigError, match=r"model.stage_blocks=\[1, 1, 1, 1\]: ImageNet weights exist "
+                                                     r"for ResNet-50's \[3, 4, 6, 3\] only"):
+        config_lib.load_config("tiny", overrides=["model.width=1", "model.backbone_weights=torchvision"])
+    assert config_lib.load_config("tiny", overrides=["model.width=1", "model.stage_blocks=3,4,6,3",
+                                                     "model.backbone_weights=torchvision"]).model.width == 1.0
+    for bad in ("1,1,1", "1,0,1,1"):
+        with pytest.raises(config_lib.ConfigError, match="model.stage_blocks must be 4 positive block counts"):
+            config_lib.load_config("tiny", overrides=[f"model.stage_blocks={bad}"])
 
 
 def test_non_local_inner_channels_take_an_integer_or_half():

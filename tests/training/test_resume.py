@@ -1,6 +1,9 @@
 """Resume is the same run: an interrupted and resumed `python -m kdem_tf.train` equals the
 uninterrupted one bit for bit on a CPU (history losses and every checkpointed variable).
 
+The killed run and its resume are processes of their own (the run SIGKILLs itself); the others run
+the CLI's `main()` in the test process (the same code without a TensorFlow start-up each).
+
 Runs: 2 epochs x 2 steps of the tiny preset, no evaluation (equal weights give equal
 evaluations; test_train_utils.py covers the history file at each kill point). The learning rate
 changes at the epoch boundary (warm-up 1 epoch, milestone 2) and both modalities are augmented
@@ -9,6 +12,8 @@ schedule, or loses the momentum slots, BN statistics or metric means gives other
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,7 +23,7 @@ import numpy as np
 import pytest
 
 from kdem_tf.train_utils import SIGKILL_AT_STEP_ENV
-from tests.training.conftest import train_command, train_env
+from tests.training.conftest import train_args, train_command, train_env
 
 SCHEDULE = ["--set", "optim.epochs=2", "--set", "eval_every=0", "--set", "data.random_erasing=0.5"]
 # Each run is well under a minute on an idle 2-core CPU (tracing dominates); a loaded one took
@@ -26,13 +31,16 @@ SCHEDULE = ["--set", "optim.epochs=2", "--set", "eval_every=0", "--set", "data.r
 pytestmark = pytest.mark.timeout(2400)
 
 
-def _train(data: str, out: str, *extra: str, quiet: bool = True) -> subprocess.CompletedProcess:
-    """A run to its end; quiet=False keeps the progress output ("resumed from ...")."""
-    flags = ["--quiet"] if quiet else []
-    finished = subprocess.run(train_command(data, out, *SCHEDULE, *flags, *extra), env=train_env(),
-                              capture_output=True, text=True, timeout=1200)
-    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
-    return finished
+def _train(data: str, out: str, *extra: str, quiet: bool = True) -> str:
+    """A run to its end, in this process (`kdem_tf.train.main`, the CLI's code: the runs that need no
+    crash need no TensorFlow start-up of their own); returns what it printed ("resumed from ...")
+    with quiet=False."""
+    from kdem_tf import train
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert train.main(train_args(data, out, *SCHEDULE, *(["--quiet"] if quiet else []), *extra)) == 0
+    return printed.getvalue()
 
 
 def _history(out: str) -> list:
@@ -78,8 +86,7 @@ def test_resume_at_an_epoch_boundary_equals_the_uninterrupted_run(tfrecords, ref
     out = str(tmp_path / "run")
     _train(tfrecords, out, "--max-steps", "2")
     assert [r["epoch"] for r in _history(out)] == [1]
-    resumed = _train(tfrecords, out, quiet=False)
-    assert "resumed from" in resumed.stdout
+    assert "resumed from" in _train(tfrecords, out, quiet=False)
     _assert_same_run(out, reference)
 
 
@@ -96,7 +103,10 @@ def test_resume_after_a_partial_epoch_and_a_sigkill_equals_the_uninterrupted_run
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert [(r["epoch"], r["step"]) for r in _history(out)] == [(1, 2)]  # epoch 2's record never written
     assert json.load(open(latest))["step"] == 2
-    resumed = _train(tfrecords, out, quiet=False)
+    # The resume after the crash is a new process too, as after a real one.
+    resumed = subprocess.run(train_command(tfrecords, out, *SCHEDULE), capture_output=True, text=True,
+                             env=train_env(), timeout=1200)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
     _assert_same_run(out, reference)
     assert os.path.exists(os.path.join(out, "inference_model.keras"))
