@@ -59,4 +59,5 @@ moved = [(a, b, s) for a, b, s in zip(one_weights, two_weights, start) if np.max
 relative = max(float(np.max(np.abs(b - a)) / np.max(np.abs(a - s))) for a, b, s in moved)
 moved_variables = len(moved)
 print(json.dumps({"one": one_metrics, "two": two_metrics, "max_weight_change": change, "max_weight_diff": diff,
-                  "max_relative_step_diff": relative, "moved_variables": moved_variables}))
+                  "max_relative_step_diff": relative, "moved_variables": moved_variables,
+                  "variables": len(start)}))

@@ -33,7 +33,9 @@ def test_two_logical_devices_take_the_same_step_as_one():
     assert out["max_weight_diff"] < 1e-5, out
     # Relative to each variable's own step (an absolute bound alone passes a half step when the
     # steps are small): 2 replicas taking N/2 or 2N times the step give 0.5 or 1 here.
-    assert out["moved_variables"] > 100 and out["max_relative_step_diff"] < 1e-2, out
+    # Most variables move in one step (BN statistics too; zero-initialised residual gammas keep some
+    # convolutions still): measured 72 of the tiny network's 100.
+    assert out["moved_variables"] > out["variables"] // 2 and out["max_relative_step_diff"] < 1e-2, out
     for name, value in out["one"].items():
         assert out["two"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
@@ -88,7 +90,7 @@ def _run_workers(tmp_path, data, attempts=3, timeout=900):
             shutil.rmtree(tmp_path / f"run{index}", ignore_errors=True)
 
 
-@pytest.mark.timeout(3000)  # two ResNet-50 processes; up to 3 launches when a port race is lost
+@pytest.mark.timeout(3000)  # two training processes; up to 3 launches when a port race is lost
 def test_two_worker_processes_end_with_identical_weights(tmp_path, tiny_tfrecords):
     codes, outputs = _run_workers(tmp_path, tiny_tfrecords)
     for code, out in zip(codes, outputs):
@@ -96,7 +98,7 @@ def test_two_worker_processes_end_with_identical_weights(tmp_path, tiny_tfrecord
     first, second = (np.load(tmp_path / f"weights{i}.npz") for i in range(2))
     assert int(first["replicas"]) == 2
     weight_keys = [k for k in first.files if k.startswith("w")]
-    assert len(weight_keys) > 100
+    assert len(weight_keys) == 100  # every weight of the tiny network (one bottleneck per stage, no non-local)
     differing = [k for k in weight_keys if not np.array_equal(first[k], second[k])]
     # Every trained weight is identical. BatchNorm moving statistics are per worker (each
     # worker's local batches, as PyTorch DDP without SyncBN); the chief's are the ones saved.
