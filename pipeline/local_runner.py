@@ -144,18 +144,18 @@ def build(settings: PipelineSettings):
 
 def run(settings: PipelineSettings):
     """Builds and runs the pipeline with LocalDagRunner; returns the resolved settings."""
-    from tfx import v1 as tfx
+    from pipeline import tfx_api
 
     pipeline, settings = build(settings)
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    tfx_api.orchestration.LocalDagRunner().run(pipeline)
     return settings
 
 
 def open_store(settings: PipelineSettings):
     from ml_metadata.metadata_store import metadata_store
-    from tfx import v1 as tfx
+    from pipeline import tfx_api
 
-    return metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+    return metadata_store.MetadataStore(tfx_api.orchestration.metadata.sqlite_metadata_connection_config(
         settings.metadata_path))
 
 

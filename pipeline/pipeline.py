@@ -17,17 +17,16 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-from pipeline import components
+from pipeline import components, tfx_api
 from pipeline.configs import PipelineSettings
 
 TRAINER_RUN_FN = "pipeline.trainer_module.run_fn"
 
 
 def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str],
-                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+                    metadata_connection_config=None) -> tfx_api.dsl.Pipeline:
     """Returns the pipeline; builds nothing and touches no file.
 
     Args:
@@ -47,34 +46,34 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
     if settings.schema_path:
         # The curated schema also informs the statistics: its image feature (image_domain) gets
         # byte-size statistics instead of string sketches of every image's bytes.
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=settings.schema_path)
-        statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+        schema_gen = tfx_api.components.ImportSchemaGen(schema_file=settings.schema_path)
+        statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"],
                                                       schema=schema_gen.outputs["schema"])
     else:
-        statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+        statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"])
+        schema_gen = tfx_api.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                               infer_feature_shape=True)
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = tfx_api.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_check = components.ReidDataCheck(
         examples=example_gen.outputs["examples"], anomalies=example_validator.outputs["anomalies"],
         dataset=settings.dataset, min_train_identities=_min_train_identities(settings))
 
-    trainer = tfx.components.Trainer(
+    trainer = tfx_api.components.Trainer(
         run_fn=TRAINER_RUN_FN,
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"], num_steps=int(settings.train_steps or 0)),
-        eval_args=tfx.proto.EvalArgs(splits=[settings.query_split], num_steps=0),
+        train_args=tfx_api.proto.TrainArgs(splits=["train"], num_steps=int(settings.train_steps or 0)),
+        eval_args=tfx_api.proto.EvalArgs(splits=[settings.query_split], num_steps=0),
         custom_config={"dataset": settings.dataset, "preset": settings.preset,
                        "config_path": settings.train_config or "", "overrides": list(settings.train_overrides),
                        "code_fingerprint": settings.code_fingerprint, "verbose": int(settings.train_verbose)})
     trainer.add_upstream_node(data_check)  # a failed data check stops the run before training
 
-    baseline = tfx.dsl.Resolver(
+    baseline = tfx_api.dsl.Resolver(
         strategy_class=components.PreviousBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
+        model=tfx_api.dsl.Channel(type=standard_artifacts.Model),
+        model_blessing=tfx_api.dsl.Channel(type=standard_artifacts.ModelBlessing),
         current=trainer.outputs["model"],
     ).with_id("previous_blessed_model_resolver")
 
@@ -85,16 +84,16 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         min_map=float(settings.min_map), max_map_drop=float(settings.max_map_drop),
         trials=int(settings.eval_trials), sysu_mode=settings.sysu_mode)
 
-    pusher = tfx.components.Pusher(
+    pusher = tfx_api.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+        push_destination=tfx_api.proto.PushDestination(filesystem=tfx_api.proto.PushDestination.Filesystem(
             base_directory=settings.serving_model_dir)))
 
     gallery_index = components.ReidGalleryIndex(
         pushed_model=pusher.outputs["pushed_model"], examples=example_gen.outputs["examples"],
         gallery_split=settings.gallery_split, index_base_dir=settings.index_base_dir)
 
-    return tfx.dsl.Pipeline(
+    return tfx_api.dsl.Pipeline(
         pipeline_name=settings.pipeline_name,
         pipeline_root=settings.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, data_check, trainer,
@@ -116,4 +115,4 @@ def _min_train_identities(settings: PipelineSettings) -> int:
 def metadata_config(settings: PipelineSettings):
     """SQLite ML Metadata under the pipeline root."""
     os.makedirs(os.path.dirname(settings.metadata_path), exist_ok=True)
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(settings.metadata_path)
+    return tfx_api.orchestration.metadata.sqlite_metadata_connection_config(settings.metadata_path)

@@ -57,11 +57,12 @@ def protocol_metrics(report, node="Trainer"):
 
 def _train_only(settings: PipelineSettings) -> PipelineSettings:
     """A partial run that ends at the Trainer (TFX RunOptions.to_nodes)."""
-    from tfx import v1 as tfx
     from tfx.orchestration import pipeline as tfx_pipeline
 
+    from pipeline import tfx_api
+
     pipeline, settings = local_runner.build(settings)
-    tfx.orchestration.LocalDagRunner().run(pipeline, run_options=tfx_pipeline.RunOptions(to_nodes=["Trainer"]))
+    tfx_api.orchestration.LocalDagRunner().run(pipeline, run_options=tfx_pipeline.RunOptions(to_nodes=["Trainer"]))
     return settings
 
 
