@@ -38,6 +38,7 @@ is the uninterrupted run's bit for bit (tests/training/test_resume.py). What mak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -73,6 +74,39 @@ def build_models(config, num_classes: int, row: dict, strategy):
     return train_model, inference_model
 
 
+@dataclasses.dataclass
+class _Run:
+    """What a training run holds between its phases (`train` builds it in `_start_run`)."""
+    config: config_lib.TrainConfig
+    dataset: str
+    data_dir: str
+    run_dir: str
+    verbose: int
+    policy: str
+    strategy: object
+    is_chief: bool
+    contract: ImageContract
+    split: object
+    num_classes: int
+    train_model: object
+    inference_model: object
+    optimizer_setup: object
+    trainer: object
+    checkpoint: object
+    steps_per_epoch: int
+    total_steps: int
+    step: int
+    history: list
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.run_dir, "checkpoints")
+
+    @property
+    def history_path(self) -> str:
+        return os.path.join(self.run_dir, "history.jsonl")
+
+
 def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: str,
           max_steps: Optional[int] = None, log_dir: Optional[str] = None, verbose: int = 1,
           return_models: bool = False) -> dict:
@@ -81,7 +115,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     Args:
         config: the resolved TrainConfig.
         dataset: "sysu", "regdb", "llcm" or "manifest" (recorded; selects the evaluation protocol).
-        data_dir: preprocessing output (our layout or a TFX Examples artifact uri).
+        data_dir: preprocessing output (our layout or a TFX Examples uri).
         run_dir: the run folder (created; resumed when it holds checkpoints).
         max_steps: cap on total optimizer steps (TFX TrainArgs.num_steps); None: the schedule.
         log_dir: TensorBoard folder (default RUN_DIR/logs).
@@ -90,23 +124,63 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         return_models: add "train_model" and "inference_model" to the result.
     """
     import tensorflow as tf
-    import keras
-    from kdem_tf.data import input_pipeline
-    from kdem_tf.model.optim import build_optimizer
-    from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
 
     times = PhaseTimes()
     started = times.clock()
     kill_at_step = sigkill_step()  # None unless a resume test injects a crash
     os.makedirs(run_dir, exist_ok=True)
-    log_dir = log_dir or os.path.join(run_dir, "logs")
+    run = _start_run(config, dataset, data_dir, run_dir, max_steps, verbose)
+    iterator = iter(run.strategy.distribute_datasets_from_function(
+        lambda context, start_step=run.step: _replica_dataset(run, context, start_step)))
+    distributed_step = make_distributed_step(run.strategy, run.trainer)
+    writer = (tf.summary.create_file_writer(log_dir or os.path.join(run_dir, "logs")) if run.is_chief
+              else tf.summary.create_noop_writer())
+    times.since("setup", started)  # up to here: models, optimizer, data, run folder (not the evaluation below)
+    if config.eval_every and run.step == 0 and run.is_chief:
+        # Epoch 0: the untrained model, the reference for what training achieved.
+        with times("evaluations"):
+            record = {"epoch": 0, "step": 0, "eval": _evaluate(run, "untrained ")}
+        _write_eval_summaries(writer, 0, record["eval"])
+        run.history = [record]
+        write_history(run.history_path, run.history)
+    run_bar = RunProgress(run.total_steps, run.step, config.optim.epochs) if verbose == 3 else None
+    metrics = {}
+    epoch = -(-run.step // run.steps_per_epoch)  # epochs begun; the last one may be partial
+    while run.step < run.total_steps:
+        if run.step % run.steps_per_epoch == 0:  # a new epoch; a partial one goes on with its restored means
+            for tracker in run.trainer.metrics:
+                tracker.reset_state()
+            epoch += 1
+        started = time.time()
+        metrics = _train_epoch(run, epoch, iterator, distributed_step, times, run_bar, kill_at_step)
+        _end_epoch(run, epoch, metrics, time.time() - started, writer, times, run_bar)
+    if run_bar:
+        run_bar.close()
+    writer.flush()
+    if run.is_chief:
+        with times("final save"):
+            _save_final(run)
+    if verbose:
+        print(times.summary(), flush=True)
+    result = {"run_dir": run_dir, "steps": run.step, "epochs": epoch, "metrics": metrics,
+              "num_classes": run.num_classes, "replicas": run.strategy.num_replicas_in_sync,
+              "mixed_precision": run.policy, "seconds": times.as_dict()}
+    if return_models:
+        result.update(train_model=run.train_model, inference_model=run.inference_model)
+    return result
+
+
+def _start_run(config, dataset: str, data_dir: str, run_dir: str, max_steps: Optional[int], verbose: int) -> _Run:
+    """Seeds, precision, strategy, data, models, optimizer and checkpoint; restores the latest
+    checkpoint of the run folder; writes the run's config, contract and run_info (chief)."""
+    import keras
+    from kdem_tf.data import input_pipeline
+    from kdem_tf.model.trainer import ABLATION_ROWS
+
     keras.utils.set_random_seed(config.seed)
     policy = choose_mixed_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     strategy = make_strategy()
-    replicas = strategy.num_replicas_in_sync
-    is_chief = _is_chief(strategy)
-
     contract = ImageContract.from_config(config)  # the one contract of this run
     split = input_pipeline.load_split(data_dir, "train")
     num_classes = input_pipeline.num_classes(split)
@@ -117,20 +191,45 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
     row = ABLATION_ROWS[config.loss.ablation]
     train_model, inference_model = build_models(config, num_classes, row, strategy)
-
     sampler = input_pipeline.IdentitySampler(split.labels, split.modalities, config.data.num_identities,
                                              config.data.num_instances, config.seed)
     steps_per_epoch = config.optim.steps_per_epoch or sampler.batches_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch
     if max_steps is not None:
         total_steps = min(total_steps, int(max_steps))
+    optimizer_setup, trainer, checkpoint = _build_trainer(config, row, train_model, strategy, steps_per_epoch)
+    run = _Run(config=config, dataset=dataset, data_dir=data_dir, run_dir=run_dir, verbose=verbose, policy=policy,
+               strategy=strategy, is_chief=_is_chief(strategy), contract=contract, split=split,
+               num_classes=num_classes, train_model=train_model, inference_model=inference_model,
+               optimizer_setup=optimizer_setup, trainer=trainer, checkpoint=checkpoint,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=0, history=[])
+    latest = latest_checkpoint(run.ckpt_dir)
+    if latest:
+        checkpoint.read(latest["prefix"]).assert_existing_objects_matched()
+        if verbose:
+            print(f"resumed from {latest['prefix']} (epoch {latest['epoch']}, "
+                  f"step {int(optimizer_setup.optimizer.iterations.numpy())})")
+    run.history = resume_history(latest, run.history_path) if run.is_chief else []
+    run.step = int(optimizer_setup.optimizer.iterations.numpy())
+    if run.is_chief:
+        _write_run_files(run, info_path)
+    return run
+
+
+def _build_trainer(config, row: dict, train_model, strategy, steps_per_epoch: int):
+    """(optimizer setup, compiled KDEMTrainer, tf.train.Checkpoint of every state a step touches)."""
+    import tensorflow as tf
+    from kdem_tf.model.optim import build_optimizer
+    from kdem_tf.model.trainer import KDEMTrainer
+
+    optim, loss = config.optim, config.loss
     with strategy.scope():
-        setup = build_optimizer(base_lr=config.optim.base_lr, backbone_lr=config.optim.backbone_lr,
-                                momentum=config.optim.momentum, nesterov=config.optim.nesterov,
-                                weight_decay=config.optim.weight_decay, warmup_epochs=config.optim.warmup_epochs,
-                                milestones=config.optim.milestones, steps_per_epoch=steps_per_epoch)
-        trainer = KDEMTrainer(train_model, loss_weights=(config.loss.id_weight, config.loss.wrt_weight,
-                                                         config.loss.div_weight, config.loss.con_weight),
+        setup = build_optimizer(base_lr=optim.base_lr, backbone_lr=optim.backbone_lr, momentum=optim.momentum,
+                                nesterov=optim.nesterov, weight_decay=optim.weight_decay,
+                                warmup_epochs=optim.warmup_epochs, milestones=optim.milestones,
+                                steps_per_epoch=steps_per_epoch)
+        trainer = KDEMTrainer(train_model, loss_weights=(loss.id_weight, loss.wrt_weight, loss.div_weight,
+                                                         loss.con_weight),
                               use_diversity_loss=row["use_diversity_loss"],
                               use_consistency_loss=row["use_consistency_loss"],
                               backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
@@ -139,124 +238,108 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
         # The metrics' running means too: an epoch cut by --max-steps resumes its means.
         checkpoint = tf.train.Checkpoint(model=train_model, optimizer=setup.optimizer, epoch_metrics={
             tracker.name: list(tracker.variables) for tracker in trainer.metrics})
+    return setup, trainer, checkpoint
 
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    history_path = os.path.join(run_dir, "history.jsonl")
-    latest = latest_checkpoint(ckpt_dir)
-    if latest:
-        checkpoint.read(latest["prefix"]).assert_existing_objects_matched()
-        if verbose:
-            print(f"resumed from {latest['prefix']} (epoch {latest['epoch']}, step {int(setup.optimizer.iterations.numpy())})")
-    history = resume_history(latest, history_path) if is_chief else []
-    step = int(setup.optimizer.iterations.numpy())
-    if is_chief:
-        atomic_write_text(os.path.join(run_dir, "config.yaml"), config_lib.to_yaml(config))
-        contract.save(run_dir)
-        atomic_write_text(info_path, json.dumps({
-            "dataset": dataset, "data_dir": data_dir, "num_classes": num_classes,
-            "image_size": list(contract.image_size), "image_contract": contract.to_dict(),
-            "embedding_dim": int(inference_model.output["embedding"].shape[-1]),
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "replicas": replicas,
-            "mixed_precision": policy, "ablation": config.loss.ablation}, indent=2))
 
-    def replica_dataset(context, start_step: int = 0):
-        # One whole P×K batch per element; each input pipeline draws its own batches and
-        # hands one to each of its replicas per step, so it has drawn step * that many.
-        pipeline_seed = config.seed + 1000 * context.input_pipeline_id
-        replicas_per_pipeline = max(1, context.num_replicas_in_sync // max(1, context.num_input_pipelines))
-        dataset, _ = input_pipeline.train_dataset(
-            split, config.data.image_size, config.data.num_identities, config.data.num_instances, 1,
-            pipeline_seed, start_batch=start_step * replicas_per_pipeline, erasing=config.data.random_erasing,
-            channel_augmentation=config.data.channel_augmentation, contract=contract)
-        return dataset
+def _write_run_files(run: _Run, info_path: str) -> None:
+    """RUN_DIR/config.yaml, image_contract.json and run_info.json (atomic writes)."""
+    atomic_write_text(os.path.join(run.run_dir, "config.yaml"), config_lib.to_yaml(run.config))
+    run.contract.save(run.run_dir)
+    atomic_write_text(info_path, json.dumps({
+        "dataset": run.dataset, "data_dir": run.data_dir, "num_classes": run.num_classes,
+        "image_size": list(run.contract.image_size), "image_contract": run.contract.to_dict(),
+        "embedding_dim": int(run.inference_model.output["embedding"].shape[-1]),
+        "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps,
+        "replicas": run.strategy.num_replicas_in_sync, "mixed_precision": run.policy,
+        "ablation": run.config.loss.ablation}, indent=2))
 
-    iterator = iter(strategy.distribute_datasets_from_function(
-        lambda context, start_step=step: replica_dataset(context, start_step)))
-    distributed_step = make_distributed_step(strategy, trainer)
 
-    writer = tf.summary.create_file_writer(log_dir) if is_chief else tf.summary.create_noop_writer()
+def _replica_dataset(run: _Run, context, start_step: int = 0):
+    """One whole P×K batch per element; each input pipeline draws its own batches and hands one to
+    each of its replicas per step, so it has drawn step * that many."""
+    from kdem_tf.data import input_pipeline
+
+    data = run.config.data
+    pipeline_seed = run.config.seed + 1000 * context.input_pipeline_id
+    replicas_per_pipeline = max(1, context.num_replicas_in_sync // max(1, context.num_input_pipelines))
+    dataset, _ = input_pipeline.train_dataset(
+        run.split, data.image_size, data.num_identities, data.num_instances, 1, pipeline_seed,
+        start_batch=start_step * replicas_per_pipeline, erasing=data.random_erasing,
+        channel_augmentation=data.channel_augmentation, contract=run.contract)
+    return dataset
+
+
+def _train_epoch(run: _Run, epoch: int, iterator, distributed_step, times: PhaseTimes, run_bar,
+                 kill_at_step: Optional[int]) -> dict:
+    """The steps of one epoch (the rest of it after a resume, or up to --max-steps); returns the
+    trainer's metrics after its last step (running means of the epoch)."""
+    import keras
+
+    steps_now = min(run.steps_per_epoch - run.step % run.steps_per_epoch, run.total_steps - run.step)
+    # The trainer's metrics are running means already: show them as they are.
+    # verbose 1: a progress bar per epoch; 2 (logs, the TFX Trainer): one line per epoch, at its
+    # end; 3 (the demo): one progress bar for the whole run, evaluation lines above it.
+    bar = keras.utils.Progbar(steps_now, stateful_metrics=[m.name for m in run.trainer.metrics],
+                              verbose=1, unit_name="step") if run.verbose == 1 else None
+    if run.verbose == 1:
+        print(f"epoch {epoch}/{run.config.optim.epochs}")
     metrics = {}
-    epoch = -(-step // steps_per_epoch)  # epochs begun; the last one may be partial
-    times.since("setup", started)  # up to here: models, optimizer, data, run folder (not the evaluation below)
-    if config.eval_every and step == 0 and is_chief:
-        # Epoch 0: the untrained model, the reference for what training achieved.
-        with times("evaluations"):
-            record = {"epoch": 0, "step": 0, "eval": _evaluate(inference_model, dataset, data_dir,
-                                                               contract, verbose, "untrained ")}
-        _write_eval_summaries(writer, 0, record["eval"])
-        history = [record]
-        write_history(history_path, history)
-    run_bar = RunProgress(total_steps, step, config.optim.epochs) if verbose == 3 else None
-    while step < total_steps:
-        if step % steps_per_epoch == 0:  # a new epoch; a partial one goes on with its restored means
-            for tracker in trainer.metrics:
-                tracker.reset_state()
-            epoch += 1
-        steps_now = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
-        # The trainer's metrics are running means already: show them as they are.
-        # verbose 1: a progress bar per epoch; 2 (logs, the TFX Trainer): one line per epoch, at its
-        # end; 3 (the demo): one progress bar for the whole run, evaluation lines above it.
-        bar = keras.utils.Progbar(steps_now, stateful_metrics=[m.name for m in trainer.metrics],
-                                  verbose=1, unit_name="step") if verbose == 1 else None
-        if verbose == 1:
-            print(f"epoch {epoch}/{config.optim.epochs}")
-        started = time.time()
-        for done in range(1, steps_now + 1):
-            # The first call traces the step function: timed apart from the others.
-            with times(FIRST_STEP if FIRST_STEP not in times.seconds else "steps"):
-                metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
-            if not np.isfinite(metrics["loss"]):
-                raise TrainingError(f"loss became {metrics['loss']} at step {step + 1} (epoch {epoch}); "
-                                    f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
-                                    f"check the data, or resume from {ckpt_dir}")
-            step += 1
-            if step == kill_at_step:
-                kill_self()
-            if bar:
-                bar.update(done, values=[(k, metrics[k]) for k in SHOWN_METRICS if k in metrics])
-            if run_bar:
-                run_bar.update(epoch, metrics)
-        seconds = time.time() - started
-        if verbose == 2:
-            print(f"epoch {epoch}/{config.optim.epochs} {seconds:.0f}s " + " ".join(
-                f"{k} {metrics[k]:.4g}" for k in SHOWN_METRICS if k in metrics), flush=True)
-        lr = float(setup.optimizer.learning_rate)  # the schedule's value at the current step
-        record = {"epoch": epoch, "step": step, "seconds": round(seconds, 2), "lr": lr, **metrics}
-        with writer.as_default(step=step):
-            for k, v in metrics.items():
-                tf.summary.scalar(f"train/{k}", v)
-            tf.summary.scalar("train/learning_rate", lr)
-        if config.eval_every and (epoch % config.eval_every == 0 or step >= total_steps) and is_chief:
-            with times("evaluations"):
-                record["eval"] = _evaluate(inference_model, dataset, data_dir, contract, verbose,
-                                           write=run_bar.write if run_bar else print)
-            _write_eval_summaries(writer, step, record["eval"])
-        # An epoch completed after a resume replaces the record of its first, partial part.
-        history = [r for r in history if r["epoch"] != epoch] + [record]
-        if epoch % max(1, config.checkpoint_every) == 0 or step >= total_steps:
-            with times("checkpoints"):
-                save_checkpoint(checkpoint, ckpt_dir, epoch, step, is_chief, history)
-        # Between checkpoints history.jsonl runs ahead of the latest checkpoint; a resume rebuilds it
-        # from the checkpoint (resume_history) and trains those epochs again, so the two stay consistent.
-        if is_chief:
-            write_history(history_path, history)
-    if run_bar:
-        run_bar.close()
-    writer.flush()
+    for done in range(1, steps_now + 1):
+        # The first call traces the step function: timed apart from the others.
+        with times(FIRST_STEP if FIRST_STEP not in times.seconds else "steps"):
+            metrics = {k: float(v) for k, v in distributed_step(next(iterator)).items()}
+        if not np.isfinite(metrics["loss"]):
+            raise TrainingError(f"loss became {metrics['loss']} at step {run.step + 1} (epoch {epoch}); "
+                                f"no checkpoint was written for this epoch. Lower optim.base_lr/backbone_lr, "
+                                f"check the data, or resume from {run.ckpt_dir}")
+        run.step += 1
+        if run.step == kill_at_step:
+            kill_self()
+        if bar:
+            bar.update(done, values=[(k, metrics[k]) for k in SHOWN_METRICS if k in metrics])
+        if run_bar:
+            run_bar.update(epoch, metrics)
+    return metrics
 
-    if is_chief:
-        with times("final save"):
-            _save_inference_model(inference_model, os.path.join(run_dir, "inference_model.keras"))
-            if "influence_factors" in train_model.output:
-                np.save(os.path.join(run_dir, "influence_factors.npy"),
-                        _influence_factors(train_model, replica_dataset(tf.distribute.InputContext(), 0)))
-    if verbose:
-        print(times.summary(), flush=True)
-    result = {"run_dir": run_dir, "steps": step, "epochs": epoch, "metrics": metrics, "num_classes": num_classes,
-              "replicas": replicas, "mixed_precision": policy, "seconds": times.as_dict()}
-    if return_models:
-        result.update(train_model=train_model, inference_model=inference_model)
-    return result
+
+def _end_epoch(run: _Run, epoch: int, metrics: dict, seconds: float, writer, times: PhaseTimes, run_bar) -> None:
+    """The epoch's record: its line (verbose 2), TensorBoard scalars, the periodic evaluation, the
+    history and, every `checkpoint_every` epochs and at the end, a checkpoint."""
+    import tensorflow as tf
+
+    config, finished = run.config, run.step >= run.total_steps
+    if run.verbose == 2:
+        print(f"epoch {epoch}/{config.optim.epochs} {seconds:.0f}s " + " ".join(
+            f"{k} {metrics[k]:.4g}" for k in SHOWN_METRICS if k in metrics), flush=True)
+    lr = float(run.optimizer_setup.optimizer.learning_rate)  # the schedule's value at the current step
+    record = {"epoch": epoch, "step": run.step, "seconds": round(seconds, 2), "lr": lr, **metrics}
+    with writer.as_default(step=run.step):
+        for k, v in metrics.items():
+            tf.summary.scalar(f"train/{k}", v)
+        tf.summary.scalar("train/learning_rate", lr)
+    if config.eval_every and (epoch % config.eval_every == 0 or finished) and run.is_chief:
+        with times("evaluations"):
+            record["eval"] = _evaluate(run, write=run_bar.write if run_bar else print)
+        _write_eval_summaries(writer, run.step, record["eval"])
+    # An epoch completed after a resume replaces the record of its first, partial part.
+    run.history = [r for r in run.history if r["epoch"] != epoch] + [record]
+    if epoch % max(1, config.checkpoint_every) == 0 or finished:
+        with times("checkpoints"):
+            save_checkpoint(run.checkpoint, run.ckpt_dir, epoch, run.step, run.is_chief, run.history)
+    # Between checkpoints history.jsonl runs ahead of the latest checkpoint; a resume rebuilds it
+    # from the checkpoint (resume_history) and trains those epochs again, so the two stay consistent.
+    if run.is_chief:
+        write_history(run.history_path, run.history)
+
+
+def _save_final(run: _Run) -> None:
+    """RUN_DIR/inference_model.keras and, with KDEM, influence_factors.npy (mi_v on training pairs)."""
+    import tensorflow as tf
+
+    _save_inference_model(run.inference_model, os.path.join(run.run_dir, "inference_model.keras"))
+    if "influence_factors" in run.train_model.output:
+        np.save(os.path.join(run.run_dir, "influence_factors.npy"),
+                _influence_factors(run.train_model, _replica_dataset(run, tf.distribute.InputContext(), 0)))
 
 
 def make_distributed_step(strategy, trainer):
@@ -295,12 +378,11 @@ def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
     return np.concatenate(values)
 
 
-def _evaluate(inference_model, dataset: str, data_dir: str, contract, verbose: int, label: str = "",
-              write=print) -> dict:
+def _evaluate(run: _Run, label: str = "", write=print) -> dict:
     from kdem_tf.record_evaluation import evaluate_keras_model
 
-    result = evaluate_keras_model(inference_model, dataset, data_dir, contract)
-    if verbose:
+    result = evaluate_keras_model(run.inference_model, run.dataset, run.data_dir, run.contract)
+    if run.verbose:
         write(f"{label}eval: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if isinstance(v, float)))
     return result
 
