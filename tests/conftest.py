@@ -1,6 +1,6 @@
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ log lines (cuDNN/cuFFT registration, oneDNN)
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
@@ -27,9 +27,9 @@ def _float32_policy_after_each_test():
         sys.modules["keras"].mixed_precision.set_global_policy("float32")
 
 
-# Test files that take minutes, slowest first (seconds in one `make test` of 2026-12-01, 2 processes on
-# the 2-core Intel Xeon: pipeline ~250, resume ~185, pipeline datasets ~160, distributed ~110, tflite ~90,
-# then 35-55 each). `make test` runs xdist with --dist loadfile --no-loadscope-reorder: each process
+# Test files that take minutes, slowest first (seconds in a fresh-clone `make test` of 2026-12-01 at
+# 0849aff, 2 processes on the 2-core Intel Xeon: pipeline ~140, resume ~120, pipeline datasets ~90,
+# distributed ~70, tflite ~60, then 20-40 each). `make test` runs xdist with --dist loadfile --no-loadscope-reorder: each process
 # takes the next file when it has at most 2 tests left, in collection order, so the long ones start first
 # and the many short files fill in behind them (xdist's default order, most tests first, left these
 # few-test files to the end, where one process ran them while the other idled).
