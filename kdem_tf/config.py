@@ -238,16 +238,17 @@ def _validate_model(model: ModelConfig) -> None:
     from kdem_tf.image_contract import ContractError
     from kdem_tf.model.backbone_weights import backbone_for_weights
     from kdem_tf.model.non_local import check_inner_channels
-    from kdem_tf.model.resnet import BACKBONES, RESNET50_BLOCKS
+    from kdem_tf.model.resnet import BACKBONES, RESNET50_BLOCKS, check_stage_blocks
 
     if not 0.0 < model.width <= 1.0:
         raise ConfigError(f"model.width must be in (0, 1] (1 = ResNet-50's channels), got {model.width}")
     if model.width != 1.0 and str(model.backbone_weights).lower() not in ("none", ""):
         raise ConfigError(f"model.width={model.width}: ImageNet weights exist for width 1 only; set "
                           f"model.backbone_weights=none to train a narrower network from random init")
-    if len(model.stage_blocks) != 4 or min(model.stage_blocks) < 1:
-        raise ConfigError(f"model.stage_blocks must be 4 positive block counts (conv2_x..conv5_x; ResNet-50: "
-                          f"{list(RESNET50_BLOCKS)}), got {list(model.stage_blocks)}")
+    try:
+        check_stage_blocks(model.stage_blocks, "model.stage_blocks")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if tuple(model.stage_blocks) != RESNET50_BLOCKS and str(model.backbone_weights).lower() not in ("none", ""):
         raise ConfigError(f"model.stage_blocks={list(model.stage_blocks)}: ImageNet weights exist for ResNet-50's "
                           f"{list(RESNET50_BLOCKS)} only; set model.backbone_weights=none to train a shallower "

@@ -49,7 +49,7 @@ import numpy as np
 
 from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
-from kdem_tf.train_utils import (TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
+from kdem_tf.train_utils import (HISTORY_FILE, TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
                                  make_strategy, latest_checkpoint, save_checkpoint, read_json,
                                  resume_history, write_history, PhaseTimes, RunProgress, SHOWN_METRICS,
                                  kill_self, sigkill_step)
@@ -104,7 +104,7 @@ class _Run:
 
     @property
     def history_path(self) -> str:
-        return os.path.join(self.run_dir, "history.jsonl")
+        return os.path.join(self.run_dir, HISTORY_FILE)
 
 
 def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: str,

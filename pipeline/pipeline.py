@@ -48,11 +48,11 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         # byte-size statistics instead of string sketches of every image's bytes.
         schema_gen = tfx_api.components.ImportSchemaGen(schema_file=settings.schema_path)
         statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"],
-                                                      schema=schema_gen.outputs["schema"])
+                                                          schema=schema_gen.outputs["schema"])
     else:
         statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"])
         schema_gen = tfx_api.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                              infer_feature_shape=True)
+                                                  infer_feature_shape=True)
     example_validator = tfx_api.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_check = components.ReidDataCheck(

@@ -29,10 +29,11 @@ def _float32_policy_after_each_test():
 
 # Test files that take minutes, slowest first (seconds in a fresh-clone `make test` of 2026-12-01 at
 # 0849aff, 2 processes on the 2-core Intel Xeon: pipeline ~140, resume ~120, pipeline datasets ~90,
-# distributed ~70, tflite ~60, then 20-40 each). `make test` runs xdist with --dist loadfile --no-loadscope-reorder: each process
-# takes the next file when it has at most 2 tests left, in collection order, so the long ones start first
-# and the many short files fill in behind them (xdist's default order, most tests first, left these
-# few-test files to the end, where one process ran them while the other idled).
+# distributed ~70, tflite ~60, then 20-40 each). `make test` runs xdist with --dist loadfile
+# --no-loadscope-reorder: each process takes the next file when it has at most 2 tests left, in
+# collection order, so the long ones start first and the many short files fill in behind them
+# (xdist's default order, most tests first, left these few-test files to the end, where one process
+# ran them while the other idled).
 SLOW_FILES_FIRST = (
     "tests/pipeline/test_pipeline.py",
     "tests/training/test_resume.py",

@@ -51,6 +51,16 @@ STEM_CHANNELS = 64
 TRUNK_CHANNELS = 2048
 
 
+def check_stage_blocks(stage_blocks: Sequence[int], where: str = "stage_blocks") -> Tuple[int, ...]:
+    """`stage_blocks` as a tuple when it is 4 positive block counts (conv2_x..conv5_x), else a
+    ValueError naming `where` (`model.stage_blocks` for the config)."""
+    blocks = tuple(stage_blocks)
+    if len(blocks) != len(RESNET50_STAGES) or min(blocks) < 1:
+        raise ValueError(f"{where} must be 4 positive block counts (conv2_x..conv5_x; ResNet-50: "
+                         f"{list(RESNET50_BLOCKS)}), got {list(blocks)}")
+    return blocks
+
+
 def scaled_channels(channels: int, width: float) -> int:
     """`channels` of ResNet-50 times the width multiplier (`model.width`), at least 8."""
     return max(8, int(round(channels * width)))
@@ -191,9 +201,7 @@ def build_trunk(
     check_backbone(backbone)
     features = keras.Input(shape=input_shape, name=f"{name}_input")
     x = features
-    if len(stage_blocks) != len(RESNET50_STAGES) or min(stage_blocks) < 1:
-        raise ValueError(f"stage_blocks: 4 positive block counts (conv2_x..conv5_x), got {tuple(stage_blocks)}")
-    for (stage, filters, _, first_stride), num_blocks in zip(RESNET50_STAGES, stage_blocks):
+    for (stage, filters, _, first_stride), num_blocks in zip(RESNET50_STAGES, check_stage_blocks(stage_blocks)):
         if stage == "conv5":
             first_stride = last_stride
         num_non_local = min(num_blocks, NON_LOCAL_BLOCKS_PER_STAGE[stage]) if non_local else 0
