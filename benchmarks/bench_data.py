@@ -21,6 +21,7 @@ import tempfile
 import time
 
 from benchmarks.common import combined_spread, target_verdict, time_repeats, verdict_line, write_json
+from kdem_tf.datasets import sysu as sysu_ds
 
 
 MODES = ("multi_threading", "in_memory", "multi_processing")
@@ -145,7 +146,7 @@ def main() -> None:
     results = {"image_size": list(args.image_size), "original_size": list(original_size),
                "identities_per_batch": p, "instances": k, "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
-        root = synthetic.generate_sysu(os.path.join(tmp, "raw"), identities=args.identities,
+        root = sysu_ds.generate_synthetic(os.path.join(tmp, "raw"), identities=args.identities,
                                        image_size=original_size, images_per_camera=6, progress=True)
         results["images"] = replicate(root, args.copies)
         out = os.path.join(tmp, "tfrecords")

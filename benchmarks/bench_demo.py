@@ -33,20 +33,21 @@ import time
 import numpy as np
 
 from benchmarks.common import write_json
+from kdem_tf.datasets import sysu as sysu_ds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def prepare_data(work: str, identities: int, image_size) -> str:
     """The synthetic set rendered at the training size (as `make demo` does) and written as it is."""
-    from kdem_tf.data import preprocess, synthetic
+    from kdem_tf.data import preprocess
 
     size = "x".join(str(v) for v in image_size)
     raw = os.path.join(work, f"sysu{identities}-{size}")
     out = os.path.join(work, f"tfrecords{identities}-{size}")
     if not os.path.exists(os.path.join(out, "_SUCCESS")):
         if not os.path.isdir(raw):
-            synthetic.generate_sysu(raw, identities=identities, images_per_camera=3, image_size=image_size, seed=0)
+            sysu_ds.generate_synthetic(raw, identities=identities, images_per_camera=3, image_size=image_size, seed=0)
         preprocess.run_preprocess(preprocess.plan_splits("sysu", raw), raw, out,
                                   pipeline_options=preprocess.local_pipeline_options(
                                       ["--runner=DirectRunner", "--direct_running_mode=in_memory"]),

@@ -58,7 +58,7 @@ def write_run(work: str, image_size, precision: str = "float32", weights_from=No
     try:
         if source_run and os.path.exists(os.path.join(source_run, "config.yaml")):
             from kdem_tf import config as config_lib
-            from kdem_tf.model.trainer import ABLATION_ROWS
+            from kdem_tf.architecture import ABLATION_ROWS
             from kdem_tf.train import build_models
 
             with open(os.path.join(source_run, "config.yaml")) as f:
@@ -103,7 +103,7 @@ def random_tfrecords(work: str, image_size, per_modality: int = 16) -> str:
 
 def export_variants(run_dir: str, work: str, calibration: str, bf16_run=None, both_modalities=False) -> dict:
     """{variant: path}: SavedModel(s) and TFLite folders of one run."""
-    from kdem_tf.tflite_embedder import QUANTIZATIONS
+    from kdem_tf.evaluation.tflite_embedder import QUANTIZATIONS
     from serving.export import export_embedder
     from serving.tflite_export import export_run_tflite
     modalities = ("visible", "infrared") if both_modalities else ("infrared",)
@@ -125,7 +125,7 @@ def measure(variant: str, path: str, image_size, batch: int, seconds: float) -> 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, *image_size, 3), dtype=np.uint8)
     if variant.startswith("tflite"):
-        from kdem_tf.tflite_embedder import TFLiteEmbedder
+        from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder
         embedder = TFLiteEmbedder(path)
 
         def call():

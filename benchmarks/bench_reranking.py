@@ -1,4 +1,4 @@
-"""Time and memory of k-reciprocal re-ranking (kdem_tf.reranking) at SYSU-MM01 size and beyond.
+"""Time and memory of k-reciprocal re-ranking (kdem_tf.evaluation.reranking) at SYSU-MM01 size and beyond.
 
     python -m benchmarks.bench_reranking [--large-gallery 10000] [--large-dim 512] [--skip-large]
                                          [--reference PATH/TO/rerank.py] [--json OUT]
@@ -24,7 +24,8 @@ import numpy as np
 from benchmarks.common import traced, write_json
 
 from kdem_tf import evaluation as ev
-from kdem_tf import reranking as rr
+from kdem_tf.evaluation import reranking as rr
+from kdem_tf.datasets import sysu as sysu_ds
 
 SYSU_QUERIES, SYSU_GALLERY, SYSU_IDS, SYSU_DIM = 3803, 301, 96, 2048
 
@@ -54,7 +55,7 @@ def euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def mean_ap(dist, q_pids, g_pids, q_cams, g_cams) -> float:
-    return float(ev.eval_sysu(dist, q_pids, g_pids, q_cams, g_cams)[1]) * 100.0
+    return float(sysu_ds.eval_sysu(dist, q_pids, g_pids, q_cams, g_cams)[1]) * 100.0
 
 
 def bench_sysu(rng, reference_path) -> dict:

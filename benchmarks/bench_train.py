@@ -77,7 +77,8 @@ def run_one(kind: str, image_size, pairs: int, steps: int, repeats: int, policy:
     else:
         from kdem_tf.model.model import build_kdem_models
         from kdem_tf.model.optim import build_optimizer
-        from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
+        from kdem_tf.architecture import ABLATION_ROWS
+        from kdem_tf.model.trainer import KDEMTrainer
 
         row = ABLATION_ROWS["baseline" if kind == "baseline" else "full"]
         train_model, inference_model = build_kdem_models(num_classes=pairs // 2, image_size=image_size,

@@ -20,13 +20,14 @@ import json
 import tempfile
 
 from benchmarks.common import machine_info, time_repeats
+from kdem_tf.datasets import sysu as sysu_ds
 
 
 def _synthetic_tfrecords(folder: str, image_size, identities: int = 12) -> str:
-    from kdem_tf.data import preprocess, synthetic
+    from kdem_tf.data import preprocess
 
     raw = f"{folder}/raw"
-    synthetic.generate_sysu(raw, identities=identities, images_per_camera=2, image_size=image_size, seed=0,
+    sysu_ds.generate_synthetic(raw, identities=identities, images_per_camera=2, image_size=image_size, seed=0,
                             progress=False)
     out = f"{folder}/tfrecords"
     if preprocess.main(["--dataset", "sysu", "--data-root", raw, "--output", out]) not in (0, None):
@@ -43,7 +44,8 @@ def profile(preset: str, overrides, steps: int, repeats: int) -> dict:
     from kdem_tf.data import input_pipeline
     from kdem_tf.train import build_models
     from kdem_tf.model.optim import build_optimizer
-    from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
+    from kdem_tf.architecture import ABLATION_ROWS
+    from kdem_tf.model.trainer import KDEMTrainer
     from kdem_tf.train_utils import choose_mixed_precision
 
     config = config_lib.load_config(preset, None, overrides)

@@ -206,7 +206,7 @@ def load_config(preset: str = "paper", path: Optional[str] = None, overrides: Se
 
 
 def validate(config: TrainConfig) -> None:
-    from kdem_tf.model.trainer import ABLATION_ROWS  # one list of Table 3 rows
+    from kdem_tf.architecture import ABLATION_ROWS  # one list of Table 3 rows
 
     if config.loss.ablation not in ABLATION_ROWS:
         raise ConfigError(f"loss.ablation must be one of {sorted(ABLATION_ROWS)}, got {config.loss.ablation!r}")
@@ -236,9 +236,8 @@ def _validate_model(model: ModelConfig) -> None:
     """The backbone variant, its width and depth, its weights and the non-local width; weights must fit the
     backbone (ResNet-50's width and depth)."""
     from kdem_tf.image_contract import ContractError
-    from kdem_tf.model.backbone_weights import backbone_for_weights
-    from kdem_tf.model.non_local import check_inner_channels
-    from kdem_tf.model.resnet import BACKBONES, RESNET50_BLOCKS, check_stage_blocks
+    from kdem_tf.architecture import (BACKBONES, RESNET50_BLOCKS, backbone_for_weights, check_inner_channels,
+                                      check_stage_blocks)
 
     if not 0.0 < model.width <= 1.0:
         raise ConfigError(f"model.width must be in (0, 1] (1 = ResNet-50's channels), got {model.width}")

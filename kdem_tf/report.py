@@ -163,7 +163,7 @@ def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage:
     if factor_png:
         figures.append(("Modality influence factors", "influence_factors.png"))
     if cmc_png is None and metrics.get("cmc"):
-        from kdem_tf.plots import plot_cmc
+        from kdem_tf.evaluation.plots import plot_cmc
         cmc_png = plot_cmc([v * 100 for v in metrics["cmc"]], os.path.join(out_dir, "cmc.png"), "CMC (SYSU all-search)")
     for caption, src in (("CMC curve", cmc_png), ("Retrieval montage: infrared queries (blue) and their top-10 "
                                                   "visible gallery images, correct green, wrong red", montage)):

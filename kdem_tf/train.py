@@ -175,7 +175,7 @@ def _start_run(config, dataset: str, data_dir: str, run_dir: str, max_steps: Opt
     checkpoint of the run folder; writes the run's config, contract and run_info (chief)."""
     import keras
     from kdem_tf.data import input_pipeline
-    from kdem_tf.model.trainer import ABLATION_ROWS
+    from kdem_tf.architecture import ABLATION_ROWS
 
     keras.utils.set_random_seed(config.seed)
     policy = choose_mixed_precision(config.mixed_precision)
@@ -379,7 +379,7 @@ def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
 
 
 def _evaluate(run: _Run, label: str = "", write=print) -> dict:
-    from kdem_tf.record_evaluation import evaluate_keras_model
+    from kdem_tf.evaluation.records import evaluate_keras_model
 
     result = evaluate_keras_model(run.inference_model, run.dataset, run.data_dir, run.contract)
     if run.verbose:
@@ -398,9 +398,9 @@ def _write_eval_summaries(writer, step: int, result: dict) -> None:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train KDEM on preprocessed TFRecords.")
-    from kdem_tf.data.schema import DATASETS
+    from kdem_tf import datasets
 
-    parser.add_argument("--dataset", choices=DATASETS)
+    parser.add_argument("--dataset", choices=datasets.names())
     parser.add_argument("--data", help="preprocessing output folder (kdem_tf.data.preprocess)")
     parser.add_argument("--out", help="run folder (resumed when it holds checkpoints)")
     parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS))

@@ -62,33 +62,35 @@ class ReidExampleGenExecutor(base_beam_executor.BaseBeamExecutor):
         from apache_beam.options.pipeline_options import PipelineOptions
         import tensorflow as tf
 
-        from kdem_tf.data import datasets, preprocess
+        from kdem_tf import datasets
+        from kdem_tf.data import preprocess
+        from kdem_tf.datasets.files import DatasetError
 
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         dataset = exec_properties["dataset"]
         data_root = exec_properties["data_root"]
         trial = int(exec_properties.get("trial") or 1)
+        owned = {o.dest for o in datasets.get(dataset).preprocess_options}
+        options = {"trial": trial} if "trial" in owned else {}  # the dataset's own options it reads
         num_shards = int(exec_properties.get("num_shards") or 0) or None
         try:
-            if dataset == "manifest" and not tf.io.gfile.exists(data_root):
-                raise datasets.DatasetError(f"{data_root}: the manifest CSV does not exist")
-            if dataset != "manifest" and not tf.io.gfile.isdir(data_root):
-                raise datasets.DatasetError(f"{data_root}: the data root does not exist or is not a folder")
-            splits = preprocess.plan_splits(dataset, data_root, trial)
-        except datasets.DatasetError as error:
+            if not tf.io.gfile.exists(data_root):
+                raise DatasetError(f"{data_root}: the data root does not exist")
+            splits = preprocess.plan_splits(dataset, data_root, options)
+        except DatasetError as error:
             message = str(error)
             if data_root not in message:
                 message = f"{message} (data root {data_root})"
-            raise datasets.DatasetError(f"ReidExampleGen: cannot read the {dataset} dataset at {data_root}: "
+            raise DatasetError(f"ReidExampleGen: cannot read the {dataset} dataset at {data_root}: "
                                         f"{message}") from error
         logging.info("ReidExampleGen: %s at %s, trial %d → %s (Beam args %s)", dataset, data_root, trial,
                      examples.uri, self._beam_pipeline_args)
         summary = preprocess.run_preprocess(
             splits, preprocess.image_root(dataset, data_root), examples.uri, num_shards, PipelineOptions(self._beam_pipeline_args),
-            overwrite=True, settings={"dataset": dataset, "data_root": data_root, "trial": trial},
+            overwrite=True, settings={"dataset": dataset, "data_root": data_root, **options},
             tfx_layout=True)
         if summary["skipped"] and not summary["images_written"]:
-            raise datasets.DatasetError(f"ReidExampleGen: {data_root}: no image could be read")
+            raise DatasetError(f"ReidExampleGen: {data_root}: no image could be read")
         examples.split_names = artifact_utils.encode_split_names(list(splits))
         examples.set_string_custom_property("dataset", dataset)
         examples.set_string_custom_property("data_root", data_root)
@@ -177,13 +179,13 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
     test_thermal infrared); no identity is both in train and in an evaluation split; the
     query and gallery share identities. Image sizes are reported, not checked (originals).
     """
+    from kdem_tf import datasets
     from kdem_tf.data import schema
 
-    expected = schema.DATASET_SPLITS[dataset]
-    # The one modality of each evaluation split; a manifest's query and gallery may mix both.
-    modality_of = {} if dataset == "manifest" else {
-        "query": schema.INFRARED, "gallery": schema.VISIBLE, "test_visible": schema.VISIBLE,
-        "test_thermal": schema.INFRARED, "test_nir": schema.INFRARED}
+    expected = datasets.get(dataset).split_names()
+    # The one modality of each evaluation split (None: it may mix both, e.g. a manifest's).
+    modality_of = {split: m for split, m in datasets.get(dataset).split_modalities().items()
+                   if m is not None and split != schema.TRAIN}
     problems: List[str] = []
     missing = [s for s in expected if s not in split_names]
     if missing:
@@ -289,10 +291,12 @@ def evaluate_saved_model(model_dir: str, examples_uri: str, dataset: str, query_
                          gallery_split: str, mode: str = "all", trials: int = 10) -> dict:
     """Protocol metrics (percent) of an exported embedder on the evaluation splits: the stored
     bytes through its `serving_default`, the trials and metrics of `kdem_tf.evaluation`
-    (`kdem_tf.record_evaluation`, as `python -m kdem_tf.evaluate --tfrecords`)."""
-    from kdem_tf import record_evaluation
+    (`kdem_tf.evaluation.records`, as `python -m kdem_tf.evaluate --tfrecords`)."""
+    from kdem_tf.evaluation import EvalOptions
+    from kdem_tf.evaluation import records as record_evaluation
 
-    return record_evaluation.evaluate_saved_model(model_dir, dataset, examples_uri, mode, trials,
+    return record_evaluation.evaluate_saved_model(model_dir, dataset, examples_uri,
+                                                  EvalOptions(mode=mode, trials=trials),
                                                   split_names=(query_split, gallery_split))
 
 
@@ -315,7 +319,7 @@ def ReidEvaluator(
     baseline_model: InputArtifact[standard_artifacts.Model] = None,
     max_map_drop: Parameter[float] = 0.0,
     trials: Parameter[int] = 10,
-    sysu_mode: Parameter[str] = "all",
+    eval_mode: Parameter[str] = "all",
 ) -> None:
     """SYSU-MM01 / RegDB protocol metrics of the trained SavedModel; blesses it when good enough.
 
@@ -328,21 +332,20 @@ def ReidEvaluator(
     from tfx.utils import path_utils
 
     current = evaluate_saved_model(path_utils.serving_model_path(model.uri), examples.uri, dataset,
-                                   query_split, gallery_split, sysu_mode, trials)
+                                   query_split, gallery_split, eval_mode, trials)
     reasons = []
     if current["mAP"] < min_map:
         reasons.append(f"mAP {current['mAP']:.2f} is below the threshold {min_map:.2f}")
     baseline = None
     if baseline_model is not None and baseline_model.id != model.id:
         baseline = evaluate_saved_model(path_utils.serving_model_path(baseline_model.uri), examples.uri,
-                                        dataset, query_split, gallery_split, sysu_mode, trials)
+                                        dataset, query_split, gallery_split, eval_mode, trials)
         if current["mAP"] < baseline["mAP"] - max_map_drop:
             reasons.append(f"mAP {current['mAP']:.2f} is worse than the last blessed model's "
                            f"{baseline['mAP']:.2f} (allowed drop {max_map_drop:.2f})")
     blessed = not reasons
     result = {"dataset": dataset, "protocol": {"query": query_split, "gallery": gallery_split,
-                                               "trials": trials if dataset == "sysu" else 1,
-                                               "sysu_mode": sysu_mode},
+                                               "trials": current["num_trials"], "eval_mode": eval_mode},
               "current": current, "current_model": model.uri, "current_model_id": model.id,
               "baseline": baseline, "baseline_model": baseline_model.uri if baseline_model else None,
               "baseline_model_id": baseline_model.id if baseline_model else None,

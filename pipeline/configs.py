@@ -18,6 +18,8 @@ import dataclasses
 import os
 from typing import Optional, Tuple
 
+from kdem_tf import datasets
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE_DIR = os.path.join(REPO_ROOT, "pipeline")
 
@@ -39,9 +41,9 @@ PIPELINE_NAME = _env("PIPELINE_NAME", "kdem-reid")
 HOME = os.path.abspath(_env("PIPELINE_HOME", os.path.join(REPO_ROOT, "outputs", "pipeline")))
 
 # ----------------------------------------------------------------------------- inputs
-DATASET = _env("DATASET", "sysu")                # kdem_tf.data.schema.DATASETS: sysu, regdb, llcm, manifest
+DATASET = _env("DATASET", datasets.DEFAULT)      # kdem_tf.datasets.names(): sysu, regdb, llcm, manifest, plug-ins
 DATA_ROOT = _env("DATA_ROOT", "")                # "" = the synthetic dataset below (generated when absent)
-TRIAL = _env("TRIAL", 1)                         # RegDB trial 1..10 (SYSU ignores it)
+TRIAL = _env("TRIAL", 1)                         # the dataset's --trial, where it has one (RegDB 1..10)
 NUM_SHARDS = _env("NUM_SHARDS", 0)               # TFRecord shards per split; 0 = ~2,000 images a shard
 
 # The built-in synthetic dataset (kdem_tf.data.synthetic), demo size: runs out of the box.
@@ -60,7 +62,7 @@ TRAIN_STEPS = _env("TRAIN_STEPS", 0)             # TrainArgs.num_steps; 0 = the 
 MIN_MAP = _env("MIN_MAP", 10.0)                  # percent: mAP below this is never blessed
 MAX_MAP_DROP = _env("MAX_MAP_DROP", 0.0)         # percent points a new model may lose to the last blessed one
 EVAL_TRIALS = _env("EVAL_TRIALS", 10)            # SYSU single-shot gallery draws (trials 0..N-1)
-SYSU_MODE = _env("SYSU_MODE", "all")             # SYSU search mode: all or indoor
+EVAL_MODE = _env("EVAL_MODE", "all")             # the search mode of datasets that have one (SYSU: all or indoor)
 
 # ----------------------------------------------------------------------------- execution
 BEAM_MODE = _env("BEAM_MODE", "multi_processing")  # DirectRunner: multi_processing or in_memory
@@ -88,7 +90,7 @@ class PipelineSettings:
     min_map: float = MIN_MAP
     max_map_drop: float = MAX_MAP_DROP
     eval_trials: int = EVAL_TRIALS
-    sysu_mode: str = SYSU_MODE
+    eval_mode: str = EVAL_MODE
     beam_mode: str = BEAM_MODE
     beam_workers: int = BEAM_WORKERS
     beam_args: Tuple[str, ...] = ()                # extra Beam flags; a --runner=... here replaces the default
@@ -121,16 +123,15 @@ class PipelineSettings:
 
     @property
     def splits(self) -> Tuple[str, ...]:
-        from kdem_tf.data import schema
-        return schema.DATASET_SPLITS[self.dataset]  # sysu, regdb, llcm or manifest
+        return datasets.get(self.dataset).split_names()
 
     @property
     def query_split(self) -> str:
-        return self.splits[1]
+        return datasets.get(self.dataset).eval_splits[0]
 
     @property
     def gallery_split(self) -> str:
-        return self.splits[2]
+        return datasets.get(self.dataset).eval_splits[1]
 
 
 def beam_pipeline_args(mode: str = BEAM_MODE, workers: int = BEAM_WORKERS, extra=()) -> list:

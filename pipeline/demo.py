@@ -105,11 +105,12 @@ class BackgroundServer:
 
 def query_server(server: BackgroundServer, data_root: str, out_dir: str) -> dict:
     """Searches the server with one infrared image of each of QUERIES test ids, then stops it."""
-    from kdem_tf import plots
-    from kdem_tf.data import datasets
+    from kdem_tf import datasets
+    from kdem_tf.evaluation import plots
     from serving.client import ServingClient
 
-    query, _ = datasets.sysu_test_records(data_root)
+    demo = datasets.get(datasets.DEFAULT)
+    query = demo.read_splits(data_root, {})[demo.eval_splits[0]]
     first_of_id = {}
     for record in query:
         first_of_id.setdefault(record.person_id, record)
@@ -163,18 +164,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     steps = _Steps()
 
     from kdem_tf import config as config_lib
-    from kdem_tf.data import synthetic
+    from kdem_tf import datasets
     from pipeline import local_runner
     from pipeline.configs import PipelineSettings
 
-    data_root = os.path.join(home, "data", "SYSU-MM01")
-    steps.start(1, f"synthetic SYSU-MM01-layout dataset → {data_root}")
+    demo = datasets.get(datasets.DEFAULT)
+    data_root = os.path.join(home, "data", demo.title)
+    steps.start(1, f"synthetic {demo.title}-layout dataset → {data_root}")
     if os.path.isdir(data_root):
         print("      (exists, reused)")
     else:
         # Rendered at the demo preset's training size (fine detail survives in the infrared images).
         image_size = config_lib.load_config("demo").data.image_size
-        synthetic.generate_sysu(data_root, identities=args.identities, images_per_camera=args.images_per_camera,
+        demo.generate_synthetic(data_root, identities=args.identities, images_per_camera=args.images_per_camera,
                                 image_size=image_size, seed=0)
 
     steps.start(2, "TFX pipeline (LocalDagRunner): examples → statistics/schema/validation → training → "
@@ -182,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Beam in_memory: on the demo's ~1,400 images, multi_processing spent ~45 s per Beam component
     # starting worker processes (ExampleGen 47 s vs 2 s, StatisticsGen 59 s vs 8 s, measured on the
     # 2-core Xeon); the record-count check guards both modes.
-    settings = PipelineSettings(home=home, dataset="sysu", data_root=data_root, preset="demo",
+    settings = PipelineSettings(home=home, dataset=demo.name, data_root=data_root, preset="demo",
                                 min_map=args.min_map, eval_trials=10, train_verbose=3, beam_mode="in_memory")
     settings = local_runner.resolve_settings(settings)
     settings = local_runner.run(settings)
@@ -200,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from kdem_tf import evaluate
 
         metrics_path = os.path.join(out_dir, "metrics.json")
-        evaluate.main(["--dataset", "sysu", "--data-root", data_root, "--model", model_version, "--mode", "all",
+        evaluate.main(["--dataset", demo.name, "--data-root", data_root, "--model", model_version,
                        "--output", metrics_path, "--plots", out_dir, "--mean-only"])
         with open(metrics_path) as f:
             metrics = json.load(f)

@@ -87,16 +87,14 @@ def ensure_synthetic_data(settings: PipelineSettings, identities: int = configs.
                           image_size: Tuple[int, int] = configs.SYNTHETIC_IMAGE_SIZE) -> str:
     """Generates the synthetic dataset at settings.synthetic_data_root unless it is there
     (rendered at `image_size`, the training size: an existing folder is reused as it is)."""
-    from kdem_tf.data import synthetic, synthetic_llcm
+    from kdem_tf import datasets
 
     root = settings.synthetic_data_root
     if not os.path.isdir(root):
         print(f"generating the synthetic {settings.dataset} dataset ({identities} identities) at {root}",
               file=sys.stderr)
-        generate = {"sysu": synthetic.generate_sysu, "regdb": synthetic.generate_regdb,
-                    "llcm": synthetic_llcm.generate_llcm}[settings.dataset]
-        generate(root, identities=identities, seed=seed, image_size=image_size,
-                 images_per_camera=images_per_camera, progress=False)
+        datasets.get(settings.dataset).generate_synthetic(root, identities=identities, seed=seed, image_size=image_size,
+                                                          images_per_camera=images_per_camera, progress=False)
     return root
 
 
@@ -107,12 +105,13 @@ def resolve_settings(settings: PipelineSettings, synthetic_identities: int = con
     from kdem_tf import config as config_lib
 
     changes = {}
-    from kdem_tf.data.schema import DATASETS
+    from kdem_tf import datasets
 
-    if settings.dataset not in DATASETS:
-        raise SystemExit(f"--dataset must be one of {', '.join(DATASETS)}, got {settings.dataset!r}")
-    if settings.dataset == "manifest" and not settings.data_root:
-        raise SystemExit("--dataset manifest needs --data-root FILE.csv (there is no synthetic manifest)")
+    if settings.dataset not in datasets.names():
+        raise SystemExit(f"--dataset must be one of {', '.join(datasets.names())}, got {settings.dataset!r}")
+    if not datasets.get(settings.dataset).synthetic_defaults and not settings.data_root:
+        raise SystemExit(f"--dataset {settings.dataset} needs --data-root ({datasets.get(settings.dataset).data_root_help}; "
+                         f"it has no synthetic stand-in)")
     if settings.image_size is None:
         config = config_lib.load_config(settings.preset, settings.train_config or None, settings.train_overrides)
         changes["image_size"] = tuple(int(v) for v in config.data.image_size)
@@ -244,11 +243,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                "Every default comes from pipeline/configs.py and its KDEM_* environment variables.")
     parser.add_argument("--pipeline-name", default=d.pipeline_name)
     parser.add_argument("--home", default=d.home, help="artifacts, metadata, serving and data folder")
-    from kdem_tf.data.schema import DATASETS
+    from kdem_tf import datasets
 
-    parser.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    parser.add_argument("--dataset", default=d.dataset, choices=datasets.names())
     parser.add_argument("--data-root", default=d.data_root, help="raw dataset folder (default: synthetic, generated)")
-    parser.add_argument("--trial", type=int, default=d.trial, help="RegDB trial 1..10")
+    parser.add_argument("--trial", type=int, default=d.trial, help="the dataset's trial, where it has one (RegDB 1..10)")
     parser.add_argument("--num-shards", type=int, default=d.num_shards)
     parser.add_argument("--preset", default=d.preset, help="training preset: paper, demo, tiny")
     parser.add_argument("--train-config", default=d.train_config, help="YAML over the preset")
@@ -258,8 +257,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--min-map", type=float, default=d.min_map, help="blessing threshold, mAP in percent")
     parser.add_argument("--max-map-drop", type=float, default=d.max_map_drop,
                         help="mAP points a model may lose to the last blessed one")
-    parser.add_argument("--eval-trials", type=int, default=d.eval_trials, help="SYSU gallery draws")
-    parser.add_argument("--sysu-mode", default=d.sysu_mode, choices=["all", "indoor"])
+    parser.add_argument("--eval-trials", type=int, default=d.eval_trials, help="gallery draws (or index splits) of the protocol")
+    parser.add_argument("--eval-mode", default=d.eval_mode, help="search mode of datasets that have one (SYSU: all or indoor)")
     parser.add_argument("--beam-mode", default=d.beam_mode, choices=["multi_processing", "in_memory"])
     parser.add_argument("--beam-workers", type=int, default=d.beam_workers, help="0 = one per core")
     parser.add_argument("--serving-dir", default=d.serving_dir, help="Pusher base directory")
@@ -284,7 +283,7 @@ def settings_from_args(args: argparse.Namespace) -> PipelineSettings:
         data_root=args.data_root, trial=args.trial, num_shards=args.num_shards, preset=args.preset,
         train_config=args.train_config, train_overrides=tuple(args.train_overrides), train_steps=args.train_steps,
         min_map=args.min_map, max_map_drop=args.max_map_drop, eval_trials=args.eval_trials,
-        sysu_mode=args.sysu_mode, beam_mode=args.beam_mode, beam_workers=args.beam_workers,
+        eval_mode=args.eval_mode, beam_mode=args.beam_mode, beam_workers=args.beam_workers,
         beam_args=tuple(args.beam_args), enable_cache=not args.no_cache,
         schema_path=None if args.infer_schema else configs.SCHEMA_PATH,
         serving_dir=args.serving_dir, index_dir=args.index_dir, code_fingerprint=args.code_fingerprint)

@@ -82,7 +82,7 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         baseline_model=baseline.outputs["model"], dataset=settings.dataset,
         query_split=settings.query_split, gallery_split=settings.gallery_split,
         min_map=float(settings.min_map), max_map_drop=float(settings.max_map_drop),
-        trials=int(settings.eval_trials), sysu_mode=settings.sysu_mode)
+        trials=int(settings.eval_trials), eval_mode=settings.eval_mode)
 
     pusher = tfx_api.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

@@ -30,7 +30,7 @@ training-split images from the TFRecords (both modalities must be in the calibra
   int8 inside, first op), the output float32.
 - `int8-full`: every op in int8 (TFLITE_BUILTINS_INT8), for integer-only accelerators; the
   uint8 image is the quantised input (scale/zero point in tflite_info.json, applied by
-  `kdem_tf.tflite_embedder`), the output float32. Much less accurate (see docs/serving.md).
+  `kdem_tf.evaluation.tflite_embedder`), the output float32. Much less accurate (see docs/serving.md).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE, ContractError, ImageContract
-from kdem_tf.tflite_embedder import INFO_FILE, QUANTIZATIONS, model_file
+from kdem_tf.evaluation.tflite_embedder import INFO_FILE, QUANTIZATIONS, model_file
 
 BATCH = 1  # the batch dimension of the exported models (static: see the module docstring)
 
@@ -350,7 +350,7 @@ def embed_cli(folder: str, image_paths: Sequence[str], modality: str) -> int:
     """`python -m serving.client embed --tflite OUT_DIR --image F --modality M`: prints each embedding's summary."""
     import sys
 
-    from kdem_tf.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
+    from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
 
     try:
         embedder = TFLiteEmbedder(folder)

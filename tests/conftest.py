@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from kdem_tf import config as _config
+from kdem_tf.datasets import sysu as sysu_ds
 
 # The depth of the test networks that do not test ResNet-50 itself: the tiny preset's one bottleneck
 # per stage (building and tracing a train step take ~2.5x less than ResNet-50's 16).
@@ -91,7 +92,7 @@ def tiny_sysu(tmp_path_factory):
     from kdem_tf.data import synthetic
 
     def build(path: pathlib.Path) -> None:
-        synthetic.generate_sysu(str(path / "sysu"), identities=6, seed=0, image_size=(64, 32), images_per_camera=2,
+        sysu_ds.generate_synthetic(str(path / "sysu"), identities=6, seed=0, image_size=(64, 32), images_per_camera=2,
                                 progress=False)
 
     return os.path.join(shared_path(tmp_path_factory, "tiny_sysu", build), "sysu")
@@ -102,10 +103,10 @@ def tiny_tfrecords(tmp_path_factory):
     """THE preprocessed tiny set of the session: a synthetic SYSU-MM01 of 8 identities (2 images per
     camera) through `kdem_tf.data.preprocess` (a real Beam run, in memory), shared by the test
     processes: the training tests and the input pipeline's. Read only."""
-    from kdem_tf.data import preprocess, synthetic
+    from kdem_tf.data import preprocess
 
     def build(path: pathlib.Path) -> None:
-        root = synthetic.generate_sysu(str(path / "raw"), identities=8, images_per_camera=2, progress=False)
+        root = sysu_ds.generate_synthetic(str(path / "raw"), identities=8, images_per_camera=2, progress=False)
         preprocess.run_preprocess(preprocess.plan_splits("sysu", root), root, str(path / "tfr"),
                                   pipeline_options=preprocess.local_pipeline_options(
                                       ["--runner=DirectRunner", "--direct_running_mode=in_memory"]))

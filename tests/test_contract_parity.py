@@ -17,6 +17,7 @@ from PIL import Image
 
 from kdem_tf.image_contract import NORMALIZATIONS, ImageContract
 from tests.conftest import TEST_STAGE_BLOCKS
+from kdem_tf.datasets import sysu as sysu_ds
 
 RENDER_SIZE = (96, 48)
 MODEL_SIZE = (64, 32)
@@ -29,12 +30,12 @@ PIL_MAX_TOLERANCE = 16.0
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from kdem_tf.data import preprocess, synthetic
+    from kdem_tf.data import preprocess
     from kdem_tf.model.model import build_kdem_models
     from serving.export import export_embedder
 
     base = tmp_path_factory.mktemp("parity")
-    raw = synthetic.generate_sysu(str(base / "raw"), identities=6, images_per_camera=2, image_size=RENDER_SIZE,
+    raw = sysu_ds.generate_synthetic(str(base / "raw"), identities=6, images_per_camera=2, image_size=RENDER_SIZE,
                                   seed=0, progress=False)
     tfrecords = str(base / "tfrecords")
     preprocess.run_preprocess(preprocess.plan_splits("sysu", raw), raw, tfrecords, num_shards=2,
@@ -60,7 +61,7 @@ def _records(tfrecords: str, split: str):
 
 def test_served_bytes_equal_the_evaluation_embedding_of_the_tfrecord(world):
     """serving_default on the file's bytes == training-time evaluation (Keras, tf.data) on its TFRecord."""
-    from kdem_tf import record_evaluation
+    from kdem_tf.evaluation import records as record_evaluation
     from serving.embedder import Embedder
     from serving.export import load_run
 
@@ -89,7 +90,7 @@ def test_raw_folder_and_tfrecords_give_identical_metrics(world, tmp_path, capsys
     for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "cmc", "per_trial", "gallery_sizes"):
         assert metrics["raw"][key] == metrics["tfrecords"][key], key
     # The TFX evaluator and training-time evaluation run the same protocol code.
-    from kdem_tf import record_evaluation
+    from kdem_tf.evaluation import records as record_evaluation
     from serving.embedder import resolve_version_dir
     pipeline = record_evaluation.evaluate_saved_model(resolve_version_dir(world["models"]), "sysu",
                                                       world["tfrecords"], trials=3)

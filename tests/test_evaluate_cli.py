@@ -15,6 +15,9 @@ from kdem_tf import evaluate as cli
 from kdem_tf.model_versions import resolve_saved_model
 from benchmarks.agw_oracle import agw_eval_regdb, agw_eval_sysu
 from tests.test_evaluation import agw_process_gallery_sysu, make_regdb, make_sysu
+from kdem_tf.datasets import regdb as regdb_ds
+from kdem_tf.datasets import sysu as sysu_ds
+from kdem_tf.evaluation.embedding import embed_images
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
@@ -53,13 +56,13 @@ def regdb(tmp_path_factory):
 
 def preprocess_test_splits(dataset: str, root: Path, out: Path) -> str:
     """The evaluation splits of a raw tree through the real Beam writer (two shards: not path order)."""
-    from kdem_tf.data import datasets, preprocess
+    from kdem_tf.data import preprocess
 
     if dataset == "sysu":
-        query, gallery = datasets.sysu_test_records(str(root))
+        query, gallery = sysu_ds.test_records(str(root))
         splits = {"query": query, "gallery": gallery}
     else:
-        test = datasets.regdb_records(str(root), "test", 1)
+        test = regdb_ds.records(str(root), "test", 1)
         splits = {"test_visible": test["visible"], "test_thermal": test["infrared"]}
     options = preprocess.local_pipeline_options(["--direct_running_mode=in_memory"])
     preprocess.run_preprocess(splits, str(root), str(out), num_shards=2, pipeline_options=options,
@@ -186,7 +189,7 @@ def test_model_run_folder_end_to_end(sysu, tmp_path, capsys):
     root, _ = sysu
     build_embedder(tmp_path / "run" / "export" / "3")
     records = [("cam1/0001/0001.jpg", "visible"), ("cam3/0003/0002.jpg", "infrared")]
-    emb = cli.embed_images(str(tmp_path / "run"), str(root), records, batch_size=1)
+    emb = embed_images(str(tmp_path / "run"), str(root), records, batch_size=1)
     for (path, _), row in zip(records, emb):
         np.testing.assert_allclose(row[:3], np.asarray(Image.open(root / path).convert("RGB"), float).mean((0, 1)), atol=3.0)
     assert emb.shape == (2, 4) and emb[1, 3] == 10.0 and emb[0, 3] == 0.0
@@ -287,11 +290,11 @@ def test_rerank_rows_are_their_own_rows(sysu, tmp_path, capsys):
     assert plain["rerank"] is None and reranked["rerank"] == metrics["rerank"] and reranked["variant"] == label
     assert all(plain[k] == metrics[k] for k in KEYS)  # the top-level numbers stay the plain ones
     # each trial re-ranked on its own features (Euclidean on L2-normalised), then the SYSU camera rules
-    from kdem_tf import reranking as rr
-    for t, trial in enumerate(cli.ev.sysu_trials(str(root), "all", 2)):
+    from kdem_tf.evaluation import reranking as rr
+    for t, trial in enumerate(sysu_ds.trials(str(root), "all", 2)):
         qf = np.stack([feature_of[p] for p in trial.query.paths])
         gf = np.stack([feature_of[p] for p in trial.gallery.paths])
-        cmc, mAP, mINP = cli.ev.eval_sysu(rr.TrialReranker(rr.RerankParams())(qf, gf), trial.query.pids,
+        cmc, mAP, mINP = sysu_ds.eval_sysu(rr.TrialReranker(rr.RerankParams())(qf, gf), trial.query.pids,
                                           trial.gallery.pids,
                                           trial.query.cams, trial.gallery.cams)
         row = reranked["per_trial"][t]
@@ -332,7 +335,7 @@ def test_rerank_params_flag(sysu, regdb, tmp_path, capsys):
 
 
 def test_table_separates_the_mean_from_trials_and_a_lone_mean_row_once():
-    from kdem_tf.evaluate import format_table
+    from kdem_tf.evaluation.tables import format_table
 
     row = {k: 50.0 for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}
     separators = lambda text: sum(1 for line in text.splitlines() if set(line) == {"-"})  # noqa: E731

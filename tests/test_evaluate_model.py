@@ -15,6 +15,7 @@ import pytest
 
 from kdem_tf import evaluate as cli
 from tests.test_evaluation import make_regdb
+from kdem_tf.evaluation.embedding import embed_images
 
 # A colour mixing per model: model 1 ranks by (R, G, B), model 2 by another projection.
 MIXINGS = {1: np.eye(3, dtype=np.float32),
@@ -61,7 +62,7 @@ def test_trial_placeholder_picks_each_trials_own_model(tmp_path, capsys):
     # The same trials from features: trial t embedded by model t, and, crossed, by the other model.
     paths = sorted(str(p.relative_to(root)) for p in root.rglob("*.bmp"))
     records = [(p, "visible" if p.startswith("Visible/") else "infrared") for p in paths]
-    embeddings = {t: cli.embed_images(str(tmp_path / f"run_t{t}"), str(root), records) for t in MIXINGS}
+    embeddings = {t: embed_images(str(tmp_path / f"run_t{t}"), str(root), records) for t in MIXINGS}
     metrics = {}
     for name, chosen in (("own", {1: 1, 2: 2}), ("crossed", {1: 2, 2: 1})):
         arrays = {}

@@ -17,6 +17,8 @@ from PIL import Image
 
 from benchmarks.agw_oracle import agw_eval_regdb, agw_eval_sysu
 from kdem_tf import evaluation as ev
+from kdem_tf.datasets import sysu as sysu_ds
+from kdem_tf.datasets import regdb as regdb_ds
 
 
 # ----------------------------------------------------------------------------- AGW oracle
@@ -48,10 +50,10 @@ def test_cam3_query_ignores_cam2_gallery():
     # gallery ranked: id1@cam2, id2@cam1, id1@cam1
     dist = np.array([[0.1, 0.2, 0.3]])
     g_pids, g_cams = np.array([1, 2, 1]), np.array([2, 1, 1])
-    cmc, mAP, mINP = ev.eval_sysu(dist, np.array([1]), g_pids, np.array([3]), g_cams)
+    cmc, mAP, mINP = sysu_ds.eval_sysu(dist, np.array([1]), g_pids, np.array([3]), g_cams)
     np.testing.assert_array_equal(cmc, [0, 1, 1])  # kept list: id2, id1; the curve stays flat past it
     assert (mAP, mINP) == (0.5, 0.5)
-    cmc, mAP, mINP = ev.eval_sysu(dist, np.array([1]), g_pids, np.array([6]), g_cams)
+    cmc, mAP, mINP = sysu_ds.eval_sysu(dist, np.array([1]), g_pids, np.array([6]), g_cams)
     np.testing.assert_array_equal(cmc, [1, 1, 1])  # a cam6 query keeps the cam2 image
     assert mAP == pytest.approx((1 + 2 / 3) / 2) and mINP == pytest.approx(2 / 3)
 
@@ -60,10 +62,10 @@ def test_sysu_cmc_collapses_repeated_ids_but_regdb_does_not():
     # ranked ids 2, 2, 3, 1, 1: collapsed list 2, 3, 1 → hit at rank 3; uncollapsed at rank 4
     dist = np.array([[0.1, 0.2, 0.3, 0.4, 0.5]])
     g_pids, g_cams = np.array([2, 2, 3, 1, 1]), np.array([1, 4, 5, 1, 4])
-    cmc, mAP, mINP = ev.eval_sysu(dist, np.array([1]), g_pids, np.array([6]), g_cams)
+    cmc, mAP, mINP = sysu_ds.eval_sysu(dist, np.array([1]), g_pids, np.array([6]), g_cams)
     np.testing.assert_array_equal(cmc, [0, 0, 1, 1, 1])
     assert mAP == pytest.approx((1 / 4 + 2 / 5) / 2) and mINP == pytest.approx(2 / 5)
-    cmc, mAP2, mINP2 = ev.eval_regdb(dist, np.array([1]), g_pids)
+    cmc, mAP2, mINP2 = regdb_ds.eval_regdb(dist, np.array([1]), g_pids)
     np.testing.assert_array_equal(cmc, [0, 0, 0, 1, 1])
     assert (mAP2, mINP2) == (mAP, mINP)
 
@@ -72,7 +74,7 @@ def test_absent_query_identity_is_skipped_but_sysu_cmc_divides_by_valid_queries(
     dist = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0.1, 0.2, 0.3]])
     q_pids, q_cams = np.array([1, 1, 9]), np.array([6, 6, 6])  # id 9 is not in the gallery
     g_pids, g_cams = np.array([1, 2, 3]), np.array([1, 1, 1])
-    cmc, mAP, mINP = ev.eval_sysu(dist, q_pids, g_pids, q_cams, g_cams)
+    cmc, mAP, mINP = sysu_ds.eval_sysu(dist, q_pids, g_pids, q_cams, g_cams)
     np.testing.assert_array_equal(cmc, np.array([1, 1, 2], np.float32) / np.float32(2))
     assert mAP == pytest.approx((1 + 1 / 3) / 2) and mINP == pytest.approx((1 + 1 / 3) / 2)
     assert_same((cmc, mAP, mINP), agw_eval_sysu(dist, q_pids, g_pids, q_cams, g_cams))
@@ -81,15 +83,15 @@ def test_absent_query_identity_is_skipped_but_sysu_cmc_divides_by_valid_queries(
 def test_minp_uses_the_last_correct_match():
     # hits at ranks 1 and 4 of 4: INP = 2/4, AP = (1/1 + 2/4)/2
     dist = np.array([[0.1, 0.2, 0.3, 0.4]])
-    cmc, mAP, mINP = ev.eval_regdb(dist, np.array([5]), np.array([5, 1, 2, 5]))
+    cmc, mAP, mINP = regdb_ds.eval_regdb(dist, np.array([5]), np.array([5, 1, 2, 5]))
     assert mINP == 0.5 and mAP == 0.75
 
 
 def test_no_valid_query_and_empty_inputs_raise():
     with pytest.raises(ev.EvaluationError, match="no query identity"):
-        ev.eval_regdb(np.zeros((1, 2)), np.array([7]), np.array([1, 2]))
+        regdb_ds.eval_regdb(np.zeros((1, 2)), np.array([7]), np.array([1, 2]))
     with pytest.raises(ev.EvaluationError, match="empty gallery"):
-        ev.eval_regdb(np.zeros((1, 0)), np.array([7]), np.array([], int))
+        regdb_ds.eval_regdb(np.zeros((1, 0)), np.array([7]), np.array([], int))
 
 
 # ----------------------------------------------------------------------------- oracle agreement
@@ -104,9 +106,9 @@ def test_sysu_equals_agw_exactly(num_q, num_g, num_ids, quantise, dtype):
     dist, q_pids, g_pids, q_cams, g_cams = random_case(rng, num_q, num_g, num_ids, quantise, dtype)
     q_pids[: num_q // 10] = num_ids + 5  # some identities absent from the gallery
     reference = agw_eval_sysu(dist, q_pids, g_pids, q_cams, g_cams)
-    assert_same(ev.eval_sysu(dist, q_pids, g_pids, q_cams, g_cams), reference)
+    assert_same(sysu_ds.eval_sysu(dist, q_pids, g_pids, q_cams, g_cams), reference)
     # tiny chunks: many chunks, some with a single query of one camera
-    assert_same(ev.evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, chunk_bytes=1), reference)
+    assert_same(ev.evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, protocol="sysu", chunk_bytes=1), reference)
 
 
 @pytest.mark.parametrize("num_q,num_g,num_ids,quantise", [
@@ -116,7 +118,7 @@ def test_regdb_equals_agw_exactly(num_q, num_g, num_ids, quantise):
     rng = np.random.default_rng(num_q + num_g)
     dist, q_pids, g_pids, _, _ = random_case(rng, num_q, num_g, num_ids, quantise)
     reference = agw_eval_regdb(dist, q_pids, g_pids)
-    assert_same(ev.eval_regdb(dist, q_pids, g_pids), reference)
+    assert_same(regdb_ds.eval_regdb(dist, q_pids, g_pids), reference)
     assert_same(ev.evaluate_rank(dist, q_pids, g_pids, protocol="regdb", chunk_bytes=5000), reference)
 
 
@@ -141,9 +143,9 @@ def test_features_path_equals_agw_test_py_distance():
 
 def test_bad_features_raise():
     with pytest.raises(ev.EvaluationError, match="NaN or inf"):
-        ev.evaluate_features(np.array([[np.nan, 1.0]]), np.ones((1, 2)), [1], [1])
+        ev.evaluate_features(np.array([[np.nan, 1.0]]), np.ones((1, 2)), [1], [1], protocol="regdb")
     with pytest.raises(ev.EvaluationError, match="dims"):
-        ev.evaluate_features(np.ones((1, 3)), np.ones((1, 2)), [1], [1])
+        ev.evaluate_features(np.ones((1, 3)), np.ones((1, 2)), [1], [1], protocol="regdb")
 
 
 def test_trial_average_accumulates_like_agw_test_py():
@@ -212,46 +214,46 @@ def agw_process_gallery_sysu(data_path, mode="all", trial=0):
 
 def test_sysu_query_and_gallery_follow_agw(tmp_path):
     root = make_sysu(tmp_path / "sysu")
-    query = ev.sysu_query(str(root))
+    query = sysu_ds.query(str(root))
     expected = [f"cam{c}/{p:04d}/{n}" for p in (1, 2, 3, 5) for c in (3, 6)
                 for n in sorted(os.listdir(root / f"cam{c}/{p:04d}"))]
     assert list(query.paths) == expected
     assert list(query.cams) == [int(p[3]) for p in expected] and query.modality == "infrared"
     for mode in ("all", "indoor"):
         for trial in range(10):
-            gallery = ev.sysu_gallery(str(root), mode, trial)
+            gallery = sysu_ds.gallery(str(root), mode, trial)
             assert list(gallery.paths) == agw_process_gallery_sysu(str(root), mode, trial)
             assert list(gallery.pids) == [int(p.split("/")[1]) for p in gallery.paths]
-    assert len(ev.sysu_gallery(str(root), "all", 0).paths) == 4 * 4 - 2
-    multi = ev.sysu_gallery(str(root), "indoor", 1, multi_shot=True)
+    assert len(sysu_ds.gallery(str(root), "all", 0).paths) == 4 * 4 - 2
+    multi = sysu_ds.gallery(str(root), "indoor", 1, multi_shot=True)
     assert len(multi.paths) == len(set(multi.paths)) == sum(
         min(10, len(os.listdir(root / f"cam{c}/{p:04d}"))) for p in (1, 2, 3, 5) for c in (1, 2)
         if (root / f"cam{c}/{p:04d}").is_dir())
-    assert len(ev.sysu_trials(str(root), "all", trials=3)) == 3
+    assert len(sysu_ds.trials(str(root), "all", trials=3)) == 3
 
 
 def test_regdb_directions_swap_query_and_gallery(tmp_path):
     root = make_regdb(tmp_path / "regdb")
-    v2i = ev.regdb_trials(str(root), trials=2, direction="v2i")
-    i2v = ev.regdb_trials(str(root), trials=2, direction="i2v")
+    v2i = regdb_ds.trials(str(root), trials=2, direction="v2i")
+    i2v = regdb_ds.trials(str(root), trials=2, direction="i2v")
     assert [t.trial for t in v2i] == [1, 2]
     assert v2i[1].query.paths[0] == "Visible/1/visible_2_0.bmp" and v2i[1].gallery.modality == "infrared"
     assert i2v[0].query.paths == v2i[0].gallery.paths and i2v[0].gallery.paths == v2i[0].query.paths
     np.testing.assert_array_equal(i2v[0].query.pids, np.repeat(np.arange(6), 2))
     with pytest.raises(ev.EvaluationError, match="trial 3.*test_visible_3.txt"):
-        ev.regdb_trials(str(root), trials=3)
+        regdb_ds.trials(str(root), trials=3)
 
 
 @pytest.mark.parametrize("mode,multi_shot", [("all", False), ("indoor", False), ("all", True)])
 def test_sysu_trials_from_pool_paths_equal_the_raw_folder_trials(mode, multi_shot, tmp_path):
     """The preprocessed path (pools in any order) rebuilds AGW's query order and gallery draws."""
     root = make_sysu(tmp_path / "SYSU", test_ids=(1, 2, 3, 5, 8, 13), per_camera=3)
-    raw = ev.sysu_trials(str(root), mode, 10, multi_shot)
+    raw = sysu_ds.trials(str(root), mode, 10, multi_shot)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
     rng = np.random.default_rng(0)
     query = [p for p in files if p.startswith(("cam3/", "cam6/"))]
     gallery = [p for p in files if not p.startswith(("cam3/", "cam6/"))]
-    pools = ev.sysu_trials_from_paths(list(rng.permutation(query)), list(rng.permutation(gallery)), mode, 10,
+    pools = sysu_ds.trials_from_paths(list(rng.permutation(query)), list(rng.permutation(gallery)), mode, 10,
                                       multi_shot)
     assert len(pools) == len(raw) == 10
     assert len({t.gallery.paths for t in raw}) > 1  # the draws differ between trials

@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking (kdem_tf.reranking) against the reference function and the paper.
+"""k-reciprocal re-ranking (kdem_tf.evaluation.reranking) against the reference function and the paper.
 
 1. tests/rerank_reference.npz holds the outputs of the reference `re_ranking(q_g_dist,
    q_q_dist, g_g_dist, k1, k2, lambda_value)` of torchreid (KaiyangZhou/deep-person-reid,
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdem_tf import reranking as rr
+from kdem_tf.evaluation import reranking as rr
 
 FIXTURE = Path(__file__).with_name("rerank_reference.npz")
 TOLERANCE = 1e-6  # float32 sums in another order; measured max |ours - reference| 3.0e-7

@@ -14,9 +14,10 @@ import pytest
 from scipy.io import loadmat, savemat
 
 from kdem_tf import evaluation as ev
-from kdem_tf import sysu_official as so
+from kdem_tf.datasets import sysu_official as so
 from tests.test_evaluate_cli import identity_features, image_paths, run_cli
 from tests.test_evaluation import make_sysu
+from kdem_tf.datasets import sysu as sysu_ds
 
 
 # test ids 1 and 2; cam2 has no folder for id 1. Image counts (make_sysu: 3 + (id + cam) % 3):
@@ -54,7 +55,7 @@ def sysu(tmp_path_factory):
 
 
 def test_galleries_equal_the_hand_checked_ones(sysu):
-    all_1 = ev.sysu_trials(str(sysu), "all", trials=2, sampling="official")
+    all_1 = sysu_ds.trials(str(sysu), "all", trials=2, sampling="official")
     # trial 1: camera outer, id inner, first entry of row 1 (0003.jpg = position 3)
     assert list(all_1[0].gallery.paths) == [
         "cam1/0001/0003.jpg", "cam1/0002/0002.jpg", "cam2/0002/0004.jpg",
@@ -63,12 +64,12 @@ def test_galleries_equal_the_hand_checked_ones(sysu):
         "cam1/0001/0005.jpg", "cam1/0002/0001.jpg", "cam2/0002/0002.jpg",
         "cam4/0001/0004.jpg", "cam4/0002/0002.jpg", "cam5/0001/0003.jpg", "cam5/0002/0001.jpg"]
     assert list(all_1[0].gallery.pids) == [1, 2, 2, 1, 2, 1, 2] and list(all_1[0].gallery.cams) == [1, 1, 2, 4, 4, 5, 5]
-    assert all_1[0].query.paths == ev.sysu_query(str(sysu)).paths  # the query set is AGW's
-    indoor_multi = ev.sysu_trials(str(sysu), "indoor", trials=2, multi_shot=True, sampling="official")
+    assert all_1[0].query.paths == sysu_ds.query(str(sysu)).paths  # the query set is AGW's
+    indoor_multi = sysu_ds.trials(str(sysu), "indoor", trials=2, multi_shot=True, sampling="official")
     assert list(indoor_multi[1].gallery.paths) == (
         [f"cam1/0001/{p:04d}.jpg" for p in (5, 4, 3, 2, 1)] + [f"cam1/0002/{p:04d}.jpg" for p in (1, 3, 2)]
         + [f"cam2/0002/{p:04d}.jpg" for p in (2, 4, 1, 3)])
-    assert ev.sysu_trials(str(sysu), "all", trials=1)[0].gallery.paths != all_1[0].gallery.paths  # agw differs
+    assert sysu_ds.trials(str(sysu), "all", trials=1)[0].gallery.paths != all_1[0].gallery.paths  # agw differs
 
 
 def mpanet_gallery_names(perm, cams, ids, trial_id, num_shots):
@@ -130,7 +131,7 @@ def test_bad_files_name_the_file_and_what_was_expected(case, expect, tmp_path):
         write_perm(mat)
     trials = 3 if case == "few_trials" else 1
     with pytest.raises(ev.EvaluationError) as info:
-        ev.sysu_trials(str(root), "all", trials=trials, sampling="official")
+        sysu_ds.trials(str(root), "all", trials=trials, sampling="official")
     assert expect in str(info.value) and str(mat) in str(info.value), str(info.value)
 
 
@@ -147,11 +148,11 @@ def test_cli_official_rows_are_labelled(sysu, tmp_path, capsys):
     assert {v["gallery_sampling"] for v in metrics["variants"].values()} == {"official"}
     assert stdout.count("official gallery sampling") == 3 and "agw gallery sampling" not in stdout
     feature_of = dict(zip(paths, feats.astype(np.float64)))
-    for t, trial in enumerate(ev.sysu_trials(str(sysu), "all", 2, sampling="official")):
+    for t, trial in enumerate(sysu_ds.trials(str(sysu), "all", 2, sampling="official")):
         qf = np.stack([feature_of[p] for p in trial.query.paths])
         gf = np.stack([feature_of[p] for p in trial.gallery.paths])
         _, mAP, _ = ev.evaluate_features(qf, gf, trial.query.pids, trial.gallery.pids, trial.query.cams,
-                                         trial.gallery.cams)
+                                         trial.gallery.cams, "sysu")
         assert metrics["per_trial"][t]["mAP"] == mAP * 100
     with pytest.raises(SystemExit):
         run_cli(["--dataset", "regdb", "--data-root", sysu, "--features", tmp_path / "feats.npz",

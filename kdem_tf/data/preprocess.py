@@ -33,13 +33,17 @@ import sys
 import time
 import uuid
 from collections import Counter
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from kdem_tf.data import datasets, schema
+from kdem_tf import datasets
+from kdem_tf.data import schema
+from kdem_tf.datasets import cli_options
+from kdem_tf.datasets.base import TRAIN
+from kdem_tf.datasets.files import DatasetError, ImageRecord, identities, join
 
 SUCCESS_MARKER = "_SUCCESS"
 SUMMARY_FILE = "summary.json"
@@ -51,48 +55,29 @@ STORED_IMAGES = ("original encoded bytes (JPEG/PNG/BMP as read), a lossless PNG 
 # ----------------------------------------------------------------------------- split planning
 
 
-def plan_splits(dataset: str, data_root: str, trial: int = 1) -> Dict[str, List[datasets.ImageRecord]]:
-    """Lists every image of every split. Layout errors raise `DatasetError` before Beam starts.
-
-    SYSU: train (train ∪ val ids), query (infrared test pool), gallery (visible test pool).
-    RegDB: train, test_visible, test_thermal of the given trial.
-    LLCM: train (idx/train_vis.txt + train_nir.txt), test_nir and test_visible (the whole test pools).
-    manifest (data_root = the CSV file; paths relative to its folder): its train, query, gallery lines.
-    """
-    if dataset == "sysu":
-        query, gallery = datasets.sysu_test_records(data_root)
-        splits = {"train": datasets.sysu_train_records(data_root), "query": query, "gallery": gallery}
-    elif dataset == "regdb":
-        train = datasets.regdb_records(data_root, "train", trial)
-        test = datasets.regdb_records(data_root, "test", trial)
-        splits = {"train": train[schema.VISIBLE] + train[schema.INFRARED],
-                  "test_visible": test[schema.VISIBLE], "test_thermal": test[schema.INFRARED]}
-    elif dataset == "llcm":
-        test = datasets.llcm_test_records(data_root)
-        splits = {"train": datasets.llcm_train_records(data_root),
-                  "test_nir": test[schema.INFRARED], "test_visible": test[schema.VISIBLE]}
-    elif dataset == "manifest":
-        from kdem_tf.data import manifest
-
-        splits = manifest.read_manifest(data_root)
-    else:
-        raise datasets.DatasetError(f"--dataset must be one of {schema.DATASETS}, got {dataset!r}")
-    train_ids = datasets.identities(splits["train"])
+def plan_splits(dataset: str, data_root: str, options: Optional[Mapping[str, object]] = None
+                ) -> Dict[str, List[ImageRecord]]:
+    """Lists every image of every split (`Dataset.read_splits`; `options`: the dataset's own preprocessing
+    options, e.g. RegDB's {"trial": 3}). Layout errors raise `DatasetError` before Beam starts, and so
+    does an identity in both train and an evaluation split."""
+    try:
+        owner = datasets.get(dataset)
+    except KeyError as error:
+        raise DatasetError(f"--dataset: {error.args[0]}") from None
+    splits = owner.read_splits(data_root, dict(options or {}))
+    train_ids = identities(splits[TRAIN])
     for name, records in splits.items():
         if not records:
-            raise datasets.DatasetError(f"{data_root}: split {name!r} has no images")
-        shared = train_ids & datasets.identities(records) if name != "train" else set()
+            raise DatasetError(f"{data_root}: split {name!r} has no images")
+        shared = train_ids & identities(records) if name != TRAIN else set()
         if shared:
-            raise datasets.DatasetError(f"{data_root}: ids {sorted(shared)[:10]} are in both train and {name}")
+            raise DatasetError(f"{data_root}: ids {sorted(shared)[:10]} are in both train and {name}")
     return splits
 
 
 def image_root(dataset: str, data_root: str) -> str:
-    """The folder record paths are relative to: the data root, or a manifest CSV's folder."""
-    if dataset == "manifest":
-        from kdem_tf.data import manifest
-        return manifest.image_root(data_root)
-    return data_root
+    """The folder record paths are relative to (`Dataset.image_root`: a manifest's is its CSV's folder)."""
+    return datasets.get(dataset).image_root(data_root)
 
 
 def shard_of(path: str, num_shards: int) -> int:
@@ -166,7 +151,7 @@ class EncodeRecord(beam.DoFn):
 
     def process(self, element):
         split, record = element
-        full_path = datasets.join(self._data_root, record.path)
+        full_path = join(self._data_root, record.path)
         try:
             with FileSystems.open(full_path, compression_type="uncompressed") as f:
                 raw = f.read()
@@ -194,7 +179,7 @@ class WriteShard(beam.DoFn):
 
         (split, index), items = element
         items = sorted(items)
-        path = datasets.join(self._output_dir, shard_name(split, index, self._num_shards[split], self._tfx_layout))
+        path = join(self._output_dir, shard_name(split, index, self._num_shards[split], self._tfx_layout))
         counts = Counter()
         with tf.io.TFRecordWriter(path, options="GZIP") as writer:
             for _, modality, serialized, reencoded in items:
@@ -213,7 +198,7 @@ def _empty_shards(output_dir: str, num_shards: Dict[str, int], written: Iterable
     for split, n in num_shards.items():
         for index in range(n):
             if (split, index) not in written:
-                with tf.io.TFRecordWriter(datasets.join(output_dir, shard_name(split, index, n, tfx_layout)),
+                with tf.io.TFRecordWriter(join(output_dir, shard_name(split, index, n, tfx_layout)),
                                          options="GZIP"):
                     pass
 
@@ -251,7 +236,7 @@ def local_pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
     return PipelineOptions(argv)
 
 
-def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str, output_dir: str,
+def run_preprocess(splits: Dict[str, List[ImageRecord]], data_root: str, output_dir: str,
                    num_shards: Optional[int] = None,
                    pipeline_options: Optional[PipelineOptions] = None, overwrite: bool = False,
                    settings: Optional[dict] = None, tfx_layout: bool = False) -> dict:
@@ -259,14 +244,14 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
 
     `tfx_layout` names split folders `Split-<split>` as a TFX Examples artifact expects.
     """
-    if tf_exists(datasets.join(output_dir, SUCCESS_MARKER)) and not overwrite:
+    if tf_exists(join(output_dir, SUCCESS_MARKER)) and not overwrite:
         raise FileExistsError(f"{output_dir}: already holds a complete preprocessing output (use --overwrite)")
     shards = {split: num_shards or default_num_shards(len(records)) for split, records in splits.items()}
     staging = f"{output_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     import tensorflow as tf
 
     for split in splits:
-        tf.io.gfile.makedirs(datasets.join(staging, schema.split_dir(split, tfx_layout)))
+        tf.io.gfile.makedirs(join(staging, schema.split_dir(split, tfx_layout)))
     elements = [(split, record) for split, records in splits.items() for record in records]
     started = time.time()
     options = pipeline_options or local_pipeline_options()
@@ -279,18 +264,18 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
                    | "GroupByShard" >> beam.GroupByKey()
                    | "WriteShards" >> beam.ParDo(WriteShard(staging, shards, tfx_layout)))
         _ = (written | "CountsToJson" >> beam.Map(json.dumps)
-             | "WriteCounts" >> beam.io.WriteToText(datasets.join(staging, "_counts/counts"), shard_name_template="-SS-of-NN"))
+             | "WriteCounts" >> beam.io.WriteToText(join(staging, "_counts/counts"), shard_name_template="-SS-of-NN"))
         _ = (encoded[EncodeRecord.SKIPPED] | "SkippedToJson" >> beam.Map(json.dumps)
-             | "WriteSkipped" >> beam.io.WriteToText(datasets.join(staging, "_counts/skipped"), shard_name_template="-SS-of-NN"))
+             | "WriteSkipped" >> beam.io.WriteToText(join(staging, "_counts/skipped"), shard_name_template="-SS-of-NN"))
     seconds = time.time() - started
 
     summary = _summarise(staging, splits, shards, seconds, settings or {}, tfx_layout)
     _check_counts(summary, splits, staging)
     written_shards = {tuple(s) for s in summary.pop("_written")}
     _empty_shards(staging, shards, written_shards, tfx_layout)
-    with tf.io.gfile.GFile(datasets.join(staging, SUMMARY_FILE), "w") as f:
+    with tf.io.gfile.GFile(join(staging, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
-    with tf.io.gfile.GFile(datasets.join(staging, SUCCESS_MARKER), "w") as f:
+    with tf.io.gfile.GFile(join(staging, SUCCESS_MARKER), "w") as f:
         f.write("ok\n")
     _publish(staging, output_dir)
     return summary
@@ -325,26 +310,26 @@ def _summarise(staging, splits, shards, seconds, settings, tfx_layout) -> dict:
 
     counts: Dict[str, Counter] = {split: Counter() for split in splits}
     written = []
-    for path in tf.io.gfile.glob(datasets.join(staging, "_counts/counts-*")):
+    for path in tf.io.gfile.glob(join(staging, "_counts/counts-*")):
         with tf.io.gfile.GFile(path) as f:
             for line in f:
                 split, by_modality = json.loads(line)
                 counts[split].update(by_modality)
     skipped = []
-    for path in tf.io.gfile.glob(datasets.join(staging, "_counts/skipped-*")):
+    for path in tf.io.gfile.glob(join(staging, "_counts/skipped-*")):
         with tf.io.gfile.GFile(path) as f:
             skipped += [json.loads(line) for line in f]
-    tf.io.gfile.rmtree(datasets.join(staging, "_counts"))
+    tf.io.gfile.rmtree(join(staging, "_counts"))
     for split, n in shards.items():
         for index in range(n):
-            if tf.io.gfile.exists(datasets.join(staging, shard_name(split, index, n, tfx_layout))):
+            if tf.io.gfile.exists(join(staging, shard_name(split, index, n, tfx_layout))):
                 written.append((split, index))
     reencoded = {split: c.pop(REENCODED, 0) for split, c in counts.items()}
     total = sum(sum(c.values()) for c in counts.values())
     return {
         "splits": {split: {"images": sum(c.values()), "by_modality": dict(sorted(c.items())),
                            "reencoded_png": reencoded[split],
-                           "identities": len(datasets.identities(splits[split])),
+                           "identities": len(identities(splits[split])),
                            "num_shards": shards[split]} for split, c in counts.items()},
         "images_written": total,
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped)],
@@ -390,24 +375,27 @@ def format_summary(summary: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Unrecognised flags are passed to Beam (e.g. --runner=FlinkRunner).")
-    parser.add_argument("--dataset", required=True, choices=schema.DATASETS)
+    parser.add_argument("--dataset", required=True, choices=datasets.names())
     parser.add_argument("--data-root", required=True, help="dataset root; manifest: the CSV file")
     parser.add_argument("--output", required=True)
-    parser.add_argument("--trial", type=int, default=1, help="RegDB trial 1..10")
+    owned = cli_options.gather("preprocess_options")
+    cli_options.add(parser, owned)
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
     args, beam_args = parser.parse_known_args(argv)
+    cli_options.refuse_foreign(parser, args, owned)
+    options = cli_options.values(args, owned, args.dataset)
     if "://" not in args.output:  # beside the output folder (which appears complete or not at all)
         from kdem_tf import console
 
         console.log_beside(os.path.abspath(args.output).rstrip("/") + ".console.log")
     try:
-        splits = plan_splits(args.dataset, args.data_root, args.trial)
+        splits = plan_splits(args.dataset, args.data_root, options)
         summary = run_preprocess(
             splits, image_root(args.dataset, args.data_root), args.output, args.num_shards,
             local_pipeline_options(beam_args), args.overwrite,
-            settings={"dataset": args.dataset, "data_root": args.data_root, "trial": args.trial})
-    except (datasets.DatasetError, FileExistsError, PreprocessError) as error:
+            settings={"dataset": args.dataset, "data_root": args.data_root, **options})
+    except (DatasetError, FileExistsError, PreprocessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -11,18 +11,9 @@ import tensorflow as tf
 # The modality vocabulary is the image contract's; re-exported here for the schema's users.
 from kdem_tf.image_contract import INFRARED, MODALITIES, MODALITY_INDEX, VISIBLE, modality_index  # noqa: F401
 
-# Split names written by preprocessing. SYSU writes `query` (infrared test pool)
-# and `gallery` (visible test pool); RegDB writes `test_visible` and `test_thermal`;
-# LLCM writes its two whole test pools `test_nir` (test_nir/) and `test_visible` (test_vis/),
-# from which each trial draws; a CSV manifest writes its own `query` and `gallery` lines.
-# The second name is the query side of the dataset's default search direction.
-TRAIN = "train"
-SYSU_SPLITS = (TRAIN, "query", "gallery")
-REGDB_SPLITS = (TRAIN, "test_visible", "test_thermal")
-LLCM_SPLITS = (TRAIN, "test_nir", "test_visible")
-MANIFEST_SPLITS = (TRAIN, "query", "gallery")
-DATASET_SPLITS = {"sysu": SYSU_SPLITS, "regdb": REGDB_SPLITS, "llcm": LLCM_SPLITS, "manifest": MANIFEST_SPLITS}
-DATASETS = tuple(DATASET_SPLITS)  # the --dataset choices of preprocessing, training and evaluation
+# The split names preprocessing writes are each dataset's (`Dataset.splits`, kdem_tf/datasets/);
+# every dataset has the training split.
+from kdem_tf.datasets.base import TRAIN  # noqa: E402,F401
 
 IMAGE = "image"            # the original encoded bytes (JPEG/PNG/BMP), or a lossless PNG of them
 PERSON_ID = "person_id"    # the dataset's own identity number

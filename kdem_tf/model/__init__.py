@@ -13,5 +13,6 @@ from kdem_tf.model.model import HEAD_LAYER_NAMES, build_kdem_models
 from kdem_tf.model.non_local import NonLocalBlock
 from kdem_tf.model.optim import WarmupMultiStepSchedule, build_optimizer
 from kdem_tf.model.backbone_weights import load_backbone_weights
-from kdem_tf.model.resnet import BACKBONES, build_stem, build_trunk
-from kdem_tf.model.trainer import ABLATION_ROWS, KDEMTrainer
+from kdem_tf.architecture import ABLATION_ROWS, BACKBONES  # noqa: F401 (re-exported)
+from kdem_tf.model.resnet import build_stem, build_trunk
+from kdem_tf.model.trainer import KDEMTrainer

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import numpy as np
 
+from kdem_tf.architecture import backbone_for_weights
 from kdem_tf.image_contract import normalization_for_weights
 from kdem_tf.model.safetensors_io import read_safetensors
 
@@ -44,12 +45,6 @@ _BLOCK_LAYER = re.compile(r"^conv(\d)_block(\d+)_(\d)_(conv|bn)$")
 class BackboneWeightsError(ValueError):
     """Weights that do not fit the backbone, or cannot be read; the message names the file and key."""
 
-
-def backbone_for_weights(weights: Optional[str]) -> Optional[str]:
-    """The backbone variant ("torchvision" or "keras") that a kind of weights fits; None for random init."""
-    if weights in (None, "", "none"):
-        return None
-    return {"torchvision": "torchvision", "caffe": "keras"}[normalization_for_weights(weights)]
 
 
 def torchvision_name(layer_name: str) -> str:

@@ -28,7 +28,8 @@ from kdem_tf.config import ModelConfig
 from kdem_tf.model.backbone_weights import load_backbone_weights
 from kdem_tf.model.gem_pooling import GeMPooling
 from kdem_tf.model.kdem_layer import KDEMLayer
-from kdem_tf.model.resnet import RESNET50_BLOCKS, build_stem, build_trunk
+from kdem_tf.architecture import RESNET50_BLOCKS
+from kdem_tf.model.resnet import build_stem, build_trunk
 
 VISIBLE_MODALITY = 0
 INFRARED_MODALITY = 1

@@ -6,18 +6,9 @@ from typing import Optional, Union
 import keras
 from keras import ops
 
+from kdem_tf.architecture import check_inner_channels
 from kdem_tf.model.fused_batch_norm import FusedBatchNormalization
 
-
-def check_inner_channels(value: Union[int, str], where: str = "non-local inner channels") -> Union[int, str]:
-    """A positive integer or "half"; anything else raises ValueError naming `where`."""
-    if value == "half":
-        return value
-    is_integer = isinstance(value, int) and not isinstance(value, bool)
-    if not (is_integer or (isinstance(value, str) and value.isdigit())) or int(value) < 1:
-        raise ValueError(f"{where}: expected a positive integer or 'half', got {value!r}")
-    channels = int(value)
-    return channels
 
 
 @keras.saving.register_keras_serializable(package="kdem_tf")

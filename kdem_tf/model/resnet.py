@@ -33,32 +33,20 @@ from typing import Optional, Sequence, Tuple, Union
 
 import keras
 
+from kdem_tf.architecture import BACKBONES, RESNET50_STAGES, check_stage_blocks
 from kdem_tf.config import ModelConfig
 from kdem_tf.model.fused_batch_norm import FusedBatchNormalization
 from kdem_tf.model.non_local import NonLocalBlock
 
-BACKBONES = ("torchvision", "keras")
 BN_EPSILON = {"torchvision": 1e-5, "keras": 1.001e-5}  # torch.nn.BatchNorm2d / keras.applications.resnet
 BN_MOMENTUM = 0.9  # PyTorch's momentum=0.1 (Keras weighs the old value, PyTorch the new one)
 
-# (stage name, bottleneck filters, number of blocks, stride of the first block)
-RESNET50_STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))
-RESNET50_BLOCKS = tuple(blocks for _, _, blocks, _ in RESNET50_STAGES)  # (3, 4, 6, 3): model.stage_blocks
 # Number of non-local blocks per stage, placed after its last blocks (AGW's non_layers); a stage built
 # with fewer blocks (model.stage_blocks) has one after each of its blocks.
 NON_LOCAL_BLOCKS_PER_STAGE = {"conv2": 0, "conv3": 2, "conv4": 3, "conv5": 0}
 STEM_CHANNELS = 64
 TRUNK_CHANNELS = 2048
 
-
-def check_stage_blocks(stage_blocks: Sequence[int], where: str = "stage_blocks") -> Tuple[int, ...]:
-    """`stage_blocks` as a tuple when it is 4 positive block counts (conv2_x..conv5_x), else a
-    ValueError naming `where` (`model.stage_blocks` for the config)."""
-    blocks = tuple(stage_blocks)
-    if len(blocks) != len(RESNET50_STAGES) or min(blocks) < 1:
-        raise ValueError(f"{where} must be 4 positive block counts (conv2_x..conv5_x; ResNet-50: "
-                         f"{list(RESNET50_BLOCKS)}), got {list(blocks)}")
-    return blocks
 
 
 def scaled_channels(channels: int, width: float) -> int:

@@ -6,17 +6,10 @@ from typing import Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from kdem_tf.architecture import ABLATION_ROWS
 from kdem_tf.model.losses import LOSS_WEIGHTS, total_loss
 from kdem_tf.model.model import HEAD_LAYER_NAMES
 
-# The rows of the paper's Table 3: build_kdem_models(kdem=...) and the trainer's switches.
-ABLATION_ROWS = {
-    "baseline": {"kdem": False, "use_diversity_loss": False, "use_consistency_loss": False},
-    "kdem": {"kdem": True, "use_diversity_loss": False, "use_consistency_loss": False},
-    "kdem_div": {"kdem": True, "use_diversity_loss": True, "use_consistency_loss": False},
-    "kdem_con": {"kdem": True, "use_diversity_loss": False, "use_consistency_loss": True},
-    "full": {"kdem": True, "use_diversity_loss": True, "use_consistency_loss": True},
-}
 LOSS_METRICS = ("loss", "id_loss", "wrt_loss", "div_loss", "con_loss", "id_accuracy", "wrt_precision")
 FACTOR_METRICS = ("mi_v_mean", "mi_v_std")
 

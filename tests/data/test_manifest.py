@@ -7,9 +7,10 @@ import os
 import pytest
 import tensorflow as tf
 from PIL import Image
-
-from kdem_tf.data import datasets as ds
-from kdem_tf.data import manifest, preprocess, schema
+from kdem_tf.data import preprocess, schema
+from kdem_tf.datasets import files as ds_files
+from kdem_tf.datasets import manifest as manifest_ds
+from kdem_tf import datasets
 
 IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 HEADER = "path,person_id,camera,modality,split"
@@ -42,12 +43,12 @@ def own_cameras(pids_train=(7, 3), pids_test=(11, 12)):
 
 def test_records_labels_and_relative_paths(tmp_path):
     csv_path = write_manifest(str(tmp_path / "cams"), own_cameras())
-    splits = manifest.read_manifest(csv_path)
+    splits = manifest_ds.read_manifest(csv_path)
     assert {s: len(r) for s, r in splits.items()} == {"train": 8, "query": 2, "gallery": 4}
     assert {r.person_id: r.label for r in splits["train"]} == {3: 0, 7: 1}  # contiguous over sorted ids
     assert all(r.label == -1 for r in splits["query"] + splits["gallery"])
-    assert splits["query"][0] == ds.ImageRecord("gate/11_q.png", 11, -1, 2, "infrared")
-    assert manifest.image_root(csv_path) == str(tmp_path / "cams")
+    assert splits["query"][0] == ds_files.ImageRecord("gate/11_q.png", 11, -1, 2, "infrared")
+    assert manifest_ds.image_root(csv_path) == str(tmp_path / "cams")
 
 
 @pytest.mark.parametrize("edit, line, field, message", [
@@ -66,16 +67,16 @@ def test_bad_line_names_file_line_and_field(tmp_path, edit, line, field, message
     if field == "person_id" and "both" in message:
         Image.new("RGB", (6, 12)).save(os.path.join(folder, "gate/7_q.png"))
     csv_path = write_manifest(folder, edit(lines), make_images=False)
-    with pytest.raises(ds.DatasetError) as info:
-        manifest.read_manifest(csv_path)
+    with pytest.raises(ds_files.DatasetError) as info:
+        manifest_ds.read_manifest(csv_path)
     text = str(info.value)
     assert text.startswith(f"{csv_path}:{line}: field '{field}'") and message in text, text
 
 
 def test_missing_header_column_is_named(tmp_path):
     csv_path = write_manifest(str(tmp_path / "cams"), ["a.jpg,1,1,visible"], header="path,person_id,modality,split")
-    with pytest.raises(ds.DatasetError, match=r"manifest\.csv:1: field 'camera': missing column"):
-        manifest.read_manifest(csv_path)
+    with pytest.raises(ds_files.DatasetError, match=r"manifest\.csv:1: field 'camera': missing column"):
+        manifest_ds.read_manifest(csv_path)
 
 
 def test_preprocess_cli_writes_the_three_splits(tmp_path, capsys):
@@ -85,7 +86,7 @@ def test_preprocess_cli_writes_the_three_splits(tmp_path, capsys):
                             "--num-shards", "1"] + IN_PROCESS)
     assert code == 0, capsys.readouterr().err
     counts = {}
-    for split in schema.MANIFEST_SPLITS:
+    for split in datasets.get("manifest").split_names():
         files = glob.glob(os.path.join(out, split, "*.tfrecord.gz"))
         records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").map(schema.parse_example)
                        .as_numpy_iterator())
@@ -104,4 +105,4 @@ def test_preprocess_cli_reports_a_bad_manifest(tmp_path, capsys):
 def test_a_spreadsheet_bom_before_the_header_is_accepted(tmp_path):
     folder = str(tmp_path / "cams")
     csv_path = write_manifest(folder, ["a.jpg,1,1,visible,query"], header="\ufeff" + HEADER)
-    assert manifest.read_manifest(csv_path)["query"][0].path == "a.jpg"
+    assert manifest_ds.read_manifest(csv_path)["query"][0].path == "a.jpg"

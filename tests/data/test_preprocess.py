@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from kdem_tf.data import datasets as ds
 from kdem_tf.data import preprocess, schema, synthetic
+from kdem_tf.datasets import sysu as sysu_ds
+from kdem_tf.datasets import regdb as regdb_ds
 
 ORIGINAL_SIZE = (40, 20)  # synthetic images are written at this size; nothing may resize them
 IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -25,9 +25,9 @@ def _read(output_dir: str, split: str) -> list:
 @pytest.fixture(scope="module")
 def sysu(tmp_path_factory):
     base = tmp_path_factory.mktemp("sysu")
-    root = synthetic.generate_sysu(str(base / "raw"), identities=8, images_per_camera=2,
+    root = sysu_ds.generate_synthetic(str(base / "raw"), identities=8, images_per_camera=2,
                                    image_size=ORIGINAL_SIZE, progress=False)
-    corrupt = os.path.join(root, "cam1", f"{ds.read_sysu_ids(root, 'train')[0]:04d}", "0001.jpg")
+    corrupt = os.path.join(root, "cam1", f"{sysu_ds.read_ids(root, 'train')[0]:04d}", "0001.jpg")
     with open(corrupt, "wb") as f:
         f.write(b"\xff\xd8 this is not a JPEG")
     out = str(base / "tfrecords")
@@ -110,14 +110,14 @@ def test_failed_run_leaves_no_complete_looking_output(sysu, tmp_path, monkeypatc
 
 def test_regdb_round_trip_multiprocess_cli(tmp_path, capsys):
     """The CLI with the multi-process local runner passed through as a Beam flag (no Prism download)."""
-    root = synthetic.generate_regdb(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
+    root = regdb_ds.generate_synthetic(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
     out = str(tmp_path / "tfrecords")
     code = preprocess.main(["--dataset", "regdb", "--data-root", root, "--output", out, "--trial", "3",
                             "--direct_running_mode=multi_processing"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "test_thermal" in printed and "images/s" in printed
-    test = ds.regdb_records(root, "test", 3)
+    test = regdb_ds.records(root, "test", 3)
     for split, modality in (("test_visible", "visible"), ("test_thermal", "infrared")):
         examples = _read(out, split)
         assert sorted(e["path"].decode() for e in examples) == sorted(r.path for r in test[modality])

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdem_tf import evaluation as ev, record_evaluation
-from kdem_tf.data import preprocess, schema, synthetic_llcm
-from kdem_tf.protocols import llcm
+from kdem_tf import evaluation as ev
+from kdem_tf.evaluation import records as record_evaluation
+from kdem_tf.data import preprocess, schema
+from kdem_tf.datasets import llcm as llcm_ds
+from kdem_tf import datasets
 
 IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -19,7 +21,7 @@ IN_PROCESS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--dir
 @pytest.fixture(scope="module")
 def llcm_tfrecords(tmp_path_factory):
     base = tmp_path_factory.mktemp("llcm")
-    root = synthetic_llcm.generate_llcm(str(base / "raw"), identities=8, images_per_camera=1,
+    root = llcm_ds.generate_synthetic(str(base / "raw"), identities=8, images_per_camera=1,
                                         image_size=(32, 16), progress=False)
     out = str(base / "tfrecords")
     assert preprocess.main(["--dataset", "llcm", "--data-root", root, "--output", out, "--num-shards", "1"] + IN_PROCESS) == 0
@@ -35,7 +37,7 @@ def _read(out, split):
 def test_splits_and_modalities(llcm_tfrecords):
     root, out = llcm_tfrecords
     splits = preprocess.plan_splits("llcm", root)
-    assert tuple(splits) == schema.LLCM_SPLITS
+    assert tuple(splits) == datasets.get("llcm").split_names()
     for split, modalities in (("train", {b"visible", b"infrared"}), ("test_nir", {b"infrared"}),
                               ("test_visible", {b"visible"})):
         records = _read(out, split)
@@ -59,7 +61,7 @@ def test_tfrecord_evaluation_equals_the_raw_folder_protocol(llcm_tfrecords):
     got = record_evaluation.metrics_of(ev.run_trials(
         record_trials, lambda t: (np.stack([feature_of[p] for p in t.query.paths]),
                                   np.stack([feature_of[p] for p in t.gallery.paths])), "llcm"))
-    results = ev.run_trials(llcm.llcm_trials(root, "i2v"),
+    results = ev.run_trials(llcm_ds.trials_from_folder(root, "i2v"),
                             lambda t: (np.stack([feature_of[p] for p in t.query.paths]),
                                        np.stack([feature_of[p] for p in t.gallery.paths])), "llcm")
     want = ev.summary(*ev.average_trials(results))

@@ -47,8 +47,8 @@ METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 def protocol_metrics(report, node="Trainer"):
     """kdem_tf's own protocol metrics of the Trainer's SavedModel on the run's Examples
-    (`kdem_tf.record_evaluation`, the code of `python -m kdem_tf.evaluate --tfrecords`)."""
-    from kdem_tf import record_evaluation
+    (`kdem_tf.evaluation.records`, the code of `python -m kdem_tf.evaluate --tfrecords`)."""
+    from kdem_tf.evaluation import records as record_evaluation
 
     model = os.path.join(_output(report, node, "model"), "Format-Serving")
     return record_evaluation.evaluate_saved_model(model, "sysu", _output(report, "ReidExampleGen", "examples"),
@@ -153,7 +153,7 @@ def test_threshold_just_above_the_measured_map_is_not_blessed(runs):
 
 
 def test_evaluator_metrics_equal_the_protocol_code(runs, tmp_path):
-    """metrics.json's `current` == kdem_tf.record_evaluation on the trained SavedModel, and ==
+    """metrics.json's `current` == kdem_tf.evaluation.records on the trained SavedModel, and ==
     `python -m kdem_tf.evaluate --tfrecords` on the pushed version (the same model, pushed)."""
     from kdem_tf import evaluate
 
@@ -174,7 +174,8 @@ def test_evaluator_metrics_equal_the_protocol_code(runs, tmp_path):
 
 
 def test_examples_have_identity_disjoint_splits(runs, tiny_data):
-    from kdem_tf.data import datasets, input_pipeline, preprocess
+    from kdem_tf.data import input_pipeline, preprocess
+    from kdem_tf.datasets import files as ds_files
 
     report = runs["B"]["report"]
     uri = _output(report, "ReidExampleGen", "examples")
@@ -187,7 +188,7 @@ def test_examples_have_identity_disjoint_splits(runs, tiny_data):
         arrays = input_pipeline.load_split(uri, split)
         assert len(arrays) == len(planned[split])
         ids[split] = set(arrays.person_ids.tolist())
-        assert ids[split] == datasets.identities(planned[split])
+        assert ids[split] == ds_files.identities(planned[split])
     assert not ids["train"] & ids["query"] and not ids["train"] & ids["gallery"]
     assert ids["query"] <= ids["gallery"]
     with open(os.path.join(_output(report, "ReidDataCheck", "report"), "data_report.json")) as f:

@@ -14,6 +14,9 @@ import pytest
 from pipeline import local_runner
 from pipeline.configs import PipelineSettings
 from tests.pipeline.conftest import OVERRIDES
+from kdem_tf.datasets import sysu as sysu_ds
+from kdem_tf.datasets import llcm as llcm_ds
+from kdem_tf import datasets
 
 NODES = ("ImportSchemaGen", "ReidExampleGen", "StatisticsGen", "ExampleValidator", "ReidDataCheck", "Trainer",
          "ReidEvaluator", "Pusher", "ReidGalleryIndex")
@@ -31,7 +34,7 @@ def _manifest(folder) -> str:
     from kdem_tf.data import synthetic
 
     raw = folder / "render"
-    synthetic.generate_sysu(str(raw), identities=6, seed=5, image_size=(64, 32), images_per_camera=2,
+    sysu_ds.generate_synthetic(str(raw), identities=6, seed=5, image_size=(64, 32), images_per_camera=2,
                             progress=False)
     lines = []
     for cam_folder, camera, modality in (("cam1", 1, "visible"), ("cam2", 3, "visible"), ("cam3", 2, "infrared")):
@@ -51,8 +54,7 @@ def dataset_run(request, tmp_path_factory):
     dataset = request.param
     base = tmp_path_factory.mktemp(dataset)
     if dataset == "llcm":
-        from kdem_tf.data import synthetic_llcm
-        data_root = synthetic_llcm.generate_llcm(str(base / "LLCM"), identities=6, images_per_camera=1,
+        data_root = llcm_ds.generate_synthetic(str(base / "LLCM"), identities=6, images_per_camera=1,
                                                  image_size=(64, 32), progress=False)
     else:
         data_root = _manifest(base)
@@ -66,7 +68,7 @@ def test_pipeline_runs_end_to_end_and_pushes(dataset_run):
     dataset, settings, report = dataset_run
     assert {n: report[n]["state"] for n in NODES} == {n: "COMPLETE" for n in NODES}
     examples = report["ReidExampleGen"]["outputs"]["examples"][0]
-    for split in schema.DATASET_SPLITS[dataset]:
+    for split in datasets.get(dataset).split_names():
         assert os.path.isdir(os.path.join(examples, f"Split-{split}")), split
     with open(os.path.join(report["ReidDataCheck"]["outputs"]["report"][0], "data_report.json")) as f:
         assert json.load(f)["problems"] == []

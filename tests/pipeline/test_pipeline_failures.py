@@ -25,11 +25,11 @@ def test_missing_data_root_names_the_path(tmp_path):
 
 
 def test_broken_dataset_fails_before_training_and_resumes_from_cache(tmp_path, tiny_data):
-    from kdem_tf.data import datasets
+    from kdem_tf.datasets import sysu as sysu_ds
 
     root = tmp_path / "broken"
     shutil.copytree(tiny_data, root)
-    train_ids = datasets.read_sysu_ids(str(root), "train") + datasets.read_sysu_ids(str(root), "val")
+    train_ids = sysu_ds.read_ids(str(root), "train") + sysu_ds.read_ids(str(root), "val")
     for pid in train_ids:  # the train identities lose every infrared image
         for cam in (3, 6):
             shutil.rmtree(root / f"cam{cam}" / f"{pid:04d}", ignore_errors=True)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from kdem_tf import evaluate as cli
-from kdem_tf.protocols import llcm
+from kdem_tf.datasets import llcm as llcm_ds
 
 VIS_CAMS = ["test_vis/cam%d" % c for c in range(1, 10)]                  # process_*_llcm mode 1
 NIR_CAMS = ["test_nir/cam%d" % c for c in (1, 2, 4, 5, 6, 7, 8, 9)]      # mode 2: no cam3
@@ -165,7 +165,7 @@ def test_cli_matches_the_authors_test_py(llcm_root, tmp_path, capsys, direction,
 
 def test_v2i_scores_the_infrared_draw_against_the_visible_pool(llcm_root):
     root, _ = llcm_root
-    trials = llcm.llcm_trials(str(root), "v2i", trials=2)
+    trials = llcm_ds.trials_from_folder(str(root), "v2i", trials=2)
     vis_pool = ref_process_query_llcm(str(root), 1)[0]
     for t, trial in enumerate(trials):
         drawn = ref_process_gallery_llcm(str(root), 2, t)[0]

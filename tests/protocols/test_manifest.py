@@ -10,6 +10,7 @@ import pytest
 from kdem_tf import evaluate as cli
 from kdem_tf import evaluation as ev
 from tests.data.test_manifest import write_manifest
+from kdem_tf.datasets import manifest as manifest_ds
 
 
 def ref_eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -82,11 +83,10 @@ def test_cli_on_a_manifest_with_mixed_modalities(tmp_path, capsys):
 
 
 def test_trial_keeps_each_lines_modality(tmp_path):
-    from kdem_tf.protocols import manifest
 
     csv_path = write_manifest(str(tmp_path / "own"), ["a.jpg,1,1,visible,query", "b.jpg,1,2,infrared,query",
                                                       "c.jpg,1,3,visible,gallery"])
-    trial, = manifest.manifest_trials(csv_path)
+    trial, = manifest_ds.trials(csv_path)
     assert trial.query.path_modalities() == ("visible", "infrared")
     assert trial.gallery.path_modalities() == ("visible",) and trial.gallery.modality == "visible"
 

@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests.serving.conftest import IMAGE_SIZE, png_bytes
+from kdem_tf.datasets import sysu as sysu_ds
+from kdem_tf.evaluation.embedding import embed_images
 
 ATOL = 1e-5
 
@@ -48,7 +50,7 @@ def test_index_with_flip_records_it_and_stores_flip_embeddings(model_base, galle
 def sysu_root(tmp_path_factory):
     from kdem_tf.data import synthetic
     root = tmp_path_factory.mktemp("flip_sysu") / "SYSU"
-    synthetic.generate_sysu(str(root), identities=6, images_per_camera=2, image_size=(80, 40), seed=3,
+    sysu_ds.generate_synthetic(str(root), identities=6, images_per_camera=2, image_size=(80, 40), seed=3,
                             progress=False)
     return str(root)
 
@@ -67,7 +69,7 @@ def test_evaluate_flip_rows_equal_features_computed_apart(model_base, embedder, 
     assert list(metrics["variants"]) == ["plain", "flip"] and metrics["flip"] is True
     assert "| flip on cosine" in stdout and "| plain" in stdout
 
-    trials = evaluation.sysu_trials(sysu_root, "all", 2)
+    trials = sysu_ds.trials(sysu_root, "all", 2)
     paths = sorted({p for t in trials for p in t.query.paths + t.gallery.paths})
     modality = {p: t.query.modality for t in trials for p in t.query.paths}
     modality.update({p: t.gallery.modality for t in trials for p in t.gallery.paths})

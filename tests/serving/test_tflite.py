@@ -113,7 +113,7 @@ def float_reference(trained_bn_neck, images) -> np.ndarray:
 
 
 def test_float32_equals_saved_model_and_info(float_dir, embedder):
-    from kdem_tf.tflite_embedder import TFLiteEmbedder
+    from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder
     info = json.load(open(os.path.join(float_dir, "tflite_info.json")))
     assert sorted(os.listdir(float_dir)) == ["infrared.tflite", "tflite_info.json", "visible.tflite"]
     assert info["contract"]["image_size"] == list(IMAGE_SIZE) and info["contract"]["normalization"] == "torchvision"
@@ -156,7 +156,7 @@ def conv_dtypes(path: str) -> set:
 
 
 def test_int8_has_integer_convolutions_a_float_head_and_stays_close(int8_dir, float_dir, trained_bn_neck):
-    from kdem_tf.tflite_embedder import TFLiteEmbedder
+    from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder
     info = json.load(open(os.path.join(int8_dir, "tflite_info.json")))
     assert sorted(os.listdir(int8_dir)) == ["infrared.tflite", "tflite_info.json"]
     assert info["quantization"]["activations"] == "int8" and info["quantization"]["calibration"]["images"] == {
@@ -178,7 +178,7 @@ def test_int8_has_integer_convolutions_a_float_head_and_stays_close(int8_dir, fl
 
 def test_int8_full_is_integer_end_to_end_and_loses_what_the_float_head_keeps(int8_full_dir, int8_dir,
                                                                              trained_bn_neck):
-    from kdem_tf.tflite_embedder import TFLiteEmbedder
+    from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder
     info = json.load(open(os.path.join(int8_full_dir, "tflite_info.json")))
     assert info["quantization"]["mode"] == "int8-full" and info["quantization"]["float_layers"] == []
     assert info["models"]["infrared"]["input"]["dtype"] == "uint8"
@@ -237,7 +237,7 @@ def test_client_embed_on_a_device(float_dir, tmp_path, capsys):
 
 
 def test_bad_inputs_name_the_file_and_the_expectation(float_dir, run_dir, tmp_path, capsys):
-    from kdem_tf.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
+    from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
     from serving.export import main
     from serving.tflite_export import TFLiteExportError, export_run_tflite
     tflite = TFLiteEmbedder(float_dir)

@@ -23,8 +23,7 @@ from typing import Callable, List, Sequence
 
 import numpy as np
 
-from kdem_tf import evaluation as ev
-from kdem_tf.image_contract import VISIBLE
+from kdem_tf.evaluation.trials import EvaluationError
 
 RAND_PERM_CAM = "exp/rand_perm_cam.mat"
 NUM_CAMERAS = 6
@@ -39,19 +38,19 @@ def read_rand_perm_cam(data: bytes, source: str) -> List[List[np.ndarray]]:
     try:
         content = loadmat(io.BytesIO(data))
     except Exception as e:  # scipy raises several types for a damaged or non-MATLAB file
-        raise ev.EvaluationError(f"{source}: not a readable MATLAB .mat file ({e}); expected {EXPECTED}") from None
+        raise EvaluationError(f"{source}: not a readable MATLAB .mat file ({e}); expected {EXPECTED}") from None
     if "rand_perm_cam" not in content:
-        raise ev.EvaluationError(f"{source}: no variable 'rand_perm_cam' (found "
+        raise EvaluationError(f"{source}: no variable 'rand_perm_cam' (found "
                                     f"{sorted(k for k in content if not k.startswith('__'))}); expected {EXPECTED}")
     cells = np.asarray(content["rand_perm_cam"])
     if cells.dtype != object or cells.size != NUM_CAMERAS:
-        raise ev.EvaluationError(f"{source}: 'rand_perm_cam' is {cells.dtype} of shape {cells.shape}, "
+        raise EvaluationError(f"{source}: 'rand_perm_cam' is {cells.dtype} of shape {cells.shape}, "
                                     f"expected {EXPECTED}")
     cameras = []
     for cam, cell in enumerate(cells.reshape(-1), start=1):
         persons = np.asarray(cell)
         if persons.dtype != object:
-            raise ev.EvaluationError(f"{source}: 'rand_perm_cam' camera {cam} is {persons.dtype} of shape "
+            raise EvaluationError(f"{source}: 'rand_perm_cam' camera {cam} is {persons.dtype} of shape "
                                         f"{persons.shape}, not a cell of persons; expected {EXPECTED}")
         cameras.append([_permutation(entry, source, cam, pid) for pid, entry in enumerate(persons.reshape(-1), 1)])
     return cameras
@@ -63,7 +62,7 @@ def _permutation(entry, source: str, cam: int, pid: int) -> np.ndarray:
         return np.zeros((0, 0), np.int64)
     if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.number) or not np.all(rows == np.round(rows)) \
             or rows.min() < 1:
-        raise ev.EvaluationError(f"{source}: camera {cam}, person {pid}: expected a [trials, images] matrix of "
+        raise EvaluationError(f"{source}: camera {cam}, person {pid}: expected a [trials, images] matrix of "
                                     f"1-based image positions, got {rows.dtype} of shape {rows.shape}")
     return rows.astype(np.int64)
 
@@ -80,18 +79,18 @@ def official_gallery_paths(perm: Sequence[Sequence[np.ndarray]], source: str, id
         persons = perm[cam - 1]
         for pid in sorted(ids):
             if pid > len(persons):
-                raise ev.EvaluationError(f"{source}: camera {cam} lists {len(persons)} persons; test id {pid} "
+                raise EvaluationError(f"{source}: camera {cam} lists {len(persons)} persons; test id {pid} "
                                             f"has no permutation")
             rows = persons[pid - 1]
             if rows.size == 0:
                 continue
             if trial >= len(rows):
-                raise ev.EvaluationError(f"{source}: camera {cam}, person {pid}: {len(rows)} trials, "
+                raise EvaluationError(f"{source}: camera {cam}, person {pid}: {len(rows)} trials, "
                                             f"trial {trial + 1} asked")
             files = image_files(cam, pid)
             chosen = rows[trial, :shots]
             if chosen.max() > len(files):
-                raise ev.EvaluationError(f"{source}: camera {cam}, person {pid}, trial {trial + 1}: image position "
+                raise EvaluationError(f"{source}: camera {cam}, person {pid}, trial {trial + 1}: image position "
                                             f"{int(chosen.max())}, but cam{cam}/{pid:04d}/ holds {len(files)} images")
             paths.extend(f"cam{cam}/{pid:04d}/{files[p - 1]}" for p in chosen)
     return paths
@@ -103,28 +102,8 @@ def read_official_permutation(root: str):
 
     path = f"{root.rstrip('/')}/{RAND_PERM_CAM}"
     if not tf.io.gfile.exists(path):
-        raise ev.EvaluationError(f"{path}: not found; --gallery-sampling official needs the rand_perm_cam.mat of "
+        raise EvaluationError(f"{path}: not found; --gallery-sampling official needs the rand_perm_cam.mat of "
                                  f"the dataset's MATLAB evaluation (SYSU-MM01 evaluation/data_split/) in exp/: "
                                  f"{EXPECTED}")
     with tf.io.gfile.GFile(path, "rb") as f:
         return read_rand_perm_cam(f.read(), path), path
-
-
-def sysu_official_gallery(root: str, mode: str, trial: int, multi_shot: bool, perm, source: str) -> ev.Split:
-    """The gallery of trial `trial` (0-based; MATLAB's run_time = trial + 1) under the official sampling."""
-    from kdem_tf.data import datasets  # imports TensorFlow
-
-    if mode not in ev.SYSU_GALLERY_CAMERAS:
-        raise ev.EvaluationError(f"SYSU mode must be 'all' or 'indoor', got {mode!r}")
-    try:
-        ids = datasets.read_sysu_ids(root, "test")
-    except datasets.DatasetError as e:
-        raise ev.EvaluationError(str(e)) from e
-    paths = official_gallery_paths(perm, source, ids, ev.SYSU_GALLERY_CAMERAS[mode], trial,
-                                   ev.MULTI_SHOT if multi_shot else 1,
-                                   lambda cam, pid: datasets.sysu_image_files(root, cam, pid))
-    if not paths:
-        raise ev.EvaluationError(f"empty SYSU official gallery (trial {trial}, mode {mode}): {source} selects no image")
-    cams = [int(p.split("/")[0][3:]) for p in paths]
-    pids = [int(p.split("/")[1]) for p in paths]
-    return ev.Split(tuple(paths), np.asarray(pids, np.int64), np.asarray(cams, np.int64), VISIBLE)

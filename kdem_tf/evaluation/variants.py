@@ -6,9 +6,9 @@ A result row is one combination of
   the option itself comes with the flip work),
 - the ranking: plain distances, or k-reciprocal re-ranking (`RerankParams.label`,
   e.g. "rerank(k1=20,k2=6,λ=0.3)"),
-- the gallery sampling of its protocol: SYSU-MM01 `agw` (AGW's seeded draw) or `official`
-  (the dataset's rand_perm_cam.mat); RegDB `index` (its idx files); LLCM `deen` (DEEN/test.py's
-  random.seed(trial) draw); a manifest `single` (its one gallery).
+- the gallery sampling of its protocol, the dataset's (`Dataset.sampling_label`): SYSU-MM01 `agw`
+  (AGW's seeded draw) or `official` (the dataset's rand_perm_cam.mat); RegDB `index` (its idx
+  files); LLCM `deen` (DEEN/test.py's random.seed(trial) draw); a manifest `single` (its one gallery).
 
 `variant_key` names a row inside one run (metrics.json "variants" keys: "plain",
 "rerank(...)", "flip", "flip+rerank(...)"); `describe` adds the sampling, so rows of runs
@@ -20,20 +20,12 @@ from typing import Optional
 
 PLAIN = "plain"
 FLIP = "flip"
-SAMPLING_OF_DATASET = {"regdb": "index", "llcm": "deen", "manifest": "single"}  # SYSU: its --gallery-sampling
 
 
 def variant_key(flip: bool = False, rerank_label: Optional[str] = None) -> str:
     """"plain", "flip", "rerank(...)" or "flip+rerank(...)"."""
     parts = ([FLIP] if flip else []) + ([rerank_label] if rerank_label else [])
     return "+".join(parts) or PLAIN
-
-
-def sampling_of(dataset: str, sysu_sampling: Optional[str] = None) -> str:
-    """The gallery-sampling label of a run: SYSU's --gallery-sampling, else the dataset's own."""
-    if dataset == "sysu":
-        return sysu_sampling or "agw"
-    return SAMPLING_OF_DATASET.get(dataset, "agw")
 
 
 def display_label(key: str, sampling: str) -> str:

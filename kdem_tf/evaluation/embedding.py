@@ -1,7 +1,7 @@
 """Embeddings of encoded images by an exported kdem-tf embedder: a SavedModel (or a run folder,
 see `kdem_tf.model_versions.resolve_saved_model`) or a per-modality TFLite folder.
 
-Used by `kdem_tf.evaluate --model` (image files) and `kdem_tf.record_evaluation` (TFRecord bytes).
+Used by `kdem_tf.evaluate --model` (image files) and `kdem_tf.evaluation.records` (TFRecord bytes).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from kdem_tf import evaluation as ev
+from kdem_tf.evaluation.trials import EvaluationError
 from kdem_tf import tta
 from kdem_tf.model_versions import resolve_saved_model
 
@@ -42,7 +42,7 @@ def embed_encoded(model_path: str, images: Sequence[bytes], modalities: Sequence
                   batch_size: int = 64, signature_name: str = "serving_default") -> np.ndarray:
     """Like `embed_images`, for encoded images already in memory (e.g. the bytes a TFRecord stores)."""
     if len(images) != len(modalities):
-        raise ev.EvaluationError(f"embed_encoded: {len(images)} images but {len(modalities)} modalities")
+        raise EvaluationError(f"embed_encoded: {len(images)} images but {len(modalities)} modalities")
     batches = ((list(images[start:start + batch_size]), list(modalities[start:start + batch_size]))
                for start in range(0, len(images), batch_size))
     return _embed_batches(model_path, batches, len(images), signature_name)
@@ -56,28 +56,28 @@ def _embed_batches(model_path: str, batches: Iterable[Tuple[List[bytes], List[st
     from tqdm import tqdm
 
     if not total:
-        raise ev.EvaluationError("embed_images: no images to embed")
-    from kdem_tf import tflite_embedder
+        raise EvaluationError("embed_images: no images to embed")
+    from kdem_tf.evaluation import tflite_embedder
     if tflite_embedder.is_tflite_dir(model_path):  # per-modality TFLite models (python -m serving.export --tflite)
         return tflite_embedder.embed_batches(model_path, batches, total, signature_name == tta.FLIP_SIGNATURE,
-                                             ev.EvaluationError)
+                                             EvaluationError)
     folder = resolve_saved_model(model_path)
     signatures = tf.saved_model.load(folder).signatures
     signature = signatures.get(signature_name)
     if signature is None:
         hint = " (exported before flip test-time augmentation existed: export it again)" \
             if signature_name == tta.FLIP_SIGNATURE else ""
-        raise ev.EvaluationError(f"{folder}: SavedModel has no {signature_name!r} signature (it has "
+        raise EvaluationError(f"{folder}: SavedModel has no {signature_name!r} signature (it has "
                                  f"{sorted(signatures)}){hint}")
     out = []
     with tqdm(total=total, desc="embedding", unit="img", file=sys.stderr) as bar:
         for images, modalities in batches:
             result = signature(image_bytes=tf.constant(images, tf.string), modality=tf.constant(modalities, tf.string))
             if "embedding" not in result:
-                raise ev.EvaluationError(f"{folder}: {signature_name} returns {sorted(result)}, not 'embedding'")
+                raise EvaluationError(f"{folder}: {signature_name} returns {sorted(result)}, not 'embedding'")
             emb = np.asarray(result["embedding"])
             if emb.ndim != 2 or len(emb) != len(images):
-                raise ev.EvaluationError(f"{folder}: embedding shape {emb.shape}, expected [{len(images)}, D]")
+                raise EvaluationError(f"{folder}: embedding shape {emb.shape}, expected [{len(images)}, D]")
             out.append(emb.astype(np.float32))
             bar.update(len(images))
     return np.concatenate(out)
@@ -91,4 +91,4 @@ def _read_image_bytes(data_root: str, rel_path: str) -> bytes:
         with tf.io.gfile.GFile(full, "rb") as f:
             return f.read()
     except tf.errors.NotFoundError:
-        raise ev.EvaluationError(f"{full}: image not found") from None
+        raise EvaluationError(f"{full}: image not found") from None
