@@ -1,23 +1,11 @@
-"""The model-version folder rule, one place for every stage: TF Serving's base path of all-digit
-version folders (`BASE/1/`, `BASE/2/`, ...), and where a SavedModel lies in a run or export folder.
+"""Where a SavedModel lies in a run or export folder (`kdem_tf.evaluate --model`).
 
-`serving.export` (publishing), `serving.versions` (the server's watcher), the demo and
-`kdem_tf.evaluate --model` all call these; local paths and gfile URIs (gs://...) both work.
+The version-folder rule itself (TF Serving's all-digit `BASE/1/`, `BASE/2/`, ... in numeric order)
+is `kdem_tf.artifacts.list_versions`; local paths and gfile URIs (gs://...) both work.
 """
 from __future__ import annotations
 
-from typing import List
-
-
-def list_versions(model_base: str) -> List[int]:
-    """Sorted version numbers under a TF Serving base path (all-digit folder names only)."""
-    import tensorflow as tf
-
-    base = model_base.rstrip("/")
-    if not tf.io.gfile.isdir(base):
-        return []
-    names = (name.strip("/") for name in tf.io.gfile.listdir(base))
-    return sorted(int(name) for name in names if name.isdigit() and tf.io.gfile.isdir(f"{base}/{name}"))
+from kdem_tf.artifacts import SAVED_MODEL_FILE, list_versions
 
 
 def resolve_saved_model(model_path: str) -> str:
@@ -29,10 +17,10 @@ def resolve_saved_model(model_path: str) -> str:
 
     base = model_path.rstrip("/")
     for folder in (base, f"{base}/export", f"{base}/inference_model"):
-        if tf.io.gfile.exists(f"{folder}/saved_model.pb"):
+        if tf.io.gfile.exists(f"{folder}/{SAVED_MODEL_FILE}"):
             return folder
         for version in reversed(list_versions(folder)):
-            if tf.io.gfile.exists(f"{folder}/{version}/saved_model.pb"):
+            if tf.io.gfile.exists(f"{folder}/{version}/{SAVED_MODEL_FILE}"):
                 return f"{folder}/{version}"
     raise EvaluationError(f"{model_path}: no SavedModel (saved_model.pb) there, nor in export/ or "
                           f"inference_model/ below it (or a numbered version folder inside those)")

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from kdem_tf.artifacts import CONFIG_FILE, HISTORY_FILE, INFLUENCE_FACTORS_FILE, RUN_INFO_FILE
+
 # The paper's Table 2 (SYSU-MM01) rows, for orientation only.
 PAPER_SYSU_ROWS = [
     ("AGW [23] (paper's Table 2)", "all", 47.50, 84.39, 62.14, 47.65, 35.30),
@@ -27,7 +29,7 @@ FACTOR_KEYS = ("mi_v_mean", "mi_v_std")
 
 
 def read_history(run_dir: str) -> List[dict]:
-    path = os.path.join(run_dir, "history.jsonl")
+    path = os.path.join(run_dir, HISTORY_FILE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -151,7 +153,7 @@ def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage:
     """Writes out_dir/index.html with its PNGs; returns the HTML path."""
     os.makedirs(out_dir, exist_ok=True)
     history = read_history(run_dir)
-    factors_path = os.path.join(run_dir, "influence_factors.npy")
+    factors_path = os.path.join(run_dir, INFLUENCE_FACTORS_FILE)
     factors = np.load(factors_path) if os.path.exists(factors_path) else None
     figures = []
     losses = plot_losses(history, os.path.join(out_dir, "losses.png"))
@@ -172,7 +174,7 @@ def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage:
                 shutil.copy(src, os.path.join(out_dir, os.path.basename(src)))
             figures.append((caption, os.path.basename(src)))
     settings = {}
-    for name in ("config.yaml", "run_info.json"):
+    for name in (CONFIG_FILE, RUN_INFO_FILE):
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
             with open(path) as f:

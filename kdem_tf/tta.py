@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdem_tf.artifacts import FLIP_IMAGES_SIGNATURE, FLIP_SIGNATURE  # noqa: F401  (owned by artifacts)
+
 FLIP = "flip"
-FLIP_SIGNATURE = "serving_flip"
-FLIP_IMAGES_SIGNATURE = "embed_images_flip"
 
 
 def flip_label(variant: str, plain: str = "plain") -> str:

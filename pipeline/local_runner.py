@@ -31,6 +31,7 @@ if __name__ == "__main__":  # run as a script (`tfx pipeline create`, `tfx run c
 
     console.start("pipeline.local_runner")
 
+from kdem_tf import artifacts  # noqa: E402
 from pipeline import configs  # noqa: E402
 from pipeline.configs import PipelineSettings  # noqa: E402
 
@@ -219,8 +220,7 @@ def format_report(settings: PipelineSettings, report: Dict[str, dict]) -> str:
                      f"(threshold mAP {result['min_map']:.2f}) → {'BLESSED' if result['blessed'] else 'NOT BLESSED'}"
                      + ("" if result["blessed"] else ": " + "; ".join(result["reasons"])))
     pushed = _first_output(report, "Pusher", "pushed_model")
-    versions = sorted(v for v in os.listdir(settings.serving_model_dir) if v.isdigit()) \
-        if os.path.isdir(settings.serving_model_dir) else []
+    versions = artifacts.list_versions(settings.serving_model_dir)  # numeric order: 10 after 2
     lines.append(f"serving: {settings.serving_model_dir} versions {versions}"
                  + (f" (this run's push: {pushed})" if pushed else ""))
     lines.append(f"metadata: {settings.metadata_path}")
