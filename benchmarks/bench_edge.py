@@ -53,6 +53,8 @@ def write_run(work: str, image_size, precision: str = "float32", weights_from=No
     import keras
     import tensorflow as tf
 
+    from kdem_tf.config import ModelConfig
+
     from kdem_tf.model.model import build_kdem_models
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -67,7 +69,7 @@ def write_run(work: str, image_size, precision: str = "float32", weights_from=No
                 classes = json.load(f)["num_classes"]
             _, model = build_models(config, classes, ABLATION_ROWS[config.loss.ablation], tf.distribute.get_strategy())
         else:
-            _, model = build_kdem_models(num_classes=4, image_size=tuple(image_size))
+            _, model = build_kdem_models(ModelConfig(backbone_weights="none"), 4, tuple(image_size))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if weights_from is not None:

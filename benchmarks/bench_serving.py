@@ -46,8 +46,9 @@ def make_model_base(run_dir, image_size, work: str) -> str:
     if run_dir:
         export_embedder(run_dir, base)
         return base
+    from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
-    _, model = build_kdem_models(num_classes=4, image_size=tuple(image_size))
+    _, model = build_kdem_models(ModelConfig(backbone_weights="none"), 4, tuple(image_size))
     export_embedder(model, base)
     return base
 

@@ -75,14 +75,15 @@ def run_one(kind: str, image_size, pairs: int, steps: int, repeats: int, policy:
         infer = tf.function(lambda a: model(a, training=False), jit_compile=xla)
         infer_timing = time_repeats(lambda: infer(x), steps, repeats)
     else:
+        from kdem_tf.config import ModelConfig
         from kdem_tf.model.model import build_kdem_models
         from kdem_tf.model.optim import build_optimizer
         from kdem_tf.architecture import ABLATION_ROWS
         from kdem_tf.model.trainer import KDEMTrainer
 
         row = ABLATION_ROWS["baseline" if kind == "baseline" else "full"]
-        train_model, inference_model = build_kdem_models(num_classes=pairs // 2, image_size=image_size,
-                                                         kdem=row["kdem"], **model_args)
+        config = ModelConfig(**dict({"backbone_weights": "none"}, **model_args))
+        train_model, inference_model = build_kdem_models(config, pairs // 2, image_size, kdem=row["kdem"])
         setup = build_optimizer(steps_per_epoch=10)
         trainer = KDEMTrainer(train_model, use_diversity_loss=row["use_diversity_loss"],
                               use_consistency_loss=row["use_consistency_loss"],

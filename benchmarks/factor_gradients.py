@@ -33,6 +33,7 @@ def main() -> None:
 
     from kdem_tf.data import input_pipeline as ip
     from kdem_tf.model.losses import total_loss
+    from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
 
     split = ip.load_split(args.data, "train")
@@ -41,9 +42,7 @@ def main() -> None:
     print("seed  mi_v mean  mi_v std  |  dL/dmi_v - dL/dmi_i: id  wrt  con  |  |dL_div/dmi_v|  |  L_id  L_wrt  L_con")
     for seed, (inputs, labels) in zip(range(args.seeds), dataset):
         keras.utils.set_random_seed(seed)
-        train_model, _ = build_kdem_models(
-            ip.num_classes(split), image_size=args.image_size, non_local=args.full_model,
-            last_stride=1 if args.full_model else 2, backbone_weights=weights)
+        train_model, _ = build_kdem_models(ModelConfig(non_local=args.full_model, last_stride=1 if args.full_model else 2, backbone_weights=weights), ip.num_classes(split), args.image_size)
         with tf.GradientTape(persistent=True) as tape:
             outputs = train_model(inputs, training=True)
             losses = total_loss(outputs, labels["label_v"], labels["label_i"])

@@ -46,7 +46,7 @@ def profile(preset: str, overrides, steps: int, repeats: int) -> dict:
     from kdem_tf.model.optim import build_optimizer
     from kdem_tf.architecture import ABLATION_ROWS
     from kdem_tf.model.trainer import KDEMTrainer
-    from kdem_tf.train_utils import choose_mixed_precision
+    from kdem_tf.training.devices import choose_mixed_precision
 
     config = config_lib.load_config(preset, None, overrides)
     policy = choose_mixed_precision(config.mixed_precision)

@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 from kdem_tf.image_contract import normalization_for_weights
 
+GEM_P = 3.0  # AGW's generalized-mean pooling exponent (GeneralizedMeanPoolingP, fixed, not learned)
 BACKBONES = ("torchvision", "keras")  # ResNet-50 v1.5 (torchvision, AGW's) | v1 (keras.applications)
 # (stage name, bottleneck filters, number of blocks, stride of the first block)
 RESNET50_STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))

@@ -24,6 +24,8 @@ import json
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from kdem_tf.artifacts import IMAGE_CONTRACT_FILE
+
 # ----------------------------------------------------------------------------- modality vocabulary
 
 VISIBLE = "visible"
@@ -42,6 +44,19 @@ def modality_index(name: str, where: str = "modality") -> int:
         return MODALITY_INDEX[name]
     except (KeyError, TypeError):
         raise ContractError(f"{where}: must be one of {list(MODALITIES)}, got {name!r}") from None
+
+
+def modality_ids(modality):
+    """The one encoder of modality names inside TensorFlow graphs: a string tensor of any shape →
+    int32 ids of MODALITY_INDEX (visible 0, infrared 1); any other name fails with InvalidArgument."""
+    import tensorflow as tf
+
+    names = tf.constant(list(MODALITY_INDEX))
+    known = tf.equal(tf.expand_dims(modality, -1), names)
+    check = tf.debugging.Assert(tf.reduce_all(tf.reduce_any(known, axis=-1)),
+                                [f"modality must be one of {list(MODALITIES)}"])
+    with tf.control_dependencies([check]):
+        return tf.reduce_sum(tf.cast(known, tf.int32) * tf.constant(list(MODALITY_INDEX.values()), tf.int32), -1)
 
 
 # ----------------------------------------------------------------------------- normalisations
@@ -117,7 +132,7 @@ def decode_rgb(encoded):
 
 # ----------------------------------------------------------------------------- the contract
 
-CONTRACT_FILE = "image_contract.json"
+CONTRACT_FILE = IMAGE_CONTRACT_FILE  # the file name is kdem_tf.artifacts'
 LEGACY_NORMALIZATION = "torchvision"  # what a size without a recorded contract means (see as_contract)
 RESIZE_METHOD = "lanczos3"  # tf.image.resize method, antialiased: PIL's LANCZOS (AGW's Image.ANTIALIAS) in TF
 
@@ -225,7 +240,7 @@ class ImageContract:
 
     def save(self, folder: str) -> str:
         """Writes `folder/image_contract.json` atomically; returns its path."""
-        from kdem_tf.train_utils import atomic_write_text
+        from kdem_tf.artifacts import atomic_write_text
 
         path = os.path.join(folder, CONTRACT_FILE)
         atomic_write_text(path, self.to_json() + "\n")

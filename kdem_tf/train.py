@@ -49,10 +49,14 @@ import numpy as np
 
 from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
-from kdem_tf.train_utils import (HISTORY_FILE, TrainingError, atomic_write_text, choose_mixed_precision, choose_jit,
-                                 make_strategy, latest_checkpoint, save_checkpoint, read_json,
-                                 resume_history, write_history, PhaseTimes, RunProgress, SHOWN_METRICS,
-                                 kill_self, sigkill_step)
+from kdem_tf.artifacts import (CHECKPOINTS_DIR, CONFIG_FILE, HISTORY_FILE, INFERENCE_MODEL_FILE, INFLUENCE_FACTORS_FILE,
+                               LOGS_DIR, RUN_INFO_FILE, atomic_write_text)
+from kdem_tf.training import TrainingError
+from kdem_tf.training.checkpointing import latest_checkpoint, read_json, save_checkpoint
+from kdem_tf.training.devices import choose_jit, choose_mixed_precision, make_strategy
+from kdem_tf.training.fault_injection import kill_self, sigkill_step
+from kdem_tf.training.progress import SHOWN_METRICS, PhaseTimes, RunProgress
+from kdem_tf.training.run_history import resume_history, write_history
 
 FIRST_STEP = "first step (tracing)"  # the PhaseTimes key of the traced first step
 
@@ -61,16 +65,9 @@ def build_models(config, num_classes: int, row: dict, strategy):
     """(train_model, inference_model) for the config's ablation row, under the strategy's scope."""
     from kdem_tf.model.model import build_kdem_models
 
-    weights = None if config.model.backbone_weights in ("none", "", None) else config.model.backbone_weights
     with strategy.scope():
-        train_model, inference_model = build_kdem_models(
-            num_classes=num_classes, image_size=config.data.image_size, kdem=row["kdem"],
-            non_local=config.model.non_local, non_local_subsample=config.model.non_local_subsample,
-            non_local_inner_channels=config.model.non_local_inner_channels, backbone=config.model.backbone,
-            fused_batch_norm=config.model.fused_batch_norm, gem=config.model.gem, bn_neck=config.model.bn_neck,
-            shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
-            last_stride=config.model.last_stride, backbone_weights=weights, width=config.model.width,
-            stage_blocks=config.model.stage_blocks)
+        train_model, inference_model = build_kdem_models(config.model, num_classes, config.data.image_size,
+                                                         kdem=row["kdem"])
     return train_model, inference_model
 
 
@@ -100,7 +97,7 @@ class _Run:
 
     @property
     def ckpt_dir(self) -> str:
-        return os.path.join(self.run_dir, "checkpoints")
+        return os.path.join(self.run_dir, CHECKPOINTS_DIR)
 
     @property
     def history_path(self) -> str:
@@ -133,7 +130,7 @@ def train(config: config_lib.TrainConfig, dataset: str, data_dir: str, run_dir: 
     iterator = iter(run.strategy.distribute_datasets_from_function(
         lambda context, start_step=run.step: _replica_dataset(run, context, start_step)))
     distributed_step = make_distributed_step(run.strategy, run.trainer)
-    writer = (tf.summary.create_file_writer(log_dir or os.path.join(run_dir, "logs")) if run.is_chief
+    writer = (tf.summary.create_file_writer(log_dir or os.path.join(run_dir, LOGS_DIR)) if run.is_chief
               else tf.summary.create_noop_writer())
     times.since("setup", started)  # up to here: models, optimizer, data, run folder (not the evaluation below)
     if config.eval_every and run.step == 0 and run.is_chief:
@@ -184,7 +181,7 @@ def _start_run(config, dataset: str, data_dir: str, run_dir: str, max_steps: Opt
     contract = ImageContract.from_config(config)  # the one contract of this run
     split = input_pipeline.load_split(data_dir, "train")
     num_classes = input_pipeline.num_classes(split)
-    info_path = os.path.join(run_dir, "run_info.json")
+    info_path = os.path.join(run_dir, RUN_INFO_FILE)
     previous = read_json(info_path)
     if previous and previous.get("num_classes") != num_classes:
         raise TrainingError(f"{run_dir}: the run was started with {previous.get('num_classes')} classes but "
@@ -243,7 +240,7 @@ def _build_trainer(config, row: dict, train_model, strategy, steps_per_epoch: in
 
 def _write_run_files(run: _Run, info_path: str) -> None:
     """RUN_DIR/config.yaml, image_contract.json and run_info.json (atomic writes)."""
-    atomic_write_text(os.path.join(run.run_dir, "config.yaml"), config_lib.to_yaml(run.config))
+    atomic_write_text(os.path.join(run.run_dir, CONFIG_FILE), config_lib.to_yaml(run.config))
     run.contract.save(run.run_dir)
     atomic_write_text(info_path, json.dumps({
         "dataset": run.dataset, "data_dir": run.data_dir, "num_classes": run.num_classes,
@@ -336,9 +333,9 @@ def _save_final(run: _Run) -> None:
     """RUN_DIR/inference_model.keras and, with KDEM, influence_factors.npy (mi_v on training pairs)."""
     import tensorflow as tf
 
-    _save_inference_model(run.inference_model, os.path.join(run.run_dir, "inference_model.keras"))
+    _save_inference_model(run.inference_model, os.path.join(run.run_dir, INFERENCE_MODEL_FILE))
     if "influence_factors" in run.train_model.output:
-        np.save(os.path.join(run.run_dir, "influence_factors.npy"),
+        np.save(os.path.join(run.run_dir, INFLUENCE_FACTORS_FILE),
                 _influence_factors(run.train_model, _replica_dataset(run, tf.distribute.InputContext(), 0)))
 
 

@@ -199,16 +199,16 @@ def test_atomic_write_text(tmp_path):
 # ----------------------------------------------------------------------------- names and signatures
 
 
-def test_the_other_owners_of_a_name_agree_until_they_import_it():
-    """Names still defined a second time in modules the package reorganisation owns (they will
-    import artifacts): the same strings, so files written by one are found by the other."""
-    from kdem_tf import image_contract, tflite_embedder, tta, train_utils
+def test_the_other_modules_take_their_names_from_artifacts():
+    """Modules that expose a file or signature name under their own name hold artifacts' object itself."""
+    from kdem_tf import image_contract, tta
+    from kdem_tf.evaluation import tflite_embedder
 
-    assert image_contract.CONTRACT_FILE == artifacts.IMAGE_CONTRACT_FILE
-    assert tflite_embedder.INFO_FILE == artifacts.TFLITE_INFO_FILE
-    assert train_utils.HISTORY_FILE == artifacts.HISTORY_FILE
+    assert image_contract.CONTRACT_FILE is artifacts.IMAGE_CONTRACT_FILE
+    assert tflite_embedder.INFO_FILE is artifacts.TFLITE_INFO_FILE
     assert (tta.FLIP_SIGNATURE, tta.FLIP_IMAGES_SIGNATURE) == (artifacts.FLIP_SIGNATURE,
                                                                artifacts.FLIP_IMAGES_SIGNATURE)
+    assert tta.FLIP_SIGNATURE is artifacts.FLIP_SIGNATURE
 
 
 def test_the_exported_savedmodel_exposes_exactly_the_signature_table(tmp_path):

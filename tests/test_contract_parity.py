@@ -31,6 +31,7 @@ PIL_MAX_TOLERANCE = 16.0
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from kdem_tf.data import preprocess
+    from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
     from serving.export import export_embedder
 
@@ -43,8 +44,7 @@ def world(tmp_path_factory):
     run = base / "run"
     run.mkdir()
     contract = ImageContract(MODEL_SIZE, "caffe")
-    _, model = build_kdem_models(num_classes=4, image_size=MODEL_SIZE, non_local=False, width=0.25,
-                                 stage_blocks=TEST_STAGE_BLOCKS)  # quarter width, 4 blocks: speed
+    _, model = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=0.25, stage_blocks=TEST_STAGE_BLOCKS), 4, MODEL_SIZE)  # quarter width, 4 blocks: speed
     model.save(str(run / "inference_model.keras"))
     contract.save(str(run))
     (run / "run_info.json").write_text(json.dumps({"image_size": list(MODEL_SIZE), "dataset": "sysu",
@@ -90,10 +90,11 @@ def test_raw_folder_and_tfrecords_give_identical_metrics(world, tmp_path, capsys
     for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "cmc", "per_trial", "gallery_sizes"):
         assert metrics["raw"][key] == metrics["tfrecords"][key], key
     # The TFX evaluator and training-time evaluation run the same protocol code.
+    from kdem_tf.evaluation import EvalOptions
     from kdem_tf.evaluation import records as record_evaluation
     from serving.embedder import resolve_version_dir
     pipeline = record_evaluation.evaluate_saved_model(resolve_version_dir(world["models"]), "sysu",
-                                                      world["tfrecords"], trials=3)
+                                                      world["tfrecords"], EvalOptions(trials=3))
     assert pipeline["mAP"] == metrics["raw"]["mAP"] and pipeline["rank1"] == metrics["raw"]["rank1"]
 
 

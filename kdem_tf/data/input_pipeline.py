@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdem_tf.data import schema
-from kdem_tf.image_contract import ImageContract, as_contract
+from kdem_tf.image_contract import ImageContract, as_contract, modality_ids
 
 
 class InputError(ValueError):
@@ -244,7 +244,7 @@ def eval_dataset(tfrecord_dir: str, split: str, contract, batch_size: int = 64) 
 
     def prepare(features):
         image = contract.preprocess(features[schema.IMAGE])
-        modality = tf.cast(tf.equal(features[schema.MODALITY], schema.INFRARED), tf.int32)
+        modality = modality_ids(features[schema.MODALITY])
         return {"image": image, "modality": modality, "person_id": features[schema.PERSON_ID],
                 "camera": features[schema.CAMERA], "path": features[schema.PATH]}
 

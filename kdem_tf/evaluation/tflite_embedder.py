@@ -13,9 +13,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from kdem_tf.artifacts import TFLITE_INFO_FILE
 from kdem_tf.image_contract import MODALITIES, ContractError, ImageContract
 
-INFO_FILE = "tflite_info.json"
+INFO_FILE = TFLITE_INFO_FILE  # the file name is kdem_tf.artifacts'
 # none: float32; float16: float16 weights; int8: integer stem + trunk, float head (pooling, BN-neck,
 # L2: the layers TFLite's quantisation debugger found sensitive); int8-full: every op in int8.
 QUANTIZATIONS = ("none", "float16", "int8", "int8-full")

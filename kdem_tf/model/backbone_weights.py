@@ -30,7 +30,6 @@ import keras
 import numpy as np
 
 from kdem_tf.architecture import backbone_for_weights
-from kdem_tf.image_contract import normalization_for_weights
 from kdem_tf.model.safetensors_io import read_safetensors
 
 TORCHVISION_WEIGHTS_URL = "https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors"

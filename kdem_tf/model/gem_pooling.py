@@ -4,6 +4,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kdem_tf.architecture import GEM_P
+
 
 @keras.saving.register_keras_serializable(package="kdem_tf")
 class GeMPooling(keras.layers.Layer):
@@ -30,7 +32,7 @@ class GeMPooling(keras.layers.Layer):
         Annotation", TPAMI 2018; AGW (Ye et al., TPAMI 2021) `gm_pool`.
     """
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, trainable_p: bool = False, **kwargs):
+    def __init__(self, p: float = GEM_P, eps: float = 1e-6, trainable_p: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.p = float(p)
         self.eps = float(eps)

@@ -10,8 +10,10 @@ from typing import Dict, Mapping, Tuple
 
 import tensorflow as tf
 
-# λ1..λ4 of Eq. 11: identity, WRT, diversity, consistency (paper Sec. 4.1).
-LOSS_WEIGHTS = (1.0, 1.0, 1.0, 0.1)
+from kdem_tf.config import LossConfig
+
+# λ1..λ4 of Eq. 11: identity, WRT, diversity, consistency (paper Sec. 4.1), the config's defaults (LossConfig).
+LOSS_WEIGHTS = tuple(getattr(LossConfig(), f"{name}_weight") for name in ("id", "wrt", "div", "con"))
 DIVERSITY_EPS = 1e-8  # std = sqrt(var + eps): finite gradient when all factors are equal
 CONSISTENCY_EPS = 1e-8  # ||x|| = sqrt(sum x^2 + eps): finite gradient at x = 0
 STREAMS = ("v", "i", "t")

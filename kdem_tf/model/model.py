@@ -19,7 +19,7 @@ the BN-neck normalise over all modalities together, as AGW does for v and i.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Tuple
 
 import keras
 from keras import ops
@@ -28,16 +28,15 @@ from kdem_tf.config import ModelConfig
 from kdem_tf.model.backbone_weights import load_backbone_weights
 from kdem_tf.model.gem_pooling import GeMPooling
 from kdem_tf.model.kdem_layer import KDEMLayer
-from kdem_tf.architecture import RESNET50_BLOCKS
+from kdem_tf.architecture import GEM_P, RESNET50_BLOCKS
+from kdem_tf.image_contract import MODALITY_INDEX, VISIBLE, as_contract
 from kdem_tf.model.resnet import build_stem, build_trunk
 
-VISIBLE_MODALITY = 0
-INFRARED_MODALITY = 1
+VISIBLE_MODALITY = MODALITY_INDEX[VISIBLE]  # the image contract's encoding of the modality input
 # Names of the new layers trained at the base learning rate: AGW's bottleneck + classifier,
 # and the KDEM layer, which has no pretrained weights. Everything else (stems, trunk with
 # its non-local blocks, as in AGW's "base" group) is "backbone" (see kdem_tf.model.optim).
 HEAD_LAYER_NAMES = ("bn_neck", "classifier", "kdem")
-_DEFAULTS = ModelConfig()  # the defaults are the config's (the paper preset's)
 
 
 @keras.saving.register_keras_serializable(package="kdem_tf", name="SelectByModality")
@@ -57,32 +56,19 @@ class _SelectByModality(keras.layers.Layer):
         return tuple(input_shape[0])
 
 
-def build_kdem_models(
-    num_classes: int,
-    image_size: Tuple[int, int] = (288, 144),
-    kdem: bool = True,
-    non_local: bool = _DEFAULTS.non_local,
-    non_local_subsample: bool = _DEFAULTS.non_local_subsample,
-    non_local_inner_channels: Union[int, str] = _DEFAULTS.non_local_inner_channels,
-    gem: bool = _DEFAULTS.gem,
-    bn_neck: bool = _DEFAULTS.bn_neck,
-    shared_fc: bool = _DEFAULTS.shared_fc,
-    fc_units: int = _DEFAULTS.fc_units,
-    mlp_units: Sequence[int] = _DEFAULTS.mlp_units,
-    last_stride: int = _DEFAULTS.last_stride,
-    backbone_weights: Optional[str] = None,
-    fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
-    backbone: str = _DEFAULTS.backbone,
-    width: float = _DEFAULTS.width,
-    stage_blocks: Sequence[int] = _DEFAULTS.stage_blocks,
-) -> Tuple[keras.Model, keras.Model]:
+def build_kdem_models(model_config: ModelConfig, num_classes: int, contract, kdem: bool = True
+                      ) -> Tuple[keras.Model, keras.Model]:
     """Builds the KDEM train model and an inference model sharing its weights.
 
     Args:
+        model_config: the network's settings (`kdem_tf.config.ModelConfig`, its defaults the paper's);
+            backbone_weights "none" (or None, "") is random initialisation.
         num_classes: number of training identities (classifier width).
-        image_size: (H, W) of the input images (288x144 as AGW).
+        contract: the `ImageContract` of the inputs, or a bare (H, W) (288x144 as AGW).
         kdem: add the KDEM layer and the knowledge-enhanced stream t; False gives
-            the two-stream AGW baseline of Table 3.
+            the two-stream AGW baseline of Table 3 (the ablation row's, `kdem_tf.architecture.ABLATION_ROWS`).
+
+    The fields of `model_config`:
         non_local: non-local blocks in the trunk (AGW).
         non_local_subsample: 2x2 max-pooled keys/values in the non-local blocks
             (the non-local paper's subsampling; AGW has none). See `NonLocalBlock`.
@@ -124,43 +110,57 @@ def build_kdem_models(
         model, so training updates it.
 
     Example:
-    >>> train_model, inference_model = build_kdem_models(num_classes=4, image_size=(64, 32))
+    >>> train_model, inference_model = build_kdem_models(ModelConfig(backbone_weights="none"), 4, (64, 32))
     >>> sorted(train_model.output.keys())[:3]
     ['influence_factors', 'logits_i', 'logits_t']
     """
+    m = model_config
+    image_size = as_contract(contract).image_size
     image_shape = (int(image_size[0]), int(image_size[1]), 3)
+    stems, trunk = _backbone(m, image_shape)
+    kdem_layer = KDEMLayer(fc_units=m.fc_units, mlp_units=m.mlp_units, shared_fc=m.shared_fc, name="kdem") if kdem else None
+    head, classifier = _head(m, num_classes)
+    train_model = _train_model(image_shape, stems, trunk, kdem_layer, head, classifier)
+    inference_model = _inference_model(image_shape, stems, trunk, head)
+    return train_model, inference_model
 
+
+def _backbone(m: ModelConfig, image_shape):
+    """((visible stem, infrared stem), trunk), with the backbone weights loaded."""
+    backbone_weights = None if m.backbone_weights in (None, "", "none") else m.backbone_weights
+    width, stage_blocks = m.width, tuple(m.stage_blocks)
     # Stage 0, one per modality (weights not shared, Eq. 1).
-    visible_stem = build_stem("visible_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone,
-                              width=width)
-    infrared_stem = build_stem("infrared_stem", image_shape, fused_batch_norm=fused_batch_norm, backbone=backbone,
-                               width=width)
+    stems = tuple(build_stem(f"{name}_stem", image_shape, fused_batch_norm=m.fused_batch_norm, backbone=m.backbone,
+                             width=width) for name in ("visible", "infrared"))
     # Stages 1-4, shared by all modalities.
     trunk = build_trunk(
         "trunk",
-        input_shape=tuple(visible_stem.output.shape[1:]),
-        last_stride=last_stride,
-        non_local=non_local,
-        non_local_subsample=non_local_subsample,
-        non_local_inner_channels=non_local_inner_channels,
-        fused_batch_norm=fused_batch_norm,
-        backbone=backbone,
+        input_shape=tuple(stems[0].output.shape[1:]),
+        last_stride=m.last_stride,
+        non_local=m.non_local,
+        non_local_subsample=m.non_local_subsample,
+        non_local_inner_channels=m.non_local_inner_channels,
+        fused_batch_norm=m.fused_batch_norm,
+        backbone=m.backbone,
         width=width,
         stage_blocks=stage_blocks,
     )
-    if (width != 1.0 or tuple(stage_blocks) != RESNET50_BLOCKS) and backbone_weights not in (None, "", "none"):
-        raise ValueError(f"width={width}, stage_blocks={tuple(stage_blocks)}: ImageNet weights fit ResNet-50 "
+    if (width != 1.0 or stage_blocks != RESNET50_BLOCKS) and backbone_weights is not None:
+        raise ValueError(f"width={width}, stage_blocks={stage_blocks}: ImageNet weights fit ResNet-50 "
                          f"(width 1, {RESNET50_BLOCKS}) only; use backbone_weights=None")
-    load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
-    kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None
+    load_backbone_weights(list(stems), trunk, backbone_weights)
+    return stems, trunk
 
-    # The head runs in float32 under mixed precision: the losses use its outputs.
-    if gem:
-        pooling = GeMPooling(p=3.0, name="gem_pooling", dtype="float32")
+
+def _head(m: ModelConfig, num_classes: int):
+    """(head(trunk features) -> (pooled, normalised), classifier): GeM (AGW's p) or average pooling, the
+    BN-neck, the identity classifier. They run in float32 under mixed precision: the losses use them."""
+    if m.gem:
+        pooling = GeMPooling(p=GEM_P, name="gem_pooling", dtype="float32")
     else:
         pooling = keras.layers.GlobalAveragePooling2D(name="avg_pooling", dtype="float32")
     bottleneck = None
-    if bn_neck:
+    if m.bn_neck:
         bottleneck = keras.layers.BatchNormalization(
             center=False,  # AGW: bottleneck.bias.requires_grad_(False), i.e. beta stays 0
             momentum=0.9,
@@ -181,11 +181,14 @@ def build_kdem_models(
         pooled = pooling(trunk_features)
         normalised = bottleneck(pooled) if bottleneck is not None else pooled
         return pooled, normalised
+    return head, classifier
 
-    # ---- train model ----
+
+def _train_model(image_shape, stems, trunk, kdem_layer, head, classifier) -> keras.Model:
+    """Three streams (two without KDEM) through the shared trunk and head, concatenated on the batch axis."""
     visible = keras.Input(shape=image_shape, name="visible")
     infrared = keras.Input(shape=image_shape, name="infrared")
-    stem_features = [visible_stem(visible), infrared_stem(infrared)]  # F_v, F_i
+    stem_features = [stems[0](visible), stems[1](infrared)]  # F_v, F_i
     streams = ["v", "i"]
     influence_factors = None
     if kdem_layer is not None:
@@ -203,17 +206,14 @@ def build_kdem_models(
         outputs[f"logits_{stream}"] = logits_stream
     if influence_factors is not None:
         outputs["influence_factors"] = influence_factors
-    train_model = keras.Model({"visible": visible, "infrared": infrared}, outputs, name="kdem_train")
+    return keras.Model({"visible": visible, "infrared": infrared}, outputs, name="kdem_train")
 
-    # ---- inference model (same layer objects) ----
+
+def _inference_model(image_shape, stems, trunk, head) -> keras.Model:
+    """One image of either modality per row (the same layer objects as the train model)."""
     image = keras.Input(shape=image_shape, name="image", dtype="float32")
     modality = keras.Input(shape=(), name="modality", dtype="int32")
-    query_stem_features = _SelectByModality(name="select_stem")(
-        [visible_stem(image), infrared_stem(image), modality]
-    )
+    query_stem_features = _SelectByModality(name="select_stem")([stems[0](image), stems[1](image), modality])
     _, query_features = head(trunk(query_stem_features))
     embedding = keras.layers.UnitNormalization(axis=-1, name="embedding", dtype="float32")(query_features)
-    inference_model = keras.Model(
-        {"image": image, "modality": modality}, {"embedding": embedding}, name="kdem_inference"
-    )
-    return train_model, inference_model
+    return keras.Model({"image": image, "modality": modality}, {"embedding": embedding}, name="kdem_inference")

@@ -6,7 +6,6 @@ from typing import Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from kdem_tf.architecture import ABLATION_ROWS
 from kdem_tf.model.losses import LOSS_WEIGHTS, total_loss
 from kdem_tf.model.model import HEAD_LAYER_NAMES
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdem_tf.config import ModelConfig
 from kdem_tf.model import build_kdem_models, total_loss
 
 IMAGE_SIZE = (64, 32)
@@ -14,12 +15,12 @@ BATCH = 2  # pairs
 @pytest.fixture(scope="module")
 def kdem_models():
     keras.utils.set_random_seed(0)
-    return build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE)
+    return build_kdem_models(ModelConfig(backbone_weights="none"), NUM_CLASSES, IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")
 def baseline_models():
-    return build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, kdem=False, non_local=False, gem=False)
+    return build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, gem=False), NUM_CLASSES, IMAGE_SIZE, kdem=False)
 
 
 def pair_batch(seed=0):
@@ -178,7 +179,7 @@ def test_mixed_precision_outputs_are_float32():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        train_model, inference_model = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False)
+        train_model, inference_model = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False), NUM_CLASSES, IMAGE_SIZE)
         outputs = train_model(pair_batch(), training=True)
         embedding = inference_model(query_batch(), training=False)["embedding"]
     finally:
@@ -210,8 +211,8 @@ def test_each_modality_embedding_is_its_own_stem_through_trunk_pool_and_bn_neck(
 
 def test_width_scales_every_stem_and_trunk_channel_and_the_embedding():
     keras.utils.set_random_seed(0)
-    full_train, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False)
-    half_train, half_inference = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False, width=0.5)
+    full_train, _ = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False), NUM_CLASSES, IMAGE_SIZE)
+    half_train, half_inference = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=0.5), NUM_CLASSES, IMAGE_SIZE)
     assert half_inference(query_batch())["embedding"].shape == (3, 1024)
     assert half_train(pair_batch())["pooled_t"].shape == (BATCH, 1024)
     for stem in ("visible_stem", "infrared_stem"):
@@ -224,7 +225,7 @@ def test_width_scales_every_stem_and_trunk_channel_and_the_embedding():
     ratio = half_train.count_params() / full_train.count_params()
     assert 0.2 < ratio < 0.3, ratio
     with pytest.raises(ValueError, match=r"ImageNet weights fit ResNet-50 \(width 1"):
-        build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, width=0.5, backbone_weights="torchvision")
+        build_kdem_models(ModelConfig(width=0.5, backbone_weights="torchvision"), NUM_CLASSES, IMAGE_SIZE)
 
 
 def test_stage_blocks_build_a_shallower_trunk_with_resnet50s_stages_and_names():
@@ -232,18 +233,18 @@ def test_stage_blocks_build_a_shallower_trunk_with_resnet50s_stages_and_names():
     shape and layer names as ResNet-50's first blocks; each stage's non-local blocks are capped at its
     block count; weights are refused."""
     keras.utils.set_random_seed(0)
-    train_model, inference_model = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, stage_blocks=(1, 1, 1, 1))
+    train_model, inference_model = build_kdem_models(ModelConfig(backbone_weights="none", stage_blocks=(1, 1, 1, 1)), NUM_CLASSES, IMAGE_SIZE)
     trunk = train_model.get_layer("trunk")
     blocks = sorted({l.name.split("_")[0] + "_" + l.name.split("_")[1] for l in trunk.layers if "_block" in l.name})
     assert blocks == ["conv2_block1", "conv3_block1", "conv4_block1", "conv5_block1"]
     assert [l.name for l in trunk.layers if l.name.endswith("_non_local")] == [
         "conv3_block1_non_local", "conv4_block1_non_local"]
-    full_trunk = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE)[0].get_layer("trunk")
+    full_trunk = build_kdem_models(ModelConfig(backbone_weights="none"), NUM_CLASSES, IMAGE_SIZE)[0].get_layer("trunk")
     assert trunk.output.shape == full_trunk.output.shape  # same strides: same feature map
     convs = {l.name for l in trunk.layers if not l.name.endswith("_non_local")}
     assert convs < {l.name for l in full_trunk.layers}  # ResNet-50's names, its later blocks left out
     assert inference_model(query_batch())["embedding"].shape == (3, 2048)
     with pytest.raises(ValueError, match=r"stage_blocks=\(1, 1, 1, 1\): ImageNet weights fit ResNet-50"):
-        build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, stage_blocks=(1, 1, 1, 1), backbone_weights="torchvision")
+        build_kdem_models(ModelConfig(stage_blocks=(1, 1, 1, 1), backbone_weights="torchvision"), NUM_CLASSES, IMAGE_SIZE)
     with pytest.raises(ValueError, match="4 positive block counts"):
-        build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, stage_blocks=(1, 1, 1))
+        build_kdem_models(ModelConfig(backbone_weights="none", stage_blocks=(1, 1, 1)), NUM_CLASSES, IMAGE_SIZE)

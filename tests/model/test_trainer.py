@@ -3,6 +3,7 @@ import keras
 import numpy as np
 import pytest
 
+from kdem_tf.config import ModelConfig
 from kdem_tf.model import ABLATION_ROWS, KDEMTrainer, WarmupMultiStepSchedule, build_kdem_models, build_optimizer
 from tests.conftest import TEST_STAGE_BLOCKS
 
@@ -14,7 +15,7 @@ WIDTH = 0.25  # model.width: nothing here depends on ResNet-50's channel count (
 @pytest.fixture(scope="module")
 def train_model():
     keras.utils.set_random_seed(1)
-    model, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, width=WIDTH, stage_blocks=TEST_STAGE_BLOCKS)
+    model, _ = build_kdem_models(ModelConfig(backbone_weights="none", width=WIDTH, stage_blocks=TEST_STAGE_BLOCKS), NUM_CLASSES, IMAGE_SIZE)
     return model
 
 
@@ -22,9 +23,8 @@ def train_model():
 def untrained_models():
     """Models no test trains: random-init BN moving statistics are only valid before any step."""
     keras.utils.set_random_seed(2)
-    kdem_model, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, width=WIDTH, stage_blocks=TEST_STAGE_BLOCKS)
-    baseline_model, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, kdem=False, non_local=False, width=WIDTH,
-                                          stage_blocks=TEST_STAGE_BLOCKS)
+    kdem_model, _ = build_kdem_models(ModelConfig(backbone_weights="none", width=WIDTH, stage_blocks=TEST_STAGE_BLOCKS), NUM_CLASSES, IMAGE_SIZE)
+    baseline_model, _ = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=WIDTH, stage_blocks=TEST_STAGE_BLOCKS), NUM_CLASSES, IMAGE_SIZE, kdem=False)
     return {True: kdem_model, False: baseline_model}
 
 
@@ -112,8 +112,7 @@ def test_two_sgd_steps_equal_nesterov_on_scaled_gradients_with_coupled_weight_de
     from kdem_tf.model.losses import total_loss
 
     keras.utils.set_random_seed(4)
-    model, _ = build_kdem_models(NUM_CLASSES, image_size=IMAGE_SIZE, non_local=False, width=WIDTH,
-                                 stage_blocks=TEST_STAGE_BLOCKS)
+    model, _ = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=WIDTH, stage_blocks=TEST_STAGE_BLOCKS), NUM_CLASSES, IMAGE_SIZE)
     lr, wd, mu, backbone_lr = 0.05, 0.5, 0.9, 0.005  # wd large enough to matter in the update
     setup = build_optimizer(base_lr=lr, backbone_lr=backbone_lr, momentum=mu, nesterov=True, weight_decay=wd,
                             warmup_epochs=0, milestones=(100,), steps_per_epoch=1)

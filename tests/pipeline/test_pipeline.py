@@ -48,11 +48,12 @@ METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 def protocol_metrics(report, node="Trainer"):
     """kdem_tf's own protocol metrics of the Trainer's SavedModel on the run's Examples
     (`kdem_tf.evaluation.records`, the code of `python -m kdem_tf.evaluate --tfrecords`)."""
+    from kdem_tf.evaluation import EvalOptions
     from kdem_tf.evaluation import records as record_evaluation
 
     model = os.path.join(_output(report, node, "model"), "Format-Serving")
     return record_evaluation.evaluate_saved_model(model, "sysu", _output(report, "ReidExampleGen", "examples"),
-                                                  "all", 2, split_names=("query", "gallery"))
+                                                  EvalOptions(mode="all", trials=2), split_names=("query", "gallery"))
 
 
 def _train_only(settings: PipelineSettings) -> PipelineSettings:

@@ -35,10 +35,11 @@ def run_dir(tmp_path_factory):
     def build(path):
         import keras
 
+        from kdem_tf.config import ModelConfig
+
         from kdem_tf.model.model import build_kdem_models
         keras.utils.set_random_seed(0)
-        _, inference_model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False,
-                                               width=MODEL_WIDTH)
+        _, inference_model = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=MODEL_WIDTH), 4, IMAGE_SIZE)
         inference_model.save(str(path / "inference_model.keras"))
         with open(path / "run_info.json", "w") as f:
             json.dump({"image_size": list(IMAGE_SIZE), "embedding_dim": EMBEDDING_DIM, "num_classes": 4,

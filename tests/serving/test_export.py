@@ -162,14 +162,15 @@ def test_a_bfloat16_trained_run_exports_float32(tmp_path):
     float32 unless asked (and records it), with the same weights: embeddings agree to bf16 rounding."""
     import keras
 
+    from kdem_tf.config import ModelConfig
+
     from kdem_tf.model.model import build_kdem_models
     from serving.embedder import Embedder
     from serving.export import compute_dtype_of, export_embedder, read_info
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        _, model = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH,
-                                     stage_blocks=TEST_STAGE_BLOCKS)
+        _, model = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=MODEL_WIDTH, stage_blocks=TEST_STAGE_BLOCKS), 4, IMAGE_SIZE)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert compute_dtype_of(model) == "bfloat16"

@@ -35,6 +35,7 @@ def _wait_for(condition, what: str, server, timeout: float = 120.0):
 
 def test_v2_is_served_search_stays_pinned_and_a_corrupt_v3_is_skipped(swap_server, embedder, index_dir,
                                                                        gallery_dir, gallery_files):
+    from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
     from serving.embedder import Embedder
     from serving.export import export_embedder
@@ -46,8 +47,7 @@ def test_v2_is_served_search_stays_pinned_and_a_corrupt_v3_is_skipped(swap_serve
     np.testing.assert_allclose(rest.predict(images, modalities), v1, atol=1e-5)
 
     # Version 2: a freshly initialised network (other weights), exported atomically beside version 1.
-    _, other = build_kdem_models(num_classes=4, image_size=IMAGE_SIZE, non_local=False, width=MODEL_WIDTH,
-                                 stage_blocks=TEST_STAGE_BLOCKS)
+    _, other = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=MODEL_WIDTH, stage_blocks=TEST_STAGE_BLOCKS), 4, IMAGE_SIZE)
     export_embedder(other, swap_server["base"], version=2)
     v2 = Embedder(swap_server["base"], 2).embed_bytes(images, modalities)
     assert np.abs(v2 - v1).max() > 1e-2  # the versions really differ

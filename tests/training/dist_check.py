@@ -15,6 +15,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 
 from kdem_tf import config as config_lib  # noqa: E402
+from kdem_tf.config import ModelConfig
 from kdem_tf.model.model import build_kdem_models  # noqa: E402
 from kdem_tf.model.optim import build_optimizer  # noqa: E402
 from kdem_tf.model.trainer import KDEMTrainer  # noqa: E402
@@ -26,8 +27,7 @@ def one_step(devices, initial_weights, batch):
     with strategy.scope():
         # Quarter width, one block per stage (the tiny preset's): the replica arithmetic does not
         # depend on the network's size.
-        train_model, _ = build_kdem_models(num_classes=4, image_size=(64, 32), non_local=False, width=0.25,
-                                           stage_blocks=config_lib.load_config("tiny").model.stage_blocks)
+        train_model, _ = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=0.25, stage_blocks=config_lib.load_config("tiny").model.stage_blocks), 4, (64, 32))
         if initial_weights is not None:
             train_model.set_weights(initial_weights)
         setup = build_optimizer(base_lr=0.01, backbone_lr=0.001, steps_per_epoch=1, warmup_epochs=0)

@@ -5,7 +5,7 @@ The killed run and its resume are processes of their own (the run SIGKILLs itsel
 the CLI's `main()` in the test process (the same code without a TensorFlow start-up each).
 
 Runs: 2 epochs x 2 steps of the tiny preset, no evaluation (equal weights give equal
-evaluations; test_train_utils.py covers the history file at each kill point). The learning rate
+evaluations; test_checkpointing.py covers the history file at each kill point). The learning rate
 changes at the epoch boundary (warm-up 1 epoch, milestone 2) and both modalities are augmented
 with erasing, so a resume that replays epoch 0's augmentation seeds or sampling, restarts the
 schedule, or loses the momentum slots, BN statistics or metric means gives other numbers.
@@ -22,7 +22,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from kdem_tf.train_utils import SIGKILL_AT_STEP_ENV
+from kdem_tf.training.fault_injection import SIGKILL_AT_STEP_ENV
 from tests.training.conftest import train_args, train_command, train_env
 
 SCHEDULE = ["--set", "optim.epochs=2", "--set", "eval_every=0", "--set", "data.random_erasing=0.5"]
@@ -95,7 +95,7 @@ def test_resume_after_a_partial_epoch_and_a_sigkill_equals_the_uninterrupted_run
     # --max-steps 1 stops inside epoch 1: its metric means and its epoch number must carry on.
     _train(tfrecords, out, "--max-steps", "1")
     assert [(r["epoch"], r["step"]) for r in _history(out)] == [(1, 1)]
-    # Then SIGKILL inside epoch 2: the process kills itself right after step 3 (train_utils'
+    # Then SIGKILL inside epoch 2: the process kills itself right after step 3 (kdem_tf.training.fault_injection's
     # fault injection: the same point on a fast or a slow CPU), epoch 1's checkpoint committed.
     latest = os.path.join(out, "checkpoints", "latest.json")
     killed = subprocess.run(train_command(tfrecords, out, *SCHEDULE, "--quiet"), capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""kdem_tf.train_utils: checkpoints and the history committed with them, at every kill point."""
+"""kdem_tf.training (checkpointing, run_history, fault_injection): checkpoints and the history committed with them, at every kill point."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdem_tf import train_utils
-from kdem_tf.train_utils import (TrainingError, latest_checkpoint, read_history, resume_history, save_checkpoint,
-                                 trim_history, write_history)
+from kdem_tf import artifacts
+
+from kdem_tf.training import TrainingError
+from kdem_tf.training.checkpointing import latest_checkpoint, save_checkpoint
+from kdem_tf.training.run_history import read_history, resume_history, trim_history, write_history
 
 
 def _checkpoint(value: float):
@@ -41,7 +43,7 @@ def test_a_checkpoint_carries_the_history_up_to_it(tmp_path):
     latest = latest_checkpoint(ckpt_dir)
     assert (latest["epoch"], latest["step"]) == (2, 4)
     assert os.path.basename(latest["folder"]) == "epoch-0002-step-00000004"
-    assert read_history(os.path.join(latest["folder"], train_utils.HISTORY_FILE)) == (history, 0)
+    assert read_history(os.path.join(latest["folder"], artifacts.HISTORY_FILE)) == (history, 0)
     restored, variable = _checkpoint(-1.0)
     restored.read(latest["prefix"]).assert_existing_objects_matched()
     assert float(variable.numpy()) == 2.0
@@ -66,7 +68,7 @@ def test_kill_between_the_rename_and_latest_json_resumes_from_the_previous_check
     checkpoint, variable = _checkpoint(7.0)
     save_checkpoint(checkpoint, ckpt_dir, 2, 4, True, history + [_record(2, 1.0)])
     assert latest_checkpoint(ckpt_dir)["folder"] == stale
-    assert read_history(os.path.join(stale, train_utils.HISTORY_FILE))[0][-1]["loss"] == 1.0
+    assert read_history(os.path.join(stale, artifacts.HISTORY_FILE))[0][-1]["loss"] == 1.0
 
 
 def test_kill_during_the_checkpoint_write_leaves_the_previous_one_and_no_leftover(tmp_path):
@@ -128,7 +130,7 @@ def test_unreadable_latest_json_is_an_error_naming_it(tmp_path):
 def test_a_corrupt_history_copy_in_a_checkpoint_is_an_error_naming_it(tmp_path):
     ckpt_dir, history_path, _ = _saved_run(tmp_path, epochs=1)
     latest = latest_checkpoint(ckpt_dir)
-    copy = os.path.join(latest["folder"], train_utils.HISTORY_FILE)
+    copy = os.path.join(latest["folder"], artifacts.HISTORY_FILE)
     with open(copy, "a") as f:
         f.write('{"epoch": 2, "lo')
     with pytest.raises(TrainingError, match="unreadable") as error:
@@ -143,7 +145,7 @@ def test_non_chief_writes_leave_nothing(tmp_path):
 
 
 def test_sigkill_step_reads_the_fault_injection_variable(monkeypatch):
-    from kdem_tf.train_utils import SIGKILL_AT_STEP_ENV, sigkill_step
+    from kdem_tf.training.fault_injection import SIGKILL_AT_STEP_ENV, sigkill_step
 
     monkeypatch.delenv(SIGKILL_AT_STEP_ENV, raising=False)
     assert sigkill_step() is None
