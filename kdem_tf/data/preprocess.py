@@ -1,7 +1,7 @@
 """Beam preprocessing: a raw SYSU-MM01, RegDB or LLCM folder (or a CSV manifest) → sharded TFRecords.
 
     python -m kdem_tf.data.preprocess --dataset sysu|regdb|llcm --data-root DIR --output DIR \
-        [--trial N] [--num-shards N] [Beam pipeline options]
+        [--trial N] [--num-shards N] [--beam-arg=--runner=… ...] [-- Beam pipeline options]
     python -m kdem_tf.data.preprocess --dataset manifest --data-root FILE.csv --output DIR
 
 Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated
@@ -37,9 +37,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from kdem_tf.data import datasets, schema
+from kdem_tf.data import beam_options, datasets, schema
 
 SUCCESS_MARKER = "_SUCCESS"
 SUMMARY_FILE = "summary.json"
@@ -261,6 +261,8 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
     """
     if tf_exists(datasets.join(output_dir, SUCCESS_MARKER)) and not overwrite:
         raise FileExistsError(f"{output_dir}: already holds a complete preprocessing output (use --overwrite)")
+    options = pipeline_options or local_pipeline_options()
+    beam_options.check_runner(options.view_as(StandardOptions).runner or "")  # before anything is written
     shards = {split: num_shards or default_num_shards(len(records)) for split, records in splits.items()}
     staging = f"{output_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     import tensorflow as tf
@@ -269,7 +271,6 @@ def run_preprocess(splits: Dict[str, List[datasets.ImageRecord]], data_root: str
         tf.io.gfile.makedirs(datasets.join(staging, schema.split_dir(split, tfx_layout)))
     elements = [(split, record) for split, records in splits.items() for record in records]
     started = time.time()
-    options = pipeline_options or local_pipeline_options()
     with beam.Pipeline(options=options) as pipeline:
         encoded = (pipeline
                    | "ListImages" >> beam.Create(elements, reshuffle=True)
@@ -388,15 +389,24 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Unrecognised flags are passed to Beam (e.g. --runner=FlinkRunner).")
+    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     epilog="Beam options: --beam-arg=--runner=DataflowRunner ... or after a lone "
+                                            "--, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081.")
     parser.add_argument("--dataset", required=True, choices=schema.DATASETS)
     parser.add_argument("--data-root", required=True, help="dataset root; manifest: the CSV file")
     parser.add_argument("--output", required=True)
     parser.add_argument("--trial", type=int, default=1, help="RegDB trial 1..10")
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
+                        help=beam_options.BEAM_ARG_HELP)
+    args = parser.parse_args(own_args)
+    beam_args = args.beam_args + separated
+    try:
+        beam_options.check_beam_args(beam_args)
+    except beam_options.UnsupportedRunnerError as error:
+        parser.error(str(error))
     if "://" not in args.output:  # beside the output folder (which appears complete or not at all)
         from kdem_tf import console
 
