@@ -47,15 +47,14 @@ class CompileError(ValueError):
     """The flags cannot make a spec that runs remotely; the message names the flag."""
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     d = PipelineSettings()
-    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.kubeflow_v2_runner", allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Compiles the kdem-tf TFX pipeline into a Kubeflow Pipelines v2 / Vertex AI PipelineJob JSON.",
         epilog="Defaults come from pipeline/configs.py and its KDEM_* environment variables.")
-    parser.add_argument("--output", required=True, help="the PipelineJob JSON file to write")
+    parser.add_argument("--output", required=True, default=argparse.SUPPRESS, help="the PipelineJob JSON file to write")
     parser.add_argument("--image", default=configs.PIPELINE_IMAGE, help="container image of every step")
     parser.add_argument("--pipeline-name", default=d.pipeline_name, help="pipeline name")
     parser.add_argument("--pipeline-root", default=d.pipeline_root, help="artifact root (gs://... on Vertex)")
@@ -87,6 +86,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="the raw data's cache key; '' = computed from --data-root (gs:// reads its split lists)")
     parser.add_argument("--code-fingerprint", default=d.code_fingerprint, help="'' = a hash of kdem_tf/ sources")
     parser.add_argument("--no-cache", action="store_true", help="re-execute every component")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The flags; Beam options after a lone `--` join --beam-arg's. Errors exit with argparse's code 2."""
+    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args = parser.parse_args(own_args)
     args.beam_args += separated
     if args.workers < 1:
