@@ -13,8 +13,8 @@ which holds this repository at IMAGE_SOURCE_DIR: paths the pipeline reads from t
 
 What the spec gets beyond the local run:
 * Beam steps (ReidExampleGen, StatisticsGen, ExampleValidator...) get `--beam-arg`s unchanged; with a
-  remote `--runner` they also get `--sdk_container_image=IMAGE` (the image is a Beam SDK container
-  too) unless given; without one they run Beam's DirectRunner inside the step's container with one
+  remote `--runner` their SDK workers run IMAGE too (`worker_image_args`: the image is a Beam SDK
+  container) unless the flags say otherwise; without one they run Beam's DirectRunner inside the step's container with one
   worker per core of that container (`--direct_num_workers=0`).
 * `--workers N` (N > 1) puts N in the Trainer's custom_config and runs the Trainer as a Vertex AI
   custom training job (TFX's google_cloud_ai_platform Trainer executor) with a chief and N-1 workers
@@ -133,12 +133,29 @@ def remote_beam_args(settings: PipelineSettings, image: str) -> List[str]:
     args = [f"--setup_file={image_path(os.path.join(configs.REPO_ROOT, 'setup.py'))}"
             if a.startswith("--setup_file=") else a for a in args]
     remote = any(a.startswith("--runner") for a in settings.beam_args)
-    if remote and not any(a.startswith(("--sdk_container_image", "--environment_config")) for a in args):
-        args.append(f"--sdk_container_image={image}")
-    if not remote:
+    if remote:
+        args += worker_image_args(args, image)
+    else:
         args = [a for a in args if not a.startswith(("--direct_num_workers", "--sdk_container_image"))]
         args.append("--direct_num_workers=0")  # Beam: 0 = one worker per core of the machine it runs on
     return args
+
+
+def worker_image_args(beam_args: Sequence[str], image: str) -> List[str]:
+    """The flag that runs a remote runner's SDK workers in `image`: Dataflow's --sdk_container_image,
+    a portable runner's (Flink, Spark) Docker --environment_config; none when the flags already name
+    an image or choose another environment (LOOPBACK, EXTERNAL, PROCESS)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, WorkerOptions
+
+    options = PipelineOptions(list(beam_args))
+    portable = options.view_as(PortableOptions)
+    if options.view_as(WorkerOptions).sdk_container_image or portable.environment_config:
+        return []
+    if beam_options.runner_name(beam_args).rsplit(".", 1)[-1].lower() in ("dataflow", "dataflowrunner"):
+        return [f"--sdk_container_image={image}"]
+    if (portable.environment_type or "DOCKER").upper() == "DOCKER":
+        return [f"--environment_config={image}"]
+    return []
 
 
 def use_vertex_training(pipeline, image: str, workers: int, project: str, region: str, machine_type: str) -> None:

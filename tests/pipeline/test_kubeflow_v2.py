@@ -122,6 +122,21 @@ def test_beam_steps_get_the_beam_arguments(remote, direct):
             "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
 
+@pytest.mark.parametrize("given, added", [
+    (["--runner=FlinkRunner", "--flink_master=flink:8081"], [f"--environment_config={IMAGE}"]),
+    (["--runner=SparkRunner", "--spark_master_url=spark://m:7077", "--environment_type=DOCKER"],
+     [f"--environment_config={IMAGE}"]),
+    (["--runner=PortableRunner", "--job_endpoint=js:8099", "--environment_type=EXTERNAL",
+      "--environment_config=pool:50000"], []),
+    (["--runner=FlinkRunner", "--environment_type=LOOPBACK"], []),
+    (["--runner=DataflowRunner", "--sdk_container_image=other:1"], []),
+])
+def test_remote_beam_workers_run_the_image_unless_told_otherwise(given, added, tiny_data):
+    settings = tiny_settings("unused", tiny_data, beam_args=tuple(given))
+    args = kubeflow_v2_runner.remote_beam_args(settings, IMAGE)
+    assert args == [f"--setup_file={kubeflow_v2_runner.IMAGE_SOURCE_DIR}/setup.py"] + given + added
+
+
 def test_the_trainer_gets_the_worker_settings(remote, direct):
     config = json.loads(_parameter(remote, "Trainer", "custom_config"))
     assert config["workers"] == 3 and config["preset"] == "tiny" and config["overrides"] == list(OVERRIDES)
