@@ -43,10 +43,6 @@ VERTEX_TRAINER_EXECUTOR = "tfx.extensions.google_cloud_ai_platform.trainer.execu
 DEFAULT_MACHINE_TYPE = "n1-standard-8"
 
 
-class CompileError(ValueError):
-    """The flags cannot make a spec that runs remotely; the message names the flag."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = PipelineSettings()
     parser = argparse.ArgumentParser(
@@ -219,8 +215,8 @@ def describe(spec: dict) -> str:
     lines = [f"pipeline {pipeline_spec['pipelineInfo']['name']}: root "
              f"{spec['runtimeConfig'].get('gcsOutputDirectory', '?')}"]
     for name, task in sorted(pipeline_spec["root"]["dag"]["tasks"].items()):
-        executor = executors.get(task["componentRef"]["name"].replace("-", "_").split("_", 1)[-1] + "_executor", {})
-        image = executor.get("container", {}).get("image", "(no container)")
+        executor = executors[pipeline_spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        image = executor["container"]["image"] if "container" in executor else "(run by the platform)"
         lines.append(f"  {name:<34} {image}  after {sorted(task.get('dependentTasks', [])) or '-'}")
     return "\n".join(lines)
 

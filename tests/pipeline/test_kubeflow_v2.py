@@ -29,12 +29,15 @@ CUSTOM_COMPONENTS = ("ReidExampleGen", "ReidDataCheck", "ReidEvaluator", "ReidGa
 DOCKERFILE = os.path.join(configs.REPO_ROOT, "deploy", "pipeline.Dockerfile")
 
 
+def _argv(output, tiny_data, extra=()):
+    return ["--output", str(output), "--image", IMAGE, "--pipeline-root", ROOT, "--data-root", tiny_data,
+            "--preset", "tiny", "--train-steps", "2", "--code-fingerprint", "tests", "--eval-trials", "2",
+            *[f"--set={override}" for override in OVERRIDES], *extra]
+
+
 def _compile(tmp_path_factory, tiny_data, name, extra):
     output = tmp_path_factory.mktemp("kfp") / f"{name}.json"
-    argv = ["--output", str(output), "--image", IMAGE, "--pipeline-root", ROOT, "--data-root", tiny_data,
-            "--preset", "tiny", "--train-steps", "2", "--code-fingerprint", "tests", "--eval-trials", "2"]
-    argv += [f"--set={override}" for override in OVERRIDES] + extra
-    assert kubeflow_v2_runner.main(argv) == 0
+    assert kubeflow_v2_runner.main(_argv(output, tiny_data, extra)) == 0
     with open(output) as f:
         return json.load(f)
 
@@ -47,7 +50,20 @@ def remote(tmp_path_factory, tiny_data):
 
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory, tiny_data):
-    return _compile(tmp_path_factory, tiny_data, "direct", [])
+    """`python -m pipeline.kubeflow_v2_runner` in a fresh process, its imports listed (-X importtime)."""
+    output = tmp_path_factory.mktemp("kfp") / "direct.json"
+    argv = _argv(output, tiny_data)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.kubeflow_v2_runner", *argv],
+                          capture_output=True, text=True, timeout=600, cwd=configs.REPO_ROOT,
+                          env=dict(os.environ, PYTHONPATH=configs.REPO_ROOT, KDEM_VERBOSE="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner" in imported
+    # As pipeline/tfx_api.py: neither tfx.v1 nor the Google Cloud clients (no multi-worker Vertex job here).
+    assert not {m for m in imported if m == "tfx.v1" or m.startswith("google.cloud.aiplatform")}
+    assert "Trainer " in done.stdout and f"wrote {output}" in done.stdout
+    with open(output) as f:
+        return json.load(f)
 
 
 def _tasks(spec):
