@@ -11,6 +11,7 @@ setup(
         "tensorflow==2.16.2",
         "keras>=3.12,<3.13",
         "tfx==1.16.0",
+        "kfp-pipeline-spec>=0.2.2,<0.3",  # TFX's KubeflowV2DagRunner; 0.3+ needs protobuf>=4.21 (locked: 3.20.3)
         "apache-beam",  # the version TFX 1.16 resolves; pinned in constraints.txt
         "scann==1.3.2",
         "tensorflow-serving-api>=2.16,<2.17",

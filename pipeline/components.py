@@ -34,9 +34,16 @@ REPORT_FILE = "data_report.json"
 INDEX_SUBDIR = "index"
 
 
+# Custom artifact type names are `namespace.Name`: the form Kubeflow Pipelines v2 schema titles need
+# (TFX's KubeflowV2DagRunner refuses other names; pipeline/kubeflow_v2_runner.py compiles these).
 class ScannIndex(types.Artifact):
     """A ScaNN gallery index (serving/index.py) built for one pushed model version."""
-    TYPE_NAME = "KdemScannIndex"
+    TYPE_NAME = "kdem.ScannIndex"
+
+
+class DataCheckReport(types.Artifact):
+    """ReidDataCheck's report (REPORT_FILE): counts per split and the rules checked."""
+    TYPE_NAME = "kdem.DataCheckReport"
 
 
 # ----------------------------------------------------------------------------- example generation
@@ -260,7 +267,7 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
 def ReidDataCheck(
     examples: InputArtifact[standard_artifacts.Examples],
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
-    report: OutputArtifact[standard_artifacts.ExampleValidationMetrics],
+    report: OutputArtifact[DataCheckReport],
     dataset: Parameter[str],
     min_train_identities: Parameter[int] = 2,
 ) -> None:

@@ -57,6 +57,7 @@ PRESET = _env("PRESET", "demo")                  # kdem_tf.config presets: paper
 TRAIN_CONFIG = _env("TRAIN_CONFIG", "")          # optional YAML over the preset
 TRAIN_OVERRIDES = tuple(s for s in _env("TRAIN_OVERRIDES", "").split(";") if s)  # "section.key=value;..."
 TRAIN_STEPS = _env("TRAIN_STEPS", 0)             # TrainArgs.num_steps; 0 = the preset's whole schedule
+TRAIN_WORKERS = _env("TRAIN_WORKERS", 1)         # training processes (MultiWorkerMirroredStrategy when > 1)
 
 # ----------------------------------------------------------------------------- evaluation and blessing
 MIN_MAP = _env("MIN_MAP", 10.0)                  # percent: mAP below this is never blessed
@@ -70,6 +71,7 @@ BEAM_WORKERS = _env("BEAM_WORKERS", 0)             # 0 = one per core
 ENABLE_CACHE = _env("ENABLE_CACHE", True)
 CODE_FINGERPRINT = _env("CODE_FINGERPRINT", "")  # "" = a hash of kdem_tf/ (a code change retrains)
 SCHEMA_PATH = os.path.join(PIPELINE_DIR, "schema", "schema.pbtxt")  # the curated schema
+PIPELINE_IMAGE = _env("PIPELINE_IMAGE", "kdem-tf-pipeline:latest")  # deploy/pipeline.Dockerfile's image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,7 @@ class PipelineSettings:
     train_config: str = TRAIN_CONFIG
     train_overrides: Tuple[str, ...] = TRAIN_OVERRIDES
     train_steps: int = TRAIN_STEPS
+    train_workers: int = TRAIN_WORKERS             # the Trainer's custom_config["workers"] (run_fn checks TF_CONFIG)
     train_verbose: int = 2                         # kdem_tf.train.train's verbose (2: a log line per epoch)
     min_map: float = MIN_MAP
     max_map_drop: float = MAX_MAP_DROP
@@ -99,11 +102,12 @@ class PipelineSettings:
     serving_dir: str = ""                          # "" = HOME/serving/<name>
     index_dir: str = ""                            # "" = HOME/serving/<name>-index
     data_fingerprint: str = ""                     # changes when the raw data changes (cache key)
+    root: str = ""                                 # pipeline root; "" = HOME/tfx/<name>
     code_fingerprint: str = CODE_FINGERPRINT       # changes when the training code changes (cache key)
 
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.home, "tfx", self.pipeline_name)
+        return self.root or os.path.join(self.home, "tfx", self.pipeline_name)
 
     @property
     def metadata_path(self) -> str:
@@ -147,9 +151,13 @@ def beam_pipeline_args(mode: str = BEAM_MODE, workers: int = BEAM_WORKERS, extra
     run in this very environment and need neither, so local runs name Beam's stock SDK
     image (`--sdk_container_image`, which only Docker environments read) and nothing is
     built; remote runners (any `--runner=...` in `extra`: Flink, Spark, Dataflow) get
-    `--setup_file` so that their workers receive kdem_tf.
+    `--setup_file` so that their workers receive kdem_tf. A refused runner (DaskRunner:
+    kdem_tf/data/beam_options.py says why) raises UnsupportedRunnerError here, before any run.
     """
+    from kdem_tf.data import beam_options
+
     extra = list(extra)
+    beam_options.check_beam_args(extra)
     if any(a.startswith("--runner") for a in extra):
         return [f"--setup_file={os.path.join(REPO_ROOT, 'setup.py')}"] + extra
     if mode not in ("multi_processing", "in_memory"):

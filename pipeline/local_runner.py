@@ -236,11 +236,14 @@ def _first_output(report, node: str, key: str) -> Optional[str]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from kdem_tf.data import beam_options
+
     d = PipelineSettings()
+    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
-        description="Runs the kdem-tf TFX pipeline with LocalDagRunner.",
-        epilog="Unrecognised --flags are Beam pipeline options (e.g. --runner=FlinkRunner --flink_master=HOST:8081). "
-               "Every default comes from pipeline/configs.py and its KDEM_* environment variables.")
+        description="Runs the kdem-tf TFX pipeline with LocalDagRunner.", allow_abbrev=False,
+        epilog="Beam options: --beam-arg=--runner=FlinkRunner --beam-arg=--flink_master=HOST:8081, or after a lone "
+               "--. Every default comes from pipeline/configs.py and its KDEM_* environment variables.")
     parser.add_argument("--pipeline-name", default=d.pipeline_name)
     parser.add_argument("--home", default=d.home, help="artifacts, metadata, serving and data folder")
     from kdem_tf import datasets
@@ -269,11 +272,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true", help="re-execute every component")
     parser.add_argument("--synthetic-identities", type=int, default=configs.SYNTHETIC_IDENTITIES)
     parser.add_argument("--synthetic-images-per-camera", type=int, default=configs.SYNTHETIC_IMAGES_PER_CAMERA)
-    args, beam_args = parser.parse_known_args(argv)
-    unknown = [a for a in beam_args if not a.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognised arguments: {unknown}")
-    args.beam_args = beam_args
+    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
+                        help=beam_options.BEAM_ARG_HELP)
+    args = parser.parse_args(own_args)
+    args.beam_args += separated
     return args
 
 

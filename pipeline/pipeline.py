@@ -26,7 +26,8 @@ TRAINER_RUN_FN = "pipeline.trainer_module.run_fn"
 
 
 def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str],
-                    metadata_connection_config=None) -> tfx_api.dsl.Pipeline:
+                    metadata_connection_config=None,
+                    baseline_strategy=components.PreviousBlessedModelStrategy) -> tfx_api.dsl.Pipeline:
     """Returns the pipeline; builds nothing and touches no file.
 
     Args:
@@ -35,6 +36,10 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         beam_pipeline_args: flags of every Beam-based component (configs.beam_pipeline_args).
         metadata_connection_config: ML Metadata connection; None lets the orchestrator decide
             (Kubeflow/Vertex bring their own).
+        baseline_strategy: the Resolver strategy of the evaluator's baseline model. The default
+            resolves the last blessed model other than the Trainer's (a cached re-run stays
+            cached); Kubeflow v2 compiles only TFX's own strategies, so pipeline/kubeflow_v2_runner.py
+            passes LatestBlessedModelStrategy (its resolver runs before the Trainer).
     """
     if not settings.data_root:
         raise ValueError("settings.data_root is empty: resolve the settings first")
@@ -67,15 +72,16 @@ def create_pipeline(settings: PipelineSettings, beam_pipeline_args: Sequence[str
         eval_args=tfx_api.proto.EvalArgs(splits=[settings.query_split], num_steps=0),
         custom_config={"dataset": settings.dataset, "preset": settings.preset,
                        "config_path": settings.train_config or "", "overrides": list(settings.train_overrides),
-                       "code_fingerprint": settings.code_fingerprint, "verbose": int(settings.train_verbose)})
+                       "code_fingerprint": settings.code_fingerprint, "verbose": int(settings.train_verbose),
+                       "workers": int(settings.train_workers)})
     trainer.add_upstream_node(data_check)  # a failed data check stops the run before training
 
-    baseline = tfx_api.dsl.Resolver(
-        strategy_class=components.PreviousBlessedModelStrategy,
-        model=tfx_api.dsl.Channel(type=standard_artifacts.Model),
-        model_blessing=tfx_api.dsl.Channel(type=standard_artifacts.ModelBlessing),
-        current=trainer.outputs["model"],
-    ).with_id("previous_blessed_model_resolver")
+    baseline_inputs = dict(model=tfx_api.dsl.Channel(type=standard_artifacts.Model),
+                           model_blessing=tfx_api.dsl.Channel(type=standard_artifacts.ModelBlessing))
+    if baseline_strategy is components.PreviousBlessedModelStrategy:
+        baseline_inputs["current"] = trainer.outputs["model"]  # excluded from the candidates
+    baseline = tfx_api.dsl.Resolver(strategy_class=baseline_strategy, **baseline_inputs
+                                    ).with_id("previous_blessed_model_resolver")
 
     evaluator = components.ReidEvaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],

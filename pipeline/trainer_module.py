@@ -8,7 +8,14 @@ library's (`kdem_tf.train`, `kdem_tf.config`, `serving.export`).
     fn_args.model_run_dir     the ModelRun artifact          → run_dir (checkpoints, config.yaml,
                                                                 run_info.json, TensorBoard logs/)
     fn_args.serving_model_dir the Model artifact's Format-Serving → the embedder SavedModel
-    fn_args.custom_config     {"dataset", "preset", "config_path", "overrides"}
+    fn_args.custom_config     {"dataset", "preset", "config_path", "overrides", "workers"}
+
+Strategy: `kdem_tf.train` picks it from the TF_CONFIG environment variable (train_utils.make_strategy):
+MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, else MirroredStrategy over this machine's
+devices. The platform sets TF_CONFIG (Vertex AI on each replica of a multi-worker training job:
+pipeline/kubeflow_v2_runner.py --workers N); `check_cluster` first compares it with the pipeline's
+worker count, so a job configured for N workers never trains silently on one. Only the chief
+exports the SavedModel; the other workers return after the last step.
 """
 from __future__ import annotations
 
@@ -25,6 +32,31 @@ def examples_uri(file_patterns) -> str:
     return os.path.dirname(os.path.dirname(pattern.rstrip("/")))
 
 
+class ClusterMismatchError(RuntimeError):
+    """TF_CONFIG does not describe the cluster the pipeline was compiled for."""
+
+
+def check_cluster(workers: int, tf_config_text: str) -> bool:
+    """Checks TF_CONFIG's cluster (chief + worker tasks; none = this process alone) against the
+    Trainer's `workers`; returns whether this process is the chief (the chief task, or worker 0
+    of a cluster without one). Raises ClusterMismatchError naming both counts."""
+    try:
+        tf_config = json.loads(tf_config_text or "{}")
+    except json.JSONDecodeError as error:
+        raise ClusterMismatchError(f"TF_CONFIG is not valid JSON ({error}): {tf_config_text[:200]!r}") from None
+    cluster = tf_config.get("cluster") or {}
+    tasks = len(cluster.get("chief", [])) + len(cluster.get("worker", [])) or 1
+    if tasks != workers:
+        raise ClusterMismatchError(
+            f"the Trainer's custom_config asks for {workers} training worker(s) but TF_CONFIG names "
+            f"{tasks} (chief + worker tasks of {sorted(cluster) or 'no cluster'}): run it where the platform "
+            f"starts {workers} replicas (pipeline/kubeflow_v2_runner.py --workers) or compile with --workers {tasks}")
+    task = tf_config.get("task") or {}
+    if not cluster or task.get("type") == "chief":
+        return True
+    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 def run_fn(fn_args) -> None:
     from kdem_tf import config as config_lib
     from kdem_tf import train as train_lib
@@ -33,6 +65,7 @@ def run_fn(fn_args) -> None:
     custom = dict(fn_args.custom_config or {})
     config = config_lib.load_config(custom.get("preset", "demo"), custom.get("config_path") or None,
                                     list(custom.get("overrides") or ()))
+    is_chief = check_cluster(int(custom.get("workers", 1)), os.environ.get("TF_CONFIG", ""))
     data_dir = examples_uri(fn_args.train_files)
     run_dir = fn_args.model_run_dir
     logging.info("run_fn: training %s (preset %s) on %s for %s steps; run folder %s", custom.get("dataset"),
@@ -40,6 +73,9 @@ def run_fn(fn_args) -> None:
     summary = train_lib.train(config, custom["dataset"], data_dir, run_dir,
                               max_steps=fn_args.train_steps or None, log_dir=os.path.join(run_dir, "logs"),
                               verbose=int(custom.get("verbose", 2)))
+    if not is_chief:
+        logging.info("run_fn: %d steps done on a non-chief worker; the chief exports the model", summary.get("steps", -1))
+        return
     started = time.perf_counter()
     model, run_info = export.load_run(run_dir)
     export.export_saved_model(model, export.run_contract(run_dir, run_info), fn_args.serving_model_dir,

@@ -1,7 +1,7 @@
 """Beam preprocessing: a raw SYSU-MM01, RegDB or LLCM folder (or a CSV manifest) → sharded TFRecords.
 
     python -m kdem_tf.data.preprocess --dataset sysu|regdb|llcm --data-root DIR --output DIR \
-        [--trial N] [--num-shards N] [Beam pipeline options]
+        [--trial N] [--num-shards N] [--beam-arg=--runner=… ...] [-- Beam pipeline options]
     python -m kdem_tf.data.preprocess --dataset manifest --data-root FILE.csv --output DIR
 
 Each image is read through Beam's filesystem API (local, gs://, hdfs://), validated
@@ -37,10 +37,10 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from kdem_tf import datasets
-from kdem_tf.data import schema
+from kdem_tf.data import beam_options, schema
 from kdem_tf.datasets import cli_options
 from kdem_tf.datasets.base import TRAIN
 from kdem_tf.datasets.files import DatasetError, ImageRecord, identities, join
@@ -246,6 +246,8 @@ def run_preprocess(splits: Dict[str, List[ImageRecord]], data_root: str, output_
     """
     if tf_exists(join(output_dir, SUCCESS_MARKER)) and not overwrite:
         raise FileExistsError(f"{output_dir}: already holds a complete preprocessing output (use --overwrite)")
+    options = pipeline_options or local_pipeline_options()
+    beam_options.check_runner(options.view_as(StandardOptions).runner or "")  # before anything is written
     shards = {split: num_shards or default_num_shards(len(records)) for split, records in splits.items()}
     staging = f"{output_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     import tensorflow as tf
@@ -254,7 +256,6 @@ def run_preprocess(splits: Dict[str, List[ImageRecord]], data_root: str, output_
         tf.io.gfile.makedirs(join(staging, schema.split_dir(split, tfx_layout)))
     elements = [(split, record) for split, records in splits.items() for record in records]
     started = time.time()
-    options = pipeline_options or local_pipeline_options()
     with beam.Pipeline(options=options) as pipeline:
         encoded = (pipeline
                    | "ListImages" >> beam.Create(elements, reshuffle=True)
@@ -373,8 +374,10 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Unrecognised flags are passed to Beam (e.g. --runner=FlinkRunner).")
+    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     epilog="Beam options: --beam-arg=--runner=DataflowRunner ... or after a lone "
+                                            "--, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081.")
     parser.add_argument("--dataset", required=True, choices=datasets.names())
     parser.add_argument("--data-root", required=True, help="dataset root; manifest: the CSV file")
     parser.add_argument("--output", required=True)
@@ -382,9 +385,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli_options.add(parser, owned)
     parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
+                        help=beam_options.BEAM_ARG_HELP)
+    args = parser.parse_args(own_args)
     cli_options.refuse_foreign(parser, args, owned)
     options = cli_options.values(args, owned, args.dataset)
+    beam_args = args.beam_args + separated
+    try:
+        beam_options.check_beam_args(beam_args)
+    except beam_options.UnsupportedRunnerError as error:
+        parser.error(str(error))
     if "://" not in args.output:  # beside the output folder (which appears complete or not at all)
         from kdem_tf import console
 

@@ -83,7 +83,7 @@ def test_preprocess_cli_writes_the_three_splits(tmp_path, capsys):
     csv_path = write_manifest(str(tmp_path / "cams"), own_cameras())
     out = str(tmp_path / "tfrecords")
     code = preprocess.main(["--dataset", "manifest", "--data-root", csv_path, "--output", out,
-                            "--num-shards", "1"] + IN_PROCESS)
+                            "--num-shards", "1", "--"] + IN_PROCESS)
     assert code == 0, capsys.readouterr().err
     counts = {}
     for split in datasets.get("manifest").split_names():

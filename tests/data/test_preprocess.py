@@ -113,7 +113,7 @@ def test_regdb_round_trip_multiprocess_cli(tmp_path, capsys):
     root = regdb_ds.generate_synthetic(str(tmp_path / "raw"), identities=6, images_per_camera=2, progress=False)
     out = str(tmp_path / "tfrecords")
     code = preprocess.main(["--dataset", "regdb", "--data-root", root, "--output", out, "--trial", "3",
-                            "--direct_running_mode=multi_processing"])
+                            "--beam-arg=--direct_running_mode=multi_processing"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "test_thermal" in printed and "images/s" in printed

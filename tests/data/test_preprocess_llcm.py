@@ -24,7 +24,7 @@ def llcm_tfrecords(tmp_path_factory):
     root = llcm_ds.generate_synthetic(str(base / "raw"), identities=8, images_per_camera=1,
                                         image_size=(32, 16), progress=False)
     out = str(base / "tfrecords")
-    assert preprocess.main(["--dataset", "llcm", "--data-root", root, "--output", out, "--num-shards", "1"] + IN_PROCESS) == 0
+    assert preprocess.main(["--dataset", "llcm", "--data-root", root, "--output", out, "--num-shards", "1", "--"] + IN_PROCESS) == 0
     return root, out
 
 
