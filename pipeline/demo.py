@@ -52,7 +52,7 @@ class _Steps:
 
 
 def _latest_version(base: str) -> str:
-    from serving.export import list_versions  # the one version-folder rule
+    from kdem_tf.artifacts import list_versions  # the one version-folder rule
 
     versions = list_versions(base)
     if not versions:
@@ -107,7 +107,7 @@ def query_server(server: BackgroundServer, data_root: str, out_dir: str) -> dict
     """Searches the server with one infrared image of each of QUERIES test ids, then stops it."""
     from kdem_tf import plots
     from kdem_tf.data import datasets
-    from serving.client import ServingClient
+    from serving.client.rest_client import ServingClient
 
     query, _ = datasets.sysu_test_records(data_root)
     first_of_id = {}

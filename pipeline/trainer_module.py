@@ -28,7 +28,7 @@ def examples_uri(file_patterns) -> str:
 def run_fn(fn_args) -> None:
     from kdem_tf import config as config_lib
     from kdem_tf import train as train_lib
-    from serving import export
+    from serving.export import run_folder, saved_model
 
     custom = dict(fn_args.custom_config or {})
     config = config_lib.load_config(custom.get("preset", "demo"), custom.get("config_path") or None,
@@ -41,10 +41,11 @@ def run_fn(fn_args) -> None:
                               max_steps=fn_args.train_steps or None, log_dir=os.path.join(run_dir, "logs"),
                               verbose=int(custom.get("verbose", 2)))
     started = time.perf_counter()
-    model, run_info = export.load_run(run_dir)
-    export.export_saved_model(model, export.run_contract(run_dir, run_info), fn_args.serving_model_dir,
-                              extra_info={"dataset": custom["dataset"], "preset": custom.get("preset"),
-                                          "steps": summary.get("steps"), "num_classes": run_info.get("num_classes")})
+    model, run_info = run_folder.load_run(run_dir)
+    saved_model.export_saved_model(model, run_folder.run_contract(run_dir, run_info), fn_args.serving_model_dir,
+                                   extra_info={"dataset": custom["dataset"], "preset": custom.get("preset"),
+                                               "steps": summary.get("steps"),
+                                               "num_classes": run_info.get("num_classes")})
     summary["seconds"]["export"] = round(time.perf_counter() - started, 2)
     print(f"SavedModel export {summary['seconds']['export']:.0f} s", flush=True)
     with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
