@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdem_tf import artifacts
 from tests.serving.conftest import EMBEDDING_DIM
 
 
@@ -90,6 +91,7 @@ def test_retrieval_model_equals_the_python_searcher(model_base, index_dir, galle
     path = export_retrieval_model(model_base, index_dir, str(tmp_path / "retrieval"))
     assert path.endswith(os.sep + "1")
     loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == set(artifacts.RETRIEVAL_SIGNATURES) == {"serving_default"}
     search = loaded.signatures["serving_default"]
     images = [open(os.path.join(gallery_dir, p), "rb").read() for p in gallery_files[::7]]
     modalities = ["infrared", "visible"] * 10
