@@ -37,7 +37,7 @@ INDEX_SUBDIR = "index"
 # Custom artifact type names are `namespace.Name`: the form Kubeflow Pipelines v2 schema titles need
 # (TFX's KubeflowV2DagRunner refuses other names; pipeline/kubeflow_v2_runner.py compiles these).
 class ScannIndex(types.Artifact):
-    """A ScaNN gallery index (serving/index.py) built for one pushed model version."""
+    """A ScaNN gallery index (serving/export/gallery_index.py) built for one pushed model version."""
     TYPE_NAME = "kdem.ScannIndex"
 
 
@@ -443,7 +443,7 @@ def ReidGalleryIndex(
             f.write("the model was not pushed (not blessed)\n")
         logging.info("ReidGalleryIndex: model not pushed, no index built")
         return
-    from serving import index as index_lib
+    from serving.export import gallery_index as index_lib
 
     model_dir = pushed_model.get_string_custom_property("pushed_destination")
     version = pushed_model.get_string_custom_property("pushed_version")
@@ -465,14 +465,13 @@ def ReidGalleryIndex(
 def _copy_tree(source: str, target: str) -> None:
     import tensorflow as tf
 
-    staging = f"{target.rstrip('/')}.tmp"
-    if tf.io.gfile.exists(staging):
-        tf.io.gfile.rmtree(staging)
-    for folder, _, files in tf.io.gfile.walk(source):
-        relative = os.path.relpath(folder, source)
-        tf.io.gfile.makedirs(os.path.join(staging, relative))
-        for name in files:
-            tf.io.gfile.copy(os.path.join(folder, name), os.path.join(staging, relative, name), overwrite=True)
-    if tf.io.gfile.exists(target):
-        tf.io.gfile.rmtree(target)
-    tf.io.gfile.rename(staging, target)
+    from kdem_tf.artifacts import publish_folder
+
+    def copy(staging: str) -> None:
+        for folder, _, files in tf.io.gfile.walk(source):
+            relative = os.path.relpath(folder, source)
+            tf.io.gfile.makedirs(os.path.join(staging, relative))
+            for name in files:
+                tf.io.gfile.copy(os.path.join(folder, name), os.path.join(staging, relative, name), overwrite=True)
+
+    publish_folder(target, copy, replace=True)
