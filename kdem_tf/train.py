@@ -50,7 +50,7 @@ import numpy as np
 from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.artifacts import (CHECKPOINTS_DIR, CONFIG_FILE, HISTORY_FILE, INFERENCE_MODEL_FILE, INFLUENCE_FACTORS_FILE,
-                               LOGS_DIR, RUN_INFO_FILE, atomic_write_text)
+                               LOGS_DIR, RUN_INFO_FILE, atomic_write_text, publish_folder)
 from kdem_tf.training import TrainingError
 from kdem_tf.training.checkpointing import latest_checkpoint, read_json, save_checkpoint
 from kdem_tf.training.devices import choose_jit, choose_mixed_precision, make_strategy
@@ -363,9 +363,7 @@ def _is_chief(strategy) -> bool:
 
 
 def _save_inference_model(model, path: str) -> None:
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    publish_folder(path, model.save, replace=True)  # a .keras file, whole or not at all
 
 
 def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
