@@ -132,6 +132,9 @@ def import_agw_checkpoint(checkpoint: str, out_dir: str, dataset: Optional[str] 
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(os.path.abspath(out_dir))}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     try:
         classifier_kernel = np.asarray(train_model.get_layer("classifier").kernel.numpy())
         _write_run_folder(temporary, config, contract, run_info, inference_model, classifier_kernel)
