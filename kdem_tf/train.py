@@ -62,7 +62,7 @@ def build_models(config, num_classes: int, row: dict, strategy):
     from kdem_tf.model.model import build_kdem_models
 
     weights = None if config.model.backbone_weights in ("none", "", None) else config.model.backbone_weights
-    weights = None if config.model.init_from not in ("none", "") else weights  # --init-from replaces them
+    weights = None if config.model.init_from not in (None, "none", "") else weights  # --init-from replaces them
     with strategy.scope():
         train_model, inference_model = build_kdem_models(
             num_classes=num_classes, image_size=config.data.image_size, kdem=row["kdem"],
@@ -192,8 +192,8 @@ def _start_run(config, dataset: str, data_dir: str, run_dir: str, max_steps: Opt
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
     row = ABLATION_ROWS[config.loss.ablation]
     train_model, inference_model = build_models(config, num_classes, row, strategy)
-    if config.model.init_from not in ("none", ""):  # --init-from: earlier weights (a resume overwrites them)
-        from kdem_tf.model.init_from import init_from
+    if config.model.init_from not in (None, "none", "") and not latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+        from kdem_tf.model.init_from import init_from  # --init-from: earlier weights, for a fresh start only
         message = init_from(config.model.init_from, train_model, contract)
         if verbose:
             print(message)

@@ -160,6 +160,9 @@ class _PickleWriter:
                     self.value(key)
                     self.value(item)
                 self.out += b"u"  # SETITEMS
+            if getattr(obj, "_metadata", None) is not None:  # a state dict's module versions, as torch pickles them
+                self.value({"_metadata": obj._metadata})
+                self.out += b"b"  # BUILD
         else:
             raise TypeError(f"cannot write {type(obj).__name__}")
 
@@ -207,5 +210,6 @@ def write_torch_zip(path, obj, prefix: str = "archive", byteorder: str = "little
 def agw_checkpoint(state: Dict[str, np.ndarray], epoch: int = 61, m_ap: float = 0.4765, prefix: str = "") -> dict:
     """The dict AGW's train.py saves: {'net': state_dict, 'cmc', 'mAP', 'mINP', 'epoch'}, with NumPy metrics."""
     net = collections.OrderedDict((prefix + k, Tensor(v)) for k, v in state.items())
+    net._metadata = collections.OrderedDict([("", {"version": 1}), ("bottleneck", {"version": 2})])
     cmc = np.linspace(0.475, 0.95, 20).astype(np.float32)
     return {"net": net, "cmc": cmc, "mAP": np.float64(m_ap), "mINP": np.float64(0.353), "epoch": epoch}

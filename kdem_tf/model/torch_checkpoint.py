@@ -10,8 +10,9 @@ scalars stored beside it (AGW's `train.py` saves `{'net': state_dict, 'cmc': ...
   persistent id `('storage', torch.<Type>Storage, key, location, numel)`), one file
   `PREFIX/data/<key>` of raw bytes per storage, `PREFIX/version` and, in recent versions,
   `PREFIX/byteorder`. The pickle is read by `_RestrictedUnpickler`: it rebuilds tensors from
-  storages, OrderedDicts and NumPy scalars/arrays (AGW stores its metrics as NumPy values);
-  any other global is refused, naming it, before anything of it runs;
+  storages, OrderedDicts and numeric NumPy scalars/arrays (AGW stores its metrics as NumPy
+  values, whose bytes protocol 2 writes as `_codecs.encode(text, 'latin1')`); any other global
+  is refused, naming it, before anything of it runs;
 - torch's legacy format (before 1.6: a sequence of pickles, not a zip), through PyTorch when it
   is importable, else an error naming the format and the one-line conversion;
 - `.safetensors` files with the same keys (`kdem_tf.model.safetensors_io`).
