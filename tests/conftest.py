@@ -41,6 +41,7 @@ SLOW_FILES_FIRST = (
     "tests/training/test_distributed.py",
     "tests/serving/test_tflite.py",
     "tests/training/test_train.py",
+    "tests/training/test_init_from.py",
     "tests/model/test_trainer.py",
     "tests/serving/test_export.py",
     "tests/serving/test_version_swap.py",

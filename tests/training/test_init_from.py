@@ -98,3 +98,29 @@ def test_train_cli_init_from_starts_from_the_imported_weights(agw_tiny_run, tfre
     source = keras.saving.load_model(os.path.join(run, "inference_model.keras"))
     for name in TRANSFERRED_LAYERS:
         _assert_same(ours.get_layer(name), source.get_layer(name))
+
+
+def test_the_tfx_trainer_takes_init_from_as_a_config_override(agw_tiny_run, tfrecords, tmp_path):
+    """The TFX Trainer's run_fn (pipeline/trainer_module.py) gets `--set model.init_from=...` through its
+    custom_config overrides: one step from the imported weights, then its SavedModel export."""
+    import json
+    import types
+
+    from pipeline import trainer_module
+
+    _, run = agw_tiny_run
+    fn_args = types.SimpleNamespace(
+        train_files=[os.path.join(tfrecords, "Split-train", "*")], train_steps=1,
+        model_run_dir=str(tmp_path / "model_run"), serving_model_dir=str(tmp_path / "serving"),
+        custom_config={"dataset": "sysu", "preset": "tiny", "verbose": 0,
+                       "overrides": [f"model.init_from={run}", "mixed_precision=float32"]})
+    trainer_module.run_fn(fn_args)
+    assert json.loads((tmp_path / "model_run" / "train_summary.json").read_text())["steps"] == 1
+    assert (tmp_path / "serving" / "saved_model.pb").exists()
+    trained = keras.saving.load_model(str(tmp_path / "model_run" / "inference_model.keras")).get_layer("trunk")
+    source = keras.saving.load_model(os.path.join(run, "inference_model.keras")).get_layer("trunk")
+    # One SGD step away from the source's kernels (measured correlation 0.94 and above; an independent
+    # initialisation correlates ~0 with them): the step started from the imported weights.
+    for name in ("conv2_block1_1_conv", "conv5_block1_3_conv"):
+        a, b = (keras.ops.convert_to_numpy(model.get_layer(name).kernel).ravel() for model in (trained, source))
+        assert not np.array_equal(a, b) and np.corrcoef(a, b)[0, 1] > 0.5, name
