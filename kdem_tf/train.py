@@ -65,8 +65,11 @@ def build_models(config, num_classes: int, row: dict, strategy):
     """(train_model, inference_model) for the config's ablation row, under the strategy's scope."""
     from kdem_tf.model.model import build_kdem_models
 
+    model_config = config.model
+    if config.model.init_from not in (None, "none", ""):  # --init-from replaces the backbone weights
+        model_config = dataclasses.replace(config.model, backbone_weights="none")
     with strategy.scope():
-        train_model, inference_model = build_kdem_models(config.model, num_classes, config.data.image_size,
+        train_model, inference_model = build_kdem_models(model_config, num_classes, config.data.image_size,
                                                          kdem=row["kdem"])
     return train_model, inference_model
 
@@ -188,6 +191,11 @@ def _start_run(config, dataset: str, data_dir: str, run_dir: str, max_steps: Opt
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
     row = ABLATION_ROWS[config.loss.ablation]
     train_model, inference_model = build_models(config, num_classes, row, strategy)
+    if config.model.init_from not in (None, "none", "") and not latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+        from kdem_tf.model.init_from import init_from  # --init-from: earlier weights, for a fresh start only
+        message = init_from(config.model.init_from, train_model, contract)
+        if verbose:
+            print(message)
     sampler = input_pipeline.IdentitySampler(split.labels, split.modalities, config.data.num_identities,
                                              config.data.num_instances, config.seed)
     steps_per_epoch = config.optim.steps_per_epoch or sampler.batches_per_epoch
@@ -410,6 +418,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help='"torchvision" (download), "imagenet" (Keras\' download), a weights file '
                              '(.safetensors / .pth: torchvision; .h5: Keras), or "none"')
     parser.add_argument("--mixed-precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT",
+                        help="start from a run folder's weights or an AGW checkpoint (the KDEM layer starts fresh)")
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration and its image contract as YAML, and exit")
@@ -425,7 +435,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _overrides(args: argparse.Namespace) -> list:
     overrides = list(args.set)
     for flag, key in (("epochs", "optim.epochs"), ("ablation", "loss.ablation"), ("backbone", "model.backbone"),
-                      ("backbone_weights", "model.backbone_weights"), ("mixed_precision", "mixed_precision")):
+                      ("backbone_weights", "model.backbone_weights"), ("mixed_precision", "mixed_precision"),
+                      ("init_from", "model.init_from")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     return overrides
