@@ -47,7 +47,8 @@ def test_a_toy_dataset_runs_preprocess_train_and_evaluate(toy, tmp_path, capsys)
                        "--set", "optim.epochs=1", "--quiet"]) == 0
     from serving.export.cli import main as export_main
 
-    assert export_main(["--run", str(run), "--out", str(run / "export")]) == 0  # RUN/export/1: --model RUN finds it
+    export_main(["--run", str(run), "--out", str(run / "export")])  # RUN/export/1: `--model RUN` finds it
+    assert os.listdir(run / "export") == ["1"]
     capsys.readouterr()
     raw_json, rec_json = tmp_path / "raw.json", tmp_path / "rec.json"
     assert evaluate.main(["--dataset", "toy", "--data-root", str(raw), "--model", str(run),
