@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from kdem_tf import evaluation as ev
-from kdem_tf import reranking, tta
+from kdem_tf import match_threshold, reranking, tta
 from kdem_tf import variants as variant_labels
 from kdem_tf.model_embedding import embed_images
 
@@ -350,7 +350,8 @@ def run(args: argparse.Namespace) -> dict:
     trials, splits = _trials(args)
     settings = {"mode": args.mode, "multi_shot": args.multi_shot} if args.dataset == "sysu" else \
         {} if args.dataset == "manifest" else {"direction": args.direction}
-    features_for = _features_provider(args, trials, splits)
+    pair_scores = match_threshold.PairScoreCollector(args.dataset)  # the same-person threshold's pairs
+    features_for = pair_scores.wrap(_features_provider(args, trials, splits))
     rerank = getattr(args, "rerank", None) or None  # RerankParams (parse_args), or absent/False
     computed = ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank)
     if args.flip:  # the same trials on flip-averaged embeddings: their own rows
@@ -391,12 +392,17 @@ def run(args: argparse.Namespace) -> dict:
     if len(variants) > 1:
         print("\n" + format_variants(f"{_title(args)} | mean of {len(results)} trial(s), each variant apart",
                                      metrics["variants"]))
+    metrics[match_threshold.METRICS_KEY] = match_threshold.threshold_report(*pair_scores.scores(), protocol=dict(
+        dataset=args.dataset, **settings, trials=metrics["trials"], gallery_sampling=metrics["gallery_sampling"]))
+    print("\n" + match_threshold.format_report(metrics[match_threshold.METRICS_KEY]))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             json.dump(metrics, f, indent=2)
     if args.plots:
         _plots(args, trials[0], features_for, results, cmc)
+        match_threshold.plot_threshold(metrics[match_threshold.METRICS_KEY],
+                                       os.path.join(args.plots, "match_threshold.png"), header)
     return metrics
 
 

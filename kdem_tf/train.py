@@ -69,8 +69,8 @@ def build_models(config, num_classes: int, row: dict, strategy):
             non_local_inner_channels=config.model.non_local_inner_channels, backbone=config.model.backbone,
             fused_batch_norm=config.model.fused_batch_norm, gem=config.model.gem, bn_neck=config.model.bn_neck,
             shared_fc=config.model.shared_fc, fc_units=config.model.fc_units, mlp_units=config.model.mlp_units,
-            last_stride=config.model.last_stride, backbone_weights=weights, width=config.model.width,
-            stage_blocks=config.model.stage_blocks)
+            factor_temperature=config.model.factor_temperature, last_stride=config.model.last_stride,
+            backbone_weights=weights, width=config.model.width, stage_blocks=config.model.stage_blocks)
     return train_model, inference_model
 
 
@@ -232,6 +232,7 @@ def _build_trainer(config, row: dict, train_model, strategy, steps_per_epoch: in
                                                          loss.con_weight),
                               use_diversity_loss=row["use_diversity_loss"],
                               use_consistency_loss=row["use_consistency_loss"],
+                              con_detach_factors=loss.con_detach_factors,
                               backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
         trainer.compile(optimizer=setup.optimizer, jit_compile=choose_jit(config.jit_compile))
         setup.optimizer.build(trainer.trainable_variables)

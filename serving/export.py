@@ -18,7 +18,10 @@ Only stock TensorFlow ops are used, so the stock `tensorflow_model_server` runs 
 A version folder appears atomically: the SavedModel is written into a hidden temp
 folder beside it (TF Serving only sees all-digit folder names) and renamed.
 `assets.extra/kdem_info.json` records the image contract (`image_contract`), the image
-size and the embedding dimension; `read_contract` reads it back.
+size and the embedding dimension; `read_contract` reads it back. With
+`--match-threshold-from metrics.json [--fmr 1e-3]` it also records `match_threshold`: the
+same-person threshold `kdem_tf.evaluate` calibrated at that false-match rate, with its
+provenance (`kdem_tf.match_threshold.threshold_record`).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from typing import Optional, Sequence, Tuple, Union
 import keras
 import tensorflow as tf
 
-from kdem_tf import image_contract
+from kdem_tf import image_contract, match_threshold
 from kdem_tf import tta
 from kdem_tf.data import schema
 from kdem_tf.image_contract import ImageContract, as_contract
@@ -265,7 +268,7 @@ def publish_dir(write, model_base: str, version: Optional[int] = None) -> str:
 def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base: str,
                     version: Optional[int] = None,
                     image_size: Optional[Union[ImageContract, Sequence[int]]] = None,
-                    compute_dtype: str = "float32") -> str:
+                    compute_dtype: str = "float32", extra_info: Optional[dict] = None) -> str:
     """Exports a run's inference model as `model_base/<version>/`, atomically.
 
     Args:
@@ -276,6 +279,7 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
         image_size: an ImageContract or (H, W); default the run's contract (`run_contract`).
         compute_dtype: "float32" (default, whatever the run trained in) or "bfloat16" (asked for:
             `--compute-dtype bfloat16`, for CPUs with bf16 units); recorded in kdem_info.json.
+        extra_info: more keys for kdem_info.json (e.g. `match_threshold`).
 
     Returns:
         the written version folder.
@@ -289,6 +293,7 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
     else:
         model = run_dir_or_keras_model
         image_size = image_size or tuple(model.input["image"].shape[1:3])
+    extra.update(extra_info or {})
     return publish_dir(lambda d: export_saved_model(model, image_size, d, extra), model_base, version)
 
 
@@ -299,16 +304,30 @@ def main(argv=None) -> None:
     parser.add_argument("--version", type=int, default=None, help="default: max existing + 1")
     parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="SavedModel compute dtype (default float32, whatever the run trained in)")
+    parser.add_argument("--match-threshold-from", metavar="METRICS_JSON",
+                        help="record the same-person threshold kdem_tf.evaluate calibrated (its metrics.json)")
+    parser.add_argument("--fmr", type=float, default=match_threshold.FMR_TARGETS[-1],
+                        help="false-match rate of that threshold (default %(default)g)")
     from serving import tflite_export
     tflite_export.add_arguments(parser)
     args = parser.parse_args(argv)
+    extra = {}
+    if args.match_threshold_from:
+        try:
+            extra["match_threshold"] = match_threshold.threshold_record(args.match_threshold_from, args.fmr)
+        except match_threshold.ThresholdError as error:
+            parser.error(str(error))
     if args.tflite:
         raise SystemExit(tflite_export.run_cli(args))
     if not args.out:
         parser.error("--out (or --tflite) is required")
-    path = export_embedder(args.run, args.out, args.version, compute_dtype=args.compute_dtype)
+    path = export_embedder(args.run, args.out, args.version, compute_dtype=args.compute_dtype, extra_info=extra)
     info = read_info(path)
     print(f"exported {path} (image contract {info['image_contract']}, embedding dim {info['embedding_dim']})")
+    if "match_threshold" in info:
+        record = info["match_threshold"]
+        print(f"same-person threshold {record['threshold']:.4f} at FMR {record['fmr']:g} (TMR "
+              f"{100 * record['tmr']:.2f}%), from {record['source']['file']}")
 
 
 if __name__ == "__main__":

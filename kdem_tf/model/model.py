@@ -68,6 +68,7 @@ def build_kdem_models(
     shared_fc: bool = _DEFAULTS.shared_fc,
     fc_units: int = _DEFAULTS.fc_units,
     mlp_units: Sequence[int] = _DEFAULTS.mlp_units,
+    factor_temperature: float = _DEFAULTS.factor_temperature,
     last_stride: int = _DEFAULTS.last_stride,
     backbone_weights: Optional[str] = None,
     fused_batch_norm: bool = _DEFAULTS.fused_batch_norm,
@@ -91,6 +92,7 @@ def build_kdem_models(
         bn_neck: BN-neck between pooling and classifier (AGW's bottleneck); its
             beta is fixed at zero (`center=False`) as AGW freezes the bias.
         shared_fc, fc_units, mlp_units: KDEMLayer options.
+        factor_temperature: the KDEMLayer's softmax temperature (beyond the paper; 1 = Eq. 5).
         last_stride: stride of conv5_x.
         backbone_weights: "torchvision", "imagenet", a ResNet-50 weights file, or
             None for random init; see `kdem_tf.model.backbone_weights`. They must fit
@@ -151,7 +153,8 @@ def build_kdem_models(
         raise ValueError(f"width={width}, stage_blocks={tuple(stage_blocks)}: ImageNet weights fit ResNet-50 "
                          f"(width 1, {RESNET50_BLOCKS}) only; use backbone_weights=None")
     load_backbone_weights([visible_stem, infrared_stem], trunk, backbone_weights)
-    kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc, name="kdem") if kdem else None
+    kdem_layer = KDEMLayer(fc_units=fc_units, mlp_units=mlp_units, shared_fc=shared_fc,
+                           temperature=factor_temperature, name="kdem") if kdem else None
 
     # The head runs in float32 under mixed precision: the losses use its outputs.
     if gem:
