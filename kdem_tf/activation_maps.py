@@ -30,6 +30,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+FIGURE_FILE = "activation_maps.png"  # what kdem_tf.visualize writes and kdem_tf.report shows
 POOLING_LAYERS = ("gem_pooling", "avg_pooling")
 OVERLAY_IMAGE_WEIGHT = 0.3  # torchreid: image * 0.3 + colour map * 0.7
 

@@ -28,7 +28,6 @@ import numpy as np
 
 from kdem_tf import activation_maps as maps
 
-FIGURE_FILE = "activation_maps.png"
 EMBEDDING_TOLERANCE = 1e-3  # max |Δ| between a SavedModel's and its run folder's unit embeddings
 
 
@@ -229,7 +228,7 @@ def run(args: argparse.Namespace) -> str:
     note = ""
     if saved_model:
         note = f", SavedModel {saved_model} (max |Δ embedding| {check_saved_model(saved_model, args.data_root, rows):.1e})"
-    path = draw_figure(rows, os.path.join(args.out, FIGURE_FILE),
+    path = draw_figure(rows, os.path.join(args.out, maps.FIGURE_FILE),
                        f"infrared queries, their activation and class maps; top-{args.top_k} visible matches "
                        f"(green = same id) and the pair's similarity map on the query\n{run_dir}{note}")
     print(f"maps: {path}")
