@@ -28,6 +28,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from kdem_tf.evaluation import SAME_CAMERA_PROTOCOLS, EvaluationError
+
 FMR_TARGETS = (1e-2, 1e-3)
 CURVE_POINTS = 400
 HISTOGRAM_BINS = 40
@@ -36,14 +38,12 @@ SCORE_NAME = "cosine similarity of the L2-normalised embeddings (the server's do
 RULE = "same person iff score >= threshold"
 
 
-class ThresholdError(ValueError):
+class ThresholdError(EvaluationError):
     """Bad input to the threshold computation or a metrics file without what is asked; names it."""
 
 
 def protocol_pair_mask(q_pids, q_cams, g_pids, g_cams, protocol: str) -> np.ndarray:
     """[Q, G] bool: the pairs the protocol's ranking scores (`kdem_tf.evaluation`'s rules)."""
-    from kdem_tf.evaluation import SAME_CAMERA_PROTOCOLS
-
     q_pids, q_cams = np.asarray(q_pids).reshape(-1, 1), np.asarray(q_cams).reshape(-1, 1)
     g_pids, g_cams = np.asarray(g_pids).reshape(1, -1), np.asarray(g_cams).reshape(1, -1)
     mask = np.ones((q_pids.shape[0], g_pids.shape[1]), bool)

@@ -74,7 +74,10 @@ def resolve_run_dir(model_path: str) -> tuple:
     run_dir = None
     if os.path.exists(info_path):
         with open(info_path) as f:
-            run_dir = json.load(f).get("run_dir")
+            try:
+                run_dir = json.load(f).get("run_dir")
+            except json.JSONDecodeError as error:
+                raise VisualizeError(f"{info_path}: not JSON ({error})") from None
     if not run_dir or not os.path.exists(os.path.join(run_dir, "inference_model.keras")):
         raise VisualizeError(f"{model_path}: a SavedModel exposes embeddings only, not the last feature map the maps "
                              f"need, and its {info_path} names no run folder that exists ({run_dir!r}): pass the "
