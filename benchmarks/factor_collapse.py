@@ -58,7 +58,8 @@ def _mean_std(rows: Sequence[dict], key: str, digits: int = 2) -> str:
 def format_table(rows: Sequence[dict], interior: float) -> str:
     """Markdown: one row per run, then one mean ± std row per group of switches."""
     lines = [f"| run | L_con factors | T | seed | mi_v mean (std), last epoch | pairs interior ({interior:g}, "
-             f"{1 - interior:g}) | mean mi_v leaves it at epoch | mAP | rank-1 |", "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+             f"{1 - interior:g}) | mean mi_v leaves it at epoch | mAP | rank-1 |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['run']} | {'detached' if row['detached'] else 'attached'} | {row['temperature']:g} | "
                      f"{row['seed']} | {row['mi_v_mean']:.4f} ({row['mi_v_std']:.4f}) | "

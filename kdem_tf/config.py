@@ -53,8 +53,8 @@ class LossConfig:
     wrt_weight: float = 1.0                    # λ2
     div_weight: float = 1.0                    # λ3
     con_weight: float = 0.1                    # λ4
-    # Beyond the paper (the influence-factor collapse study, docs/training.md): the factors mi_m enter
-    # L_con as constants (stop-gradient), so L_con trains the trunk only; False is Eq. 8 as written.
+    # Beyond the paper (the influence-factor collapse study, docs/training.md): the factors mi_m weight
+    # L_con as constants (stop-gradient; L_con still reaches them through F_t); False is Eq. 8 as written.
     con_detach_factors: bool = False
 
 

@@ -35,10 +35,13 @@ class VisualizeError(ValueError):
     """Bad --model, dataset or image; the message names it."""
 
 
-def load_classifier_kernel(run_dir: str, inference_model) -> np.ndarray:
-    """The identity classifier [C, num_classes] of the run's latest checkpoint (the inference model has
-    none): the train model is rebuilt from config.yaml and the checkpoint read into it; its BN-neck must
-    equal the inference model's (the same training step)."""
+def restore_run_models(run_dir: str, saved_model) -> tuple:
+    """(inference model, classifier kernel [C, num_classes]) of the run's latest checkpoint, computing in
+    float32: the train and inference models are rebuilt from config.yaml under the float32 policy (a run
+    trained under mixed precision saved bfloat16 layers in inference_model.keras; the export computes in
+    float32, and so do the maps) and the checkpoint read into them. Every weight must equal
+    `saved_model`'s (RUN_DIR/inference_model.keras, written at the same step)."""
+    import keras
     import tensorflow as tf
 
     from kdem_tf import config as config_lib
@@ -53,15 +56,18 @@ def load_classifier_kernel(run_dir: str, inference_model) -> np.ndarray:
         config = config_lib.from_yaml_text(f.read())
     with open(os.path.join(run_dir, "run_info.json")) as f:
         num_classes = int(json.load(f)["num_classes"])
-    train_model, _ = build_models(config, num_classes, ABLATION_ROWS[config.loss.ablation], tf.distribute.get_strategy())
+    keras.mixed_precision.set_global_policy("float32")
+    train_model, inference_model = build_models(config, num_classes, ABLATION_ROWS[config.loss.ablation],
+                                                tf.distribute.get_strategy())
     tf.train.Checkpoint(model=train_model).read(checkpoint["prefix"]).expect_partial()
-    if config.model.bn_neck:
-        restored = np.asarray(train_model.get_layer("bn_neck").moving_mean)
-        saved = np.asarray(inference_model.get_layer("bn_neck").moving_mean)
-        if not np.allclose(restored, saved, atol=1e-6):
-            raise VisualizeError(f"{checkpoint['prefix']}: its BN-neck differs from {run_dir}/inference_model.keras "
-                                 f"(max |Δ| {np.abs(restored - saved).max():.2e}): not the same weights")
-    return np.asarray(train_model.get_layer("classifier").kernel, np.float64)
+    restored, saved = inference_model.get_weights(), saved_model.get_weights()
+    differences = [float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+                   for a, b in zip(restored, saved) if np.shape(a) == np.shape(b)]
+    if len(restored) != len(saved) or len(differences) != len(saved) or max(differences, default=0.0) > 0.0:
+        raise VisualizeError(f"{checkpoint['prefix']}: its weights differ from {run_dir}/inference_model.keras "
+                             f"(max |Δ| {max(differences, default=float('nan')):.2e}, {len(restored)} vs "
+                             f"{len(saved)} arrays): not the same training step")
+    return inference_model, np.asarray(train_model.get_layer("classifier").kernel, np.float64)
 
 
 def resolve_run_dir(model_path: str) -> tuple:
@@ -199,15 +205,19 @@ def build_rows(network: maps.FeatureNetwork, embedder: _Embedder, trial, queries
     return rows
 
 
-def load_network(run_dir: str, with_classifier: bool = True):
-    """(FeatureNetwork, image contract) of a run folder."""
+def load_network(run_dir: str):
+    """(FeatureNetwork, image contract) of a run folder: the float32 models of its latest checkpoint
+    (`restore_run_models`); a folder without checkpoints gives inference_model.keras as saved and no
+    classifier (no class activation maps)."""
     import keras
 
     import kdem_tf.model.model  # noqa: F401  (registers the custom layers)
     from kdem_tf.image_contract import ImageContract
 
     model = keras.saving.load_model(os.path.join(run_dir, "inference_model.keras"), compile=False)
-    kernel = load_classifier_kernel(run_dir, model) if with_classifier else None
+    kernel = None
+    if os.path.exists(os.path.join(run_dir, "checkpoints", "latest.json")):
+        model, kernel = restore_run_models(run_dir, model)
     return maps.FeatureNetwork.from_inference_model(model, kernel), ImageContract.load(run_dir)
 
 
@@ -230,7 +240,8 @@ def run(args: argparse.Namespace) -> str:
     rows = build_rows(network, _Embedder(network, contract, args.data_root), trial, args.queries, args.top_k)
     note = ""
     if saved_model:
-        note = f", SavedModel {saved_model} (max |Δ embedding| {check_saved_model(saved_model, args.data_root, rows):.1e})"
+        difference = check_saved_model(saved_model, args.data_root, rows)
+        note = f", SavedModel {saved_model} (max |Δ embedding| {difference:.1e})"
     path = draw_figure(rows, os.path.join(args.out, maps.FIGURE_FILE),
                        f"infrared queries, their activation and class maps; top-{args.top_k} visible matches "
                        f"(green = same id) and the pair's similarity map on the query\n{run_dir}{note}")

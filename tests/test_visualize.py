@@ -31,8 +31,9 @@ def test_classifier_comes_from_the_latest_checkpoint(tiny_run):
     from kdem_tf.train_utils import latest_checkpoint
 
     run_dir, _ = tiny_run
-    model = keras.saving.load_model(os.path.join(run_dir, "inference_model.keras"), compile=False)
-    kernel = visualize.load_classifier_kernel(run_dir, model)
+    saved = keras.saving.load_model(os.path.join(run_dir, "inference_model.keras"), compile=False)
+    model, kernel = visualize.restore_run_models(run_dir, saved)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), saved.get_weights()))
     with open(os.path.join(run_dir, "run_info.json")) as f:
         num_classes = json.load(f)["num_classes"]
     assert kernel.shape == (int(model.output["embedding"].shape[-1]), num_classes)
@@ -41,6 +42,9 @@ def test_classifier_comes_from_the_latest_checkpoint(tiny_run):
     stored = [reader.get_tensor(name) for name, shape in tf.train.list_variables(prefix)
               if list(shape) == list(kernel.shape)]  # the kernel, and the optimizer's momentum of it
     assert sum(np.array_equal(value, kernel) for value in stored) == 1
+    saved.get_layer("bn_neck").moving_mean.assign(saved.get_layer("bn_neck").moving_mean + 1.0)
+    with pytest.raises(visualize.VisualizeError, match="its weights differ from .*inference_model.keras"):
+        visualize.restore_run_models(run_dir, saved)
 
 
 def test_maps_of_a_run_folder_and_of_its_export(tiny_run, tmp_path, capsys):

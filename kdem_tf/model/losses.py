@@ -107,7 +107,8 @@ def consistency_loss(pooled_v, pooled_i, pooled_t, influence_factors, detach_fac
     2, no division by the norm) is that of the squared norm instead. By default the
     factors mi_m are not detached: they receive gradient from this loss as well.
     `detach_factors=True` (beyond the paper, the collapse study) makes them constants
-    here, so L_con moves the trunk and the stems only.
+    as the weights of this sum; they still get L_con's gradient through pooled_t
+    (F_t = mi_v F_v + mi_i F_i).
 
     Args:
         pooled_v, pooled_i, pooled_t: [B, D] pooled features of pair k's visible,
