@@ -237,6 +237,7 @@ def _build_trainer(config, row: dict, train_model, strategy, steps_per_epoch: in
                                                          loss.con_weight),
                               use_diversity_loss=row["use_diversity_loss"],
                               use_consistency_loss=row["use_consistency_loss"],
+                              con_detach_factors=loss.con_detach_factors,
                               backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
         trainer.compile(optimizer=setup.optimizer, jit_compile=choose_jit(config.jit_compile))
         setup.optimizer.build(trainer.trainable_variables)
