@@ -47,7 +47,7 @@ def restore_run_models(run_dir: str, saved_model) -> tuple:
 
     from kdem_tf import config as config_lib
     from kdem_tf.architecture import ABLATION_ROWS
-    from kdem_tf.train import build_models
+    from kdem_tf.training.models import build_models
     from kdem_tf.training.checkpointing import latest_checkpoint
 
     checkpoint = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
