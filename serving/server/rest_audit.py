@@ -1,0 +1,84 @@
+"""The REST side of the audit log: one line per HTTP request, with the status actually sent.
+
+`AuditedApp` wraps the whole ASGI app (outside Starlette's error middleware), so it sees
+every response the server sends: 200s, 400s, 401/403 from the token check, 404s of unknown
+paths, 413, 429, 499 (client gone) and the 500 of an internal error. The routes add what
+they know (token name, model, signature, version, instances, k, results, TF status code)
+to the request's `audit_entry`; the status is read from the `http.response.start` message
+itself. The health checks (HEALTH_PATHS) are not logged: balancers probe them every few
+seconds.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from serving.server.errors import HTTP_STATUS
+from serving.server.proxies import TrustedProxies
+
+AUDIT_SCOPE_KEY = "kdem.audit"
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+_CODE_OF_HTTP = {status: code for code, status in reversed(list(HTTP_STATUS.items()))}
+_CODE_OF_HTTP.update({200: "OK", 403: "PERMISSION_DENIED", 405: "UNIMPLEMENTED", 413: "INVALID_ARGUMENT",
+                      499: "CANCELLED"})
+
+
+def audit_entry(request) -> dict:
+    """The audit fields of a request (a Starlette Request or an ASGI scope); a throwaway dict outside AuditedApp."""
+    scope = getattr(request, "scope", request)
+    return scope.get(AUDIT_SCOPE_KEY, {})
+
+
+def code_of_http(status: Optional[int]) -> str:
+    if status is None:
+        return "NO_RESPONSE"
+    return _CODE_OF_HTTP.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+
+
+def forwarded_for(scope) -> Optional[str]:
+    values = [value.decode("latin-1") for key, value in scope.get("headers", ()) if key == b"x-forwarded-for"]
+    return ",".join(values) or None
+
+
+class AuditedApp:
+    """ASGI middleware: one audit record per HTTP request but the health checks.
+
+    Args:
+        app: the ASGI app (serving.server.rest_app.create_app).
+        audit: serving.server.audit.AuditLog or NoAudit.
+        proxies: serving.server.proxies.TrustedProxies (who may name the client in X-Forwarded-For).
+    """
+
+    def __init__(self, app, audit, proxies: TrustedProxies = TrustedProxies()):
+        self.app = app
+        self.audit = audit
+        self.proxies = proxies
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in HEALTH_PATHS:
+            return await self.app(scope, receive, send)
+        entry = scope[AUDIT_SCOPE_KEY] = {}
+        start, sent = time.perf_counter(), {}
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.record(scope, entry, sent.get("status"), time.perf_counter() - start)
+
+    def record(self, scope, entry: dict, http_status: Optional[int], seconds: float) -> None:
+        peer = scope.get("client")
+        client, proxy = self.proxies.client(peer[0] if peer else None, forwarded_for(scope))
+        address = {"client": None if client is None else f"{client}:{peer[1]}" if proxy is None else client}
+        if proxy is not None:
+            address["proxy"] = f"{proxy}:{peer[1]}"
+        status = entry.pop("status", None)
+        if http_status is not None and (status is None or (http_status == 200) != (status == "OK")):
+            status = code_of_http(http_status)  # what was sent wins over what a route meant to send
+        self.audit.record(transport="rest", **address, method=scope.get("method"), path=scope.get("path"),
+                          http_status=http_status, status=status or code_of_http(http_status),
+                          latency_ms=round(seconds * 1000, 3), **entry)
