@@ -80,5 +80,5 @@ class AuditedApp:
         if http_status is not None and (status is None or (http_status == 200) != (status == "OK")):
             status = code_of_http(http_status)  # what was sent wins over what a route meant to send
         self.audit.record(transport="rest", **address, method=scope.get("method"), path=scope.get("path"),
-                          http_status=http_status, status=status or code_of_http(http_status),
-                          latency_ms=round(seconds * 1000, 3), **entry)
+                          token_name=entry.pop("token_name", None), http_status=http_status,
+                          status=status or code_of_http(http_status), latency_ms=round(seconds * 1000, 3), **entry)
