@@ -34,7 +34,7 @@ import sys
 
 from kdem_tf.artifacts import atomic_write_text
 from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
-from serving.server.proxies import TrustedProxies
+from serving.server.rest_audit import TrustedProxies
 from serving.server.settings import ServingLimits
 
 log = logging.getLogger("serving")
@@ -139,7 +139,7 @@ async def serve(args: argparse.Namespace, auth) -> None:
         rest_port = sock.getsockname()[1]
         app = AuditedApp(create_app(core, auth, audit, args.api_docs), audit, args.proxies)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                proxy_headers=False,  # the client address is the socket's: serving.server.proxies
+                                proxy_headers=False,  # the client address is the socket's: serving.server.rest_audit
                                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         rest = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
-from serving.server.api_docs import add_api_docs_routes
 from serving.server.auth import READER, PermissionDenied
 from serving.server.core import ServingCore
 from serving.server.errors import ServingError, invalid
@@ -38,6 +38,7 @@ from serving.server.rest import (decode_string, format_predict, model_status, pa
 
 log = logging.getLogger("serving")
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; nobody reads it
+OPENAPI_PATH = "/openapi.json"
 
 
 def json_response(value, status: int = 200, headers: Optional[dict] = None) -> Response:
@@ -151,7 +152,7 @@ class RequestGate:
         entry["token_name"] = who = self.auth.check(request.headers.get("authorization"), role)
         return who
 
-    async def audited(self, request: Request, who: str, name: str, signature: str, work):
+    async def audited(self, request: Request, name: str, signature: str, work):
         """Runs the request's coroutine `work(entry)`, which adds its fields to the audit entry."""
         entry = audit_entry(request)
         entry.update(model=name, signature=signature)
@@ -160,6 +161,26 @@ class RequestGate:
             entry["status"] = "CANCELLED"
             return Response(status_code=CLIENT_CLOSED)
         return response
+
+
+def add_api_docs_routes(app: FastAPI, principal: Callable[[Request], str]) -> None:
+    """`/openapi.json`, `/docs`, `/redoc` (only with --api-docs): `principal(request)` raises 401 / 403
+    without a fitting token. The HTML pages fetch the schema without the Authorization header: read it
+    with a client that sends the token (docs/serving.md)."""
+    @app.get(OPENAPI_PATH, include_in_schema=False)
+    async def openapi(request: Request):
+        principal(request)
+        return json_response(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        principal(request)
+        return get_swagger_ui_html(openapi_url=OPENAPI_PATH, title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        principal(request)
+        return get_redoc_html(openapi_url=OPENAPI_PATH, title=f"{app.title} - ReDoc")
 
 
 def add_health_routes(app: FastAPI, core: ServingCore, audit) -> None:
@@ -207,7 +228,7 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     @app.post("/v1/models/{name}/versions/{version}:predict")
     @app.post("/v1/models/{name}/labels/{label}:predict")
     async def predict(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        who = gate.principal(request, name)
+        gate.principal(request, name)
         body = parse_json(await read_body(request, limits.max_body_bytes))
         signature = body.get("signature_name") or SERVING_SIGNATURE
         audit_entry(request)["signature"] = signature
@@ -224,14 +245,14 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
                 entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
                              person_ids=outputs["person_ids"].tolist())
             return json_response(format_predict(outputs, row_format))
-        return await gate.audited(request, who, name, signature, work)
+        return await gate.audited(request, name, signature, work)
 
 
 def add_search_route(app: FastAPI, core: ServingCore, gate: RequestGate) -> None:
     """POST /v1/models/{name}:search: query images -> ranked gallery matches."""
     @app.post("/v1/models/{name}:search")
     async def search(request: Request, name: str):
-        who = gate.principal(request, name)
+        gate.principal(request, name)
         core.resolve(name, signature=SEARCH_SIGNATURE)  # 404 / FAILED_PRECONDITION first
         queries = parse_json(await read_body(request, core.limits.max_body_bytes), object_only=False)
         queries = queries if isinstance(queries, list) else [queries]
@@ -251,4 +272,4 @@ def add_search_route(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
             return json_response({"model_version": str(loaded.version), "index_size": len(core.index),
                                   "results": [[dict(r, rank=rank + 1) for rank, r in enumerate(row)]
                                               for row in results]})
-        return await gate.audited(request, who, name, SEARCH_SIGNATURE, work)
+        return await gate.audited(request, name, SEARCH_SIGNATURE, work)

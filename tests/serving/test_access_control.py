@@ -9,7 +9,6 @@ burst with 429s on record with its own status, log rotation and SIGHUP. Every lo
 bounded (counts, and deadlines of seconds).
 """
 import concurrent.futures
-import json
 import os
 import signal
 import time
@@ -21,7 +20,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from serving.client.rest_client import b64
 from tests.serving.conftest import TOKENS, start_server, stop_server
-from tests.serving.test_audit_record import strict_json
+from tests.serving.test_audit_lines import strict_json
 
 GOOD = TOKENS["search-ui"]
 ROLE_TOKENS = {"ui": "tok-ui-reader-0123456789", "sync": "tok-sync-writer-01234567", "ops": "tok-ops-both-0123456789a"}

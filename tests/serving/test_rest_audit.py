@@ -13,7 +13,7 @@ from serving.server.audit import AuditLog
 from serving.server.errors import unauthenticated
 from serving.server.rest_app import add_error_handlers
 from serving.server.rest_audit import AuditedApp, audit_entry
-from tests.serving.test_audit_record import strict_json
+from tests.serving.test_audit_lines import strict_json
 
 
 @pytest.fixture()

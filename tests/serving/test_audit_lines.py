@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from serving.server.audit import AuditLog
-from serving.server.audit_record import MAX_LINE_BYTES, MAX_LIST_ITEMS, MAX_STRING_CHARS, audit_line
-from serving.server.proxies import TrustedProxies
+from serving.server.audit import MAX_LINE_BYTES, MAX_LIST_ITEMS, MAX_STRING_CHARS, AuditLog, audit_line
+from serving.server.rest_audit import TrustedProxies
 
 
 def strict_json(line: str):
