@@ -57,9 +57,13 @@ class MicroBatcher:
             self._task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def reserve(self, size: int) -> None:
-        """Takes a place for one request of `size` items, or fails at once with RESOURCE_EXHAUSTED."""
-        if self.waiting >= self.max_queue or (self.waiting and self.waiting_images + size > self.max_queue_images):
+    def reserve(self, size: int, admitted: bool = False) -> None:
+        """Takes a place for one request of `size` items, or fails at once with RESOURCE_EXHAUSTED.
+
+        admitted: the request passed the bounds already (the index search after its query's embedding):
+        counted, never refused."""
+        full = self.waiting >= self.max_queue or (self.waiting and self.waiting_images + size > self.max_queue_images)
+        if full and not admitted:
             self.shed += 1
             raise exhausted(f"server overloaded: {self.waiting} requests ({self.waiting_images} images) already "
                             f"queued (--max-queue {self.max_queue}, --max-queue-images {self.max_queue_images}); "

@@ -229,9 +229,10 @@ class ServingCore:
         ks = [check_k(k, self.limits.max_k, f"query {i}", self.limits.max_echo_chars) for i, k in enumerate(ks)]
         embeddings = await self.embed(loaded, images, modalities, encoded=True, deadline=deadline,
                                       flip=bool(self.index.manifest.get("flip")))
-        index = self.index  # the search too goes through the queue and the model's thread
+        index = self.index  # the search too goes through the queue and the model's thread, not refused now
+        self.batcher.reserve(len(images), admitted=True)
         indices, scores = await self.batcher.submit(SoloCall(lambda queries: index.search(queries, max(ks))),
-                                                    embeddings, len(images), deadline)
+                                                    embeddings, len(images), deadline, reserved=True)
         results = self.index.results(indices, scores)
         return loaded, [row[:k] for row, k in zip(results, ks)]
 

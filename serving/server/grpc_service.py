@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
 from serving.server.core import ServingCore, check_inputs
 from serving.server.errors import ServingError, invalid, new_request_id
-from serving.server.request_checks import tensor_arrays
+from serving.server.request_checks import excerpt, tensor_arrays
 
 log = logging.getLogger("serving")
 METADATA_FIELD = "signature_def"
@@ -87,7 +87,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             outputs = await self.core.predict(loaded, signature, inputs, deadline)
             unknown = sorted(set(wanted) - set(outputs))
             if unknown:
-                raise invalid(f"output tensor alias not found in signature: {unknown[0]}")
+                raise invalid(f"output tensor alias not found in signature: {excerpt(unknown[0])}")
             if signature == SEARCH_SIGNATURE:
                 entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
                              person_ids=outputs["person_ids"].tolist())
@@ -121,7 +121,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
                 raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
             for field in fields:
                 if field != METADATA_FIELD:
-                    raise invalid(f"Metadata field {field} is not supported")
+                    raise invalid(f"Metadata field {excerpt(field)} is not supported")
             spec = request.model_spec
             loaded = self.core.resolve(spec.name, _version_of(spec), _label_of(spec))
         except ServingError as e:

@@ -96,7 +96,7 @@ def check_image_pixels(images: Sequence[bytes], max_pixels: int, name: str = "im
     """Each encoded image is a PNG/JPEG/BMP of at most `max_pixels` pixels (header only, no decoding)."""
     for i, data in enumerate(images):
         try:
-            fmt, width, height = image_size(bytes(data[:1 << 16]) if len(data) > 1 << 16 else data)
+            fmt, width, height = image_size(data)  # walks the JPEG segments: ICC / EXIF may come first
         except ImageHeaderError as e:
             raise invalid(f"{name}[{i}]: not a decodable JPEG/PNG/BMP image: {e}") from None
         if width * height > max_pixels:

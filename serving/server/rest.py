@@ -87,7 +87,8 @@ def parse_predict(body: dict, specs: Dict[str, tf.TensorSpec], max_instances: in
     """
     unknown = sorted(set(body) - set(PREDICT_FIELDS))
     if unknown:
-        raise invalid(f"JSON Value: unknown field {excerpt(unknown[0])}: a predict request holds {list(PREDICT_FIELDS)}")
+        raise invalid(f"JSON Value: unknown field {excerpt(unknown[0])}: a predict request holds "
+                      f"{list(PREDICT_FIELDS)}")
     if ("instances" in body) == ("inputs" in body):
         raise invalid("JSON Value: request must hold exactly one of 'instances' (row) or 'inputs' (columnar)")
     names = sorted(specs)

@@ -92,8 +92,9 @@ def test_pixel_limit_names_the_image_and_its_size(png_bomb):
 
 def test_declared_tensor_sizes_are_checked_before_expansion():
     spec = tf.TensorSpec([None, 64, 32, 3], tf.float32)
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.0], tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in (2, 64, 32, 3)]))
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s)
+                                                   for s in (2, 64, 32, 3)])
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.0], tensor_shape=shape)
     with pytest.raises(ServingError, match="holds 12288 values but 1 given"):
         check_tensor_proto(proto, spec, "images", 16)
     proto.tensor_shape.dim[0].size = 100
