@@ -175,6 +175,9 @@ class ServingCore:
             images = inputs["image_bytes" if encoded else "images"]
             flip = signature in (FLIP_SIGNATURE, FLIP_IMAGES_SIGNATURE)
             return {"embedding": await self.embed(loaded, images, list(inputs["modality"]), encoded, deadline, flip)}
+        for name, values in inputs.items():  # encoded images of other models (e.g. the retrieval model) too
+            if name.endswith("image_bytes") and values.dtype == object:
+                check_image_pixels(values.reshape(-1), self.limits.max_image_pixels, name)
         function = loaded.signatures[signature]  # any other signature: alone, through the same queue and thread
         return await self.batcher.submit(SoloCall(lambda given: run_signature(function, given)), inputs, batch,
                                          deadline)

@@ -210,16 +210,19 @@ def secure_server(model_base, index_dir, tls_files, tmp_path_factory):
 
 LIMITED_MAX_QUEUE = 4
 LIMITED_MAX_QUEUE_IMAGES = 16
+EXTRA_MODEL = "copy"  # the embedder's base path served again as an extra model: a generic SavedModel
 
 
 @pytest.fixture(scope="session")
 def limited_server(model_base, index_dir, tmp_path_factory):
     """A live server with tight bounds for tests/serving/test_limits.py and test_malformed.py:
     --max-queue 4 requests, --max-queue-images 16, 16 instances, batches of 8, a 200 ms batch window
-    (bursts queue up behind it); default --max-image-pixels. Its log ("log") is read for tracebacks."""
+    (bursts queue up behind it); default --max-image-pixels; the embedder again as the extra model
+    EXTRA_MODEL (run as any SavedModel: one signature call per request). Its log ("log") is read for tracebacks."""
     server = start_server(["--model-base", model_base, "--index", index_dir, "--max-queue", LIMITED_MAX_QUEUE,
                            "--max-queue-images", LIMITED_MAX_QUEUE_IMAGES, "--max-instances", "16",
-                           "--max-batch", "8", "--batch-window-ms", "200", "--max-body-mb", "4"],
+                           "--max-batch", "8", "--batch-window-ms", "200", "--max-body-mb", "4",
+                           "--extra-model", f"{EXTRA_MODEL}={model_base}"],
                           tmp_path_factory.mktemp("limited"))
     try:
         yield server

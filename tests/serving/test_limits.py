@@ -27,7 +27,7 @@ from serving.server.batching import MicroBatcher
 from serving.server.errors import ServingError
 from serving.server.image_header import ImageHeaderError, image_size
 from serving.server.request_checks import check_image_pixels, check_tensor_proto
-from tests.serving.conftest import LIMITED_MAX_QUEUE, grpc_codes, rss_bytes
+from tests.serving.conftest import EXTRA_MODEL, LIMITED_MAX_QUEUE, grpc_codes, rss_bytes
 
 MB = 1 << 20
 BOMB_SIDE = 12000
@@ -260,3 +260,24 @@ def test_large_requests_are_shed_by_the_image_bound(limited_server, gallery_dir,
     assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 1, codes
     assert all("--max-queue-images 16" in answer["error"] for code, answer in results if code == 429)
     assert all(len(answer["predictions"]) == 12 for code, answer in results if code == 200)
+
+
+def test_extra_models_go_through_the_same_queue_and_checks(limited_server, gallery_dir, gallery_files, png_bomb):
+    """An extra model (here the embedder served as any SavedModel) shares the bounded queue: a burst of
+    40 gets 200s and 429s only; its answer equals the embedder's; its encoded images are header-checked."""
+    url = limited_server["url"]
+    image = b64(_image(gallery_dir, gallery_files))
+    body = {"instances": [{"image_bytes": image, "modality": "visible"}]}
+    expected = requests.post(url + "/v1/models/kdem:predict", json=body, timeout=120).json()["predictions"]
+    got = requests.post(url + f"/v1/models/{EXTRA_MODEL}:predict", json=body, timeout=120).json()["predictions"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    def call(_):
+        with requests.Session() as session:
+            return session.post(url + f"/v1/models/{EXTRA_MODEL}:predict", json=body, timeout=120).status_code
+
+    codes = _burst(40, call)
+    assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 1, codes
+    bomb = {"instances": [{"image_bytes": b64(png_bomb), "modality": "visible"}]}
+    response = requests.post(url + f"/v1/models/{EXTRA_MODEL}:predict", json=bomb, timeout=30)
+    assert response.status_code == 400 and "12000x12000" in response.json()["error"]
