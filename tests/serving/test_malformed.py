@@ -161,3 +161,44 @@ def test_an_internal_failure_is_a_500_with_a_request_id_and_one_logged_traceback
     logged = [r for r in caplog.records if r.exc_info]
     assert len(logged) == 1 and request_id in logged[0].getMessage()
     assert isinstance(logged[0].exc_info[1], RuntimeError)
+
+
+def test_an_internal_grpc_failure_is_internal_with_a_request_id(model_base, gallery_dir, gallery_files, caplog,
+                                                               monkeypatch):
+    """A real ServingCore and gRPC server in this process; the core's predict made to fail as a bug would."""
+    from serving.server.audit import NoAudit
+    from serving.server.auth import OpenAccess
+    from serving.server.core import ServingCore
+    from serving.server.grpc_service import start_grpc_server
+
+    core = ServingCore(model_base)
+    core.load()
+
+    async def broken_predict(*args, **kwargs):
+        raise RuntimeError("a bug in the server, not the client's mistake")
+
+    monkeypatch.setattr(core, "predict", broken_predict)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "kdem"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([_image(gallery_dir, gallery_files)]))
+    request.inputs["modality"].CopyFrom(tf.make_tensor_proto(["visible"]))
+
+    async def main():
+        await core.start()
+        server, port = await start_grpc_server(core, OpenAccess(), NoAudit(), "127.0.0.1", 0)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.Predict(request, timeout=30)
+                return error.value
+        finally:
+            await server.stop(1)
+            await core.stop()
+
+    with caplog.at_level(logging.ERROR):
+        error = asyncio.run(main())
+    assert error.code() == grpc.StatusCode.INTERNAL and error.details().startswith("internal error (request id ")
+    request_id = error.details().split("request id ")[1].rstrip(")")
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1 and request_id in logged[0].getMessage()
