@@ -25,15 +25,18 @@ class MicroBatcher:
         window_ms: how long the first request of a batch waits for company.
         max_batch: most items (images) per call; a larger request runs alone.
         max_queue: most requests waiting for a batch.
+        max_queue_images: most items (images) waiting, counted from their reservation.
     """
 
-    def __init__(self, run: Callable, window_ms: float = 5.0, max_batch: int = 32, max_queue: int = 64):
+    def __init__(self, run: Callable, window_ms: float = 5.0, max_batch: int = 32, max_queue: int = 64,
+                 max_queue_images: int = 1 << 30):
         if max_queue < 1 or max_batch < 1:
             raise ValueError(f"max_queue and max_batch must be >= 1, got {max_queue}, {max_batch}")
         self.run = run
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_queue_images = max_queue_images
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batch")
         self.queue: Optional[asyncio.Queue] = None
         self._carry = None
@@ -43,6 +46,7 @@ class MicroBatcher:
         self.shed = 0     # requests refused because the queue was full
         self.dropped = 0  # requests whose caller had gone before their batch ran
         self.computed = 0  # items (images) sent to the model
+        self.waiting_images = 0  # items reserved or queued, not yet taken into a batch
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -53,22 +57,41 @@ class MicroBatcher:
             self._task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, key, inputs, size: int, deadline: Optional[float] = None):
+    def reserve(self, size: int, admitted: bool = False) -> None:
+        """Takes a place for one request of `size` items, or fails at once with RESOURCE_EXHAUSTED.
+
+        admitted: the request passed the bounds already (the index search after its query's embedding):
+        counted, never refused."""
+        full = self.waiting >= self.max_queue or (self.waiting and self.waiting_images + size > self.max_queue_images)
+        if full and not admitted:
+            self.shed += 1
+            raise exhausted(f"server overloaded: {self.waiting} requests ({self.waiting_images} images) already "
+                            f"queued (--max-queue {self.max_queue}, --max-queue-images {self.max_queue_images}); "
+                            f"retry later")
+        self.waiting += 1
+        self.waiting_images += size
+
+    def release(self, size: int) -> None:
+        """Gives back a reservation whose request never reached the queue (bad input, caller gone)."""
+        self.waiting -= 1
+        self.waiting_images -= size
+
+    async def submit(self, key, inputs, size: int, deadline: Optional[float] = None, reserved: bool = False):
         """Queues one request (`size` items, all of batch key `key`) and awaits its outputs.
 
         Args:
             deadline: event-loop time (`loop.time()`) after which nobody waits for the answer.
+            reserved: its place was taken with `reserve` (given back here if it cannot be queued).
         """
         loop = asyncio.get_running_loop()
         if deadline is not None and loop.time() >= deadline:
+            if reserved:
+                self.release(size)
             self.dropped += 1
             raise deadline_exceeded("deadline passed before the request reached the batch queue")
-        if self.waiting >= self.max_queue:
-            self.shed += 1
-            raise exhausted(f"server overloaded: {self.waiting} requests already queued (--max-queue "
-                            f"{self.max_queue}); retry later")
+        if not reserved:
+            self.reserve(size)
         future = loop.create_future()
-        self.waiting += 1
         self.queue.put_nowait((key, inputs, size, future, deadline))
         return await future  # cancelling the caller cancels the future: the batch loop skips it
 
@@ -77,12 +100,9 @@ class MicroBatcher:
         while True:
             if self._carry is not None:
                 item, self._carry = self._carry, None
-            elif timeout is None:
-                item = await self.queue.get()
-                self.waiting -= 1
             else:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
-                self.waiting -= 1
+                item = await (self.queue.get() if timeout is None else asyncio.wait_for(self.queue.get(), timeout))
+                self.release(item[2])
             if self._live(item):
                 return item
             self.dropped += 1
@@ -104,7 +124,7 @@ class MicroBatcher:
             first = await self._next(None)
             items, size = [first], first[2]
             deadline = loop.time() + self.window
-            while size < self.max_batch:
+            while size < self.max_batch and not isinstance(first[0], SoloCall):  # a solo call waits for nobody
                 try:
                     item = await self._next(max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
@@ -122,7 +142,8 @@ class MicroBatcher:
             del self.batch_sizes[:-1000]
             self.computed += self.batch_sizes[-1]
             try:
-                outputs = await loop.run_in_executor(self.executor, self.run, first[0], [i[1] for i in live])
+                run = run_alone if isinstance(first[0], SoloCall) else self.run
+                outputs = await loop.run_in_executor(self.executor, run, first[0], [i[1] for i in live])
                 for item, output in zip(live, outputs):
                     if not item[3].done():
                         item[3].set_result(output)
@@ -130,6 +151,22 @@ class MicroBatcher:
                 for item in live:
                     if not item[3].done():
                         item[3].set_exception(e)
+
+
+class SoloCall:
+    """A batch key for work that is not batched (a signature called as is, an index search): a new
+    key per request, so it runs alone, in the batcher's thread, after its turn in the queue.
+
+    Args:
+        function: fn(inputs) -> outputs, called with the request's `inputs`.
+    """
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+
+def run_alone(key: SoloCall, requests: list) -> list:
+    return [key.function(inputs) for inputs in requests]
 
 
 def embed_batch(version, requests: list) -> list:

@@ -89,6 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="requests waiting for a batch; beyond, 429 / RESOURCE_EXHAUSTED at once")
     parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / (1 << 20))
     parser.add_argument("--max-instances", type=int, default=limits.max_instances)
+    parser.add_argument("--max-image-pixels", type=int, default=limits.max_image_pixels,
+                        help="decoded pixels per image, read from its header; more: 400")
+    parser.add_argument("--max-queue-images", type=int, default=limits.max_queue_images,
+                        help="images queued or being decoded; beyond, 429 / RESOURCE_EXHAUSTED at once")
+    parser.add_argument("--worker-threads", type=int, default=limits.worker_threads,
+                        help="threads that parse JSON bodies and decode images, off the event loop")
     args = parser.parse_args(argv)
     args.extra = _pairs(args.extra_model, parser, "--extra-model")
     args.labels = _pairs(args.version_label, parser, "--version-label", int)
@@ -116,7 +122,8 @@ async def serve(args: argparse.Namespace, auth) -> None:
     limits = ServingLimits(poll_seconds=args.poll_seconds, window_ms=args.batch_window_ms, max_batch=args.max_batch,
                            max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
                            max_instances=args.max_instances, audit_fsync=args.audit_fsync,
-                           audit_fsync_seconds=args.audit_fsync_seconds)
+                           audit_fsync_seconds=args.audit_fsync_seconds, max_image_pixels=args.max_image_pixels,
+                           max_queue_images=args.max_queue_images, worker_threads=args.worker_threads)
     core = ServingCore(args.model_base, args.model_name, args.index, args.extra, args.labels, limits)
     await asyncio.get_running_loop().run_in_executor(None, core.load)
     audit = (AuditLog(args.audit_log, fsync=limits.audit_fsync, fsync_interval_s=limits.audit_fsync_seconds)

@@ -8,6 +8,7 @@ and the same micro-batcher. Errors are `serving.server.errors.ServingError` with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,10 +17,12 @@ import tensorflow as tf
 
 from kdem_tf import tta
 from kdem_tf.image_contract import MODALITIES, ContractError, modality_index
-from kdem_tf.artifacts import IMAGES_SIGNATURE, SEARCH_SIGNATURE, SERVING_SIGNATURE
+from kdem_tf.artifacts import (FLIP_IMAGES_SIGNATURE, FLIP_SIGNATURE, IMAGES_SIGNATURE, SEARCH_SIGNATURE,
+                               SERVING_SIGNATURE)
 from serving.export import search_signature
-from serving.server.batching import MicroBatcher, embed_batch
+from serving.server.batching import MicroBatcher, SoloCall, embed_batch
 from serving.server.errors import ServingError, failed_precondition, invalid, not_found
+from serving.server.request_checks import check_image_pixels, check_k, excerpt
 from serving.server.settings import ServingLimits
 from serving.server.versions import LoadedVersion, ServedModel
 
@@ -51,7 +54,10 @@ class ServingCore:
         self.index_version: Optional[LoadedVersion] = None
         self.labels = dict(version_labels or {})
         self.limits = limits
-        self.batcher = MicroBatcher(embed_batch, limits.window_ms, limits.max_batch, limits.max_queue)
+        self.batcher = MicroBatcher(embed_batch, limits.window_ms, limits.max_batch, limits.max_queue,
+                                    limits.max_queue_images)
+        # JSON bodies and image decoding: off the event loop, in a bounded pool (the model has its own thread)
+        self.workers = concurrent.futures.ThreadPoolExecutor(limits.worker_threads, thread_name_prefix="worker")
         self._poller = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -80,6 +86,11 @@ class ServingCore:
         if self._poller:
             self._poller.cancel()
         await self.batcher.stop()
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    async def in_worker(self, function, *args):
+        """function(*args) in the bounded worker pool (JSON parsing, image decoding)."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, function, *args)
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,7 +111,7 @@ class ServingCore:
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
-            raise not_found(f"Servable not found for request: Latest({name})")
+            raise not_found(f"Servable not found for request: Latest({excerpt(name, self.limits.max_echo_chars)})")
         return self.models[name]
 
     def resolve(self, name: str, version: Optional[int] = None, label: Optional[str] = None,
@@ -109,7 +120,7 @@ class ServingCore:
         served = self.model(name)
         if label:
             if name != self.model_name or label not in self.labels:
-                raise invalid(f"Unrecognized servable version label: {label}")
+                raise invalid(f"Unrecognized servable version label: {excerpt(label, self.limits.max_echo_chars)}")
             version = self.labels[label]
         if signature == SEARCH_SIGNATURE and name == self.model_name:
             loaded = self.search_version()
@@ -136,7 +147,8 @@ class ServingCore:
         if signature == SEARCH_SIGNATURE and loaded.embedder is not None and self.index is not None:
             return search_signature.INPUT_SPECS
         if signature not in loaded.input_specs:
-            raise not_found(f"Serving signature name: \"{signature}\" not found in signature def")
+            raise not_found(f"Serving signature name: {excerpt(signature, self.limits.max_echo_chars)} "
+                            f"not found in signature def")
         return loaded.input_specs[signature]
 
     # ------------------------------------------------------------------ computation
@@ -153,16 +165,22 @@ class ServingCore:
         if batch > self.limits.max_instances:
             raise invalid(f"batch of {batch}: at most {self.limits.max_instances} per request")
         if signature == SEARCH_SIGNATURE and loaded.embedder is not None:
-            k = int(inputs["k"])
+            k = check_k(inputs["k"][()], self.limits.max_k, "input 'k'")
             _, results = await self.search(list(inputs["image_bytes"]), list(inputs["modality"]),
                                            [k] * len(inputs["image_bytes"]), deadline)
             return search_signature.search_outputs(results)
-        if loaded.embedder is not None and signature in (SERVING_SIGNATURE, IMAGES_SIGNATURE):
-            encoded = signature == SERVING_SIGNATURE
+        embedder_signatures = (SERVING_SIGNATURE, IMAGES_SIGNATURE, FLIP_SIGNATURE, FLIP_IMAGES_SIGNATURE)
+        if loaded.embedder is not None and signature in embedder_signatures:
+            encoded = signature in (SERVING_SIGNATURE, FLIP_SIGNATURE)
             images = inputs["image_bytes" if encoded else "images"]
-            return {"embedding": await self.embed(loaded, images, list(inputs["modality"]), encoded, deadline)}
-        return await asyncio.get_running_loop().run_in_executor(None, run_signature, loaded.signatures[signature],
-                                                                inputs)
+            flip = signature in (FLIP_SIGNATURE, FLIP_IMAGES_SIGNATURE)
+            return {"embedding": await self.embed(loaded, images, list(inputs["modality"]), encoded, deadline, flip)}
+        for name, values in inputs.items():  # encoded images of other models (e.g. the retrieval model) too
+            if name.endswith("image_bytes") and values.dtype == object:
+                check_image_pixels(values.reshape(-1), self.limits.max_image_pixels, name)
+        function = loaded.signatures[signature]  # any other signature: alone, through the same queue and thread
+        return await self.batcher.submit(SoloCall(lambda given: run_signature(function, given)), inputs, batch,
+                                         deadline)
 
     async def embed(self, loaded: LoadedVersion, images_or_bytes, modalities: Sequence, encoded: bool,
                     deadline: Optional[float] = None, flip: bool = False) -> np.ndarray:
@@ -170,27 +188,40 @@ class ServingCore:
 
         flip: flip test-time augmentation (kdem_tf.tta), for an index built with `--flip`: the
         images and their mirrors go through the batcher together, L2(e(x) + e(mirror(x)))."""
-        modalities = check_modalities(modalities)
+        modalities = check_modalities(modalities, limit=self.limits.max_echo_chars)
+        if not len(images_or_bytes):
+            raise invalid("no images in the request: at least one")
         if len(modalities) != len(images_or_bytes):
             raise invalid(f"{len(images_or_bytes)} images but {len(modalities)} modalities")
         if encoded:
-            def decode_all():
-                try:
-                    return np.stack([loaded.embedder.decode(b) for b in images_or_bytes])
-                except tf.errors.OpError as e:
-                    raise invalid(f"image_bytes: not a decodable JPEG/PNG/BMP image: {short_error(e)}") from None
+            check_image_pixels(images_or_bytes, self.limits.max_image_pixels)
+        size = len(images_or_bytes) * (2 if flip else 1)
+        self.batcher.reserve(size)  # before decoding: 429 at once under overload, decoding bounded too
+        queued = False
+        try:
+            images = await self.decode(loaded, images_or_bytes) if encoded else np.asarray(images_or_bytes,
+                                                                                             np.float32)
+            if flip:
+                images, modalities = np.concatenate([images, images[:, :, ::-1]]), modalities + modalities
+            queued = True
+            out = await self.batcher.submit(loaded, (images, modalities), size, deadline, reserved=True)
+        finally:
+            if not queued:
+                self.batcher.release(size)
+        return tta.combine_flip(out[:size // 2], out[size // 2:]) if flip else out
+
+    async def decode(self, loaded: LoadedVersion, images: Sequence[bytes]) -> np.ndarray:
+        """Encoded images -> float32 [N, H, W, 3] with the version's contract, in the worker pool."""
+        def decode_all():
             try:
-                images = await asyncio.get_running_loop().run_in_executor(None, decode_all)
-            except asyncio.CancelledError:  # the caller went away while its images were decoded
-                self.batcher.dropped += 1
-                raise
-        else:
-            images = np.asarray(images_or_bytes, np.float32)
-        if not flip:
-            return await self.batcher.submit(loaded, (images, modalities), len(images), deadline)
-        both = np.concatenate([images, images[:, :, ::-1]])
-        out = await self.batcher.submit(loaded, (both, modalities + modalities), len(both), deadline)
-        return tta.combine_flip(out[:len(images)], out[len(images):])
+                return np.stack([loaded.embedder.decode(b) for b in images])
+            except tf.errors.OpError as e:
+                raise invalid(f"image_bytes: not a decodable JPEG/PNG/BMP image: {short_error(e)}") from None
+        try:
+            return await self.in_worker(decode_all)
+        except asyncio.CancelledError:  # the caller went away while its images were decoded
+            self.batcher.dropped += 1
+            raise
 
     async def search(self, images: List[bytes], modalities: Sequence, ks: List[int],
                      deadline: Optional[float] = None) -> Tuple[LoadedVersion, list]:
@@ -198,26 +229,26 @@ class ServingCore:
         loaded = self.search_version()
         if not images or len(images) > self.limits.max_instances:
             raise invalid(f"between 1 and {self.limits.max_instances} queries per request")
-        for i, k in enumerate(ks):
-            if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= self.limits.max_k:
-                raise invalid(f"query {i}: k must be an integer in 1..{self.limits.max_k}")
+        ks = [check_k(k, self.limits.max_k, f"query {i}", self.limits.max_echo_chars) for i, k in enumerate(ks)]
         embeddings = await self.embed(loaded, images, modalities, encoded=True, deadline=deadline,
                                       flip=bool(self.index.manifest.get("flip")))
-        indices, scores = await asyncio.get_running_loop().run_in_executor(None, self.index.search, embeddings,
-                                                                           max(ks))
+        index = self.index  # the search too goes through the queue and the model's thread, not refused now
+        self.batcher.reserve(len(images), admitted=True)
+        indices, scores = await self.batcher.submit(SoloCall(lambda queries: index.search(queries, max(ks))),
+                                                    embeddings, len(images), deadline, reserved=True)
         results = self.index.results(indices, scores)
         return loaded, [row[:k] for row, k in zip(results, ks)]
 
 
-def check_modalities(values, name: str = "modality") -> List[str]:
+def check_modalities(values, name: str = "modality", limit: int = 64) -> List[str]:
     """Modality names (str or bytes) -> str, INVALID_ARGUMENT for a name outside the image contract."""
     out = []
     for i, value in enumerate(values):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         try:
             modality_index(text, f"{name}[{i}]")
-        except ContractError as e:
-            raise invalid(str(e)) from None
+        except ContractError:
+            raise invalid(f"{name}[{i}]: must be one of {list(MODALITIES)}, got {excerpt(text, limit)}") from None
         out.append(text)
     return out
 

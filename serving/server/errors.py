@@ -1,6 +1,7 @@
 """Serving errors with TF status codes, mapped to HTTP (REST) and gRPC statuses; no TensorFlow import."""
 from __future__ import annotations
 
+import uuid
 from typing import Optional
 
 # TF Serving's mapping of TF status codes to HTTP statuses (http_rest_api_handler).
@@ -46,3 +47,8 @@ def unauthenticated(message: str) -> ServingError:
 
 def deadline_exceeded(message: str) -> ServingError:
     return ServingError("DEADLINE_EXCEEDED", message)
+
+
+def new_request_id() -> str:
+    """The id that ties an internal failure's answer (500 / INTERNAL) to its traceback in the log."""
+    return uuid.uuid4().hex[:16]

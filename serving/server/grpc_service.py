@@ -32,7 +32,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
 from serving.server.core import ServingCore, check_inputs
-from serving.server.errors import ServingError, invalid
+from serving.server.errors import ServingError, invalid, new_request_id
+from serving.server.request_checks import excerpt, tensor_arrays
 
 log = logging.getLogger("serving")
 METADATA_FIELD = "signature_def"
@@ -46,17 +47,6 @@ def _label_of(spec) -> Optional[str]:
     if spec.HasField("version") and spec.version_label:
         raise invalid("model_spec: give version or version_label, not both")
     return spec.version_label or None
-
-
-def _arrays(inputs) -> dict:
-    """Predict request's TensorProtos -> numpy arrays (INVALID_ARGUMENT when malformed)."""
-    arrays = {}
-    for name, proto in inputs.items():
-        try:
-            arrays[name] = tf.make_ndarray(proto)
-        except (TypeError, ValueError) as e:
-            raise invalid(f"input {name!r}: malformed TensorProto: {e}") from None
-    return arrays
 
 
 class _Base:
@@ -90,7 +80,8 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         try:
             loaded = self.core.resolve(spec.name, _version_of(spec), _label_of(spec), signature)
             entry["version"] = loaded.version
-            inputs = check_inputs(_arrays(request.inputs), self.core.input_specs(loaded, signature))
+            specs = self.core.input_specs(loaded, signature)  # declared sizes checked before any expansion
+            inputs = check_inputs(tensor_arrays(request.inputs, specs, self.core.limits.max_instances), specs)
             entry["instances"] = max((len(a) for a in inputs.values() if a.ndim > 0), default=1)
             wanted = list(request.output_filter)
             remaining = context.time_remaining()
@@ -98,7 +89,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             outputs = await self.core.predict(loaded, signature, inputs, deadline)
             unknown = sorted(set(wanted) - set(outputs))
             if unknown:
-                raise invalid(f"output tensor alias not found in signature: {unknown[0]}")
+                raise invalid(f"output tensor alias not found in signature: {excerpt(unknown[0])}")
             if signature == SEARCH_SIGNATURE:
                 entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
                              person_ids=outputs["person_ids"].tolist())
@@ -115,9 +106,11 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
-        except Exception:
-            status = "UNKNOWN"  # what grpc.aio answers for an exception it did not expect
-            raise
+        except Exception as error:  # noqa: BLE001  an internal failure: INTERNAL with a request id
+            status = "INTERNAL"
+            request_id = new_request_id()
+            log.error("internal error, request %s (gRPC Predict)", request_id, exc_info=error)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
         finally:
             self.audit.record(transport="grpc", token_name=who, client=context.peer(), status=status,
                               latency_ms=round((time.perf_counter() - start) * 1000, 3), **entry)
@@ -130,7 +123,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
                 raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
             for field in fields:
                 if field != METADATA_FIELD:
-                    raise invalid(f"Metadata field {field} is not supported")
+                    raise invalid(f"Metadata field {excerpt(field)} is not supported")
             spec = request.model_spec
             loaded = self.core.resolve(spec.name, _version_of(spec), _label_of(spec))
         except ServingError as e:

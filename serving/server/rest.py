@@ -11,25 +11,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from typing import Dict, Tuple
 
 import numpy as np
+import orjson
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from kdem_tf.artifacts import SAVED_MODEL_FILE
 from serving.server.errors import invalid
+from serving.server.request_checks import check_json_depth, check_json_numbers, excerpt
+
+PREDICT_FIELDS = ("signature_name", "instances", "inputs")
 
 
-def parse_json(body: bytes, object_only: bool = True):
-    """Request body -> JSON value (400 when malformed, or not an object when `object_only`)."""
+def parse_json(body: bytes, object_only: bool = True, max_depth: int = 16):
+    """Request body -> JSON value: strict JSON (no NaN/Infinity), nested at most `max_depth` deep
+    (400 when malformed, or not an object when `object_only`)."""
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise invalid(f"JSON Parse error: {e}") from None
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise invalid(f"JSON Parse error: {excerpt(str(e), 200)}") from None
+    check_json_depth(value, max_depth)
     if object_only and not isinstance(value, dict):
         raise invalid("JSON Value: request body must be a JSON object")
     return value
@@ -44,7 +49,7 @@ def decode_string(value, name: str) -> bytes:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError) as e:
             raise invalid(f"input {name!r}: unable to base64 decode: {e}") from None
-    raise invalid(f"input {name!r}: expected a string or {{\"b64\": ...}}, got {type(value).__name__}")
+    raise invalid(f"input {name!r}: expected a string or {{\"b64\": ...}}, got {excerpt(value)}")
 
 
 def _strings(value, name: str):
@@ -61,8 +66,7 @@ def to_array(value, spec: tf.TensorSpec, name: str) -> np.ndarray:
             array = np.empty(np.shape(strings) if isinstance(strings, list) else (), dtype=object)
             array[...] = strings if isinstance(strings, list) else strings
         else:
-            if _has_type(value, (str, dict)):
-                raise ValueError("strings or objects in a numeric tensor")
+            check_json_numbers(value, spec.dtype, name)  # no silent coercion (1.5 -> 1, true -> 1, overflow)
             array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
     except ValueError as e:  # ragged lists, non-numeric values
         raise invalid(f"input {name!r}: cannot convert to {spec.dtype.name}: {e}") from None
@@ -73,12 +77,6 @@ def to_array(value, spec: tf.TensorSpec, name: str) -> np.ndarray:
     return array
 
 
-def _has_type(value, types) -> bool:
-    if isinstance(value, list):
-        return any(_has_type(v, types) for v in value)
-    return isinstance(value, types)
-
-
 def parse_predict(body: dict, specs: Dict[str, tf.TensorSpec], max_instances: int) -> Tuple[dict, bool]:
     """A predict request body -> ({input name: array}, row_format).
 
@@ -87,6 +85,10 @@ def parse_predict(body: dict, specs: Dict[str, tf.TensorSpec], max_instances: in
         specs: the signature's inputs.
         max_instances: largest batch accepted.
     """
+    unknown = sorted(set(body) - set(PREDICT_FIELDS))
+    if unknown:
+        raise invalid(f"JSON Value: unknown field {excerpt(unknown[0])}: a predict request holds "
+                      f"{list(PREDICT_FIELDS)}")
     if ("instances" in body) == ("inputs" in body):
         raise invalid("JSON Value: request must hold exactly one of 'instances' (row) or 'inputs' (columnar)")
     names = sorted(specs)
@@ -101,7 +103,8 @@ def parse_predict(body: dict, specs: Dict[str, tf.TensorSpec], max_instances: in
             if len(names) == 1 and not (isinstance(instance, dict) and set(instance) == set(names)):
                 instance = {names[0]: instance}  # a bare value for a one-input signature
             if not isinstance(instance, dict) or set(instance) != set(names):
-                raise invalid(f"instance {i}: expected an object with exactly the inputs {names}")
+                raise invalid(f"instance {i}: expected an object with exactly the inputs {names}, got "
+                              f"{excerpt(sorted(instance) if isinstance(instance, dict) else instance)}")
             for name in names:
                 columns[name].append(instance[name])
         return {name: to_array(columns[name], specs[name], name) for name in names}, True
@@ -109,7 +112,8 @@ def parse_predict(body: dict, specs: Dict[str, tf.TensorSpec], max_instances: in
     if len(names) == 1 and not (isinstance(inputs, dict) and set(inputs) == set(names)):
         inputs = {names[0]: inputs}
     if not isinstance(inputs, dict) or set(inputs) != set(names):
-        raise invalid(f"'inputs' must be an object with exactly the inputs {names}")
+        raise invalid(f"'inputs' must be an object with exactly the inputs {names}, got "
+                      f"{excerpt(sorted(inputs) if isinstance(inputs, dict) else inputs)}")
     arrays = {name: to_array(inputs[name], specs[name], name) for name in names}
     batch = {a.shape[0] for a in arrays.values() if a.ndim > 0}
     if len(batch) > 1:

@@ -33,6 +33,8 @@ from serving.server.auth import READER, PermissionDenied
 from serving.server.core import ServingCore
 from serving.server.errors import ServingError, invalid
 from serving.server.rest_audit import audit_entry
+from serving.server.request_checks import check_k, excerpt, parse_version
+from serving.server.rest_errors import InternalErrors
 from serving.server.rest import (decode_string, format_predict, model_status, parse_json, parse_predict,
                                  signature_defs_json)
 
@@ -46,12 +48,7 @@ def json_response(value, status: int = 200, headers: Optional[dict] = None) -> R
                     media_type="application/json", headers=headers)
 
 
-def parse_version(text: Optional[str]) -> Optional[int]:
-    if text is None:
-        return None
-    if not text.isdigit():
-        raise invalid(f"Malformed request: version {text!r} is not a number")
-    return int(text)
+SEARCH_FIELDS = ("image", "modality", "k")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -130,12 +127,7 @@ def add_error_handlers(app: FastAPI) -> None:
     async def validation_error(request, error: RequestValidationError):
         audit_entry(request)["status"] = "INVALID_ARGUMENT"
         return json_response({"error": str(error)}, 400)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, error: Exception):
-        log.exception("internal error")
-        audit_entry(request)["status"] = "INTERNAL"
-        return json_response({"error": f"internal error: {type(error).__name__}: {error}"}, 500)
+    app.add_middleware(InternalErrors)  # anything else: 500 with a request id, its traceback logged once
 
 
 class RequestGate:
@@ -194,7 +186,8 @@ def add_health_routes(app: FastAPI, core: ServingCore, audit) -> None:
             "index": None if index is None else {"count": len(index),
                                                  "model_version": index.manifest.get("model_version")},
             "queue": {"waiting": batcher.waiting, "max": batcher.max_queue, "shed": batcher.shed,
-                      "dropped": batcher.dropped, "computed": batcher.computed},
+                      "dropped": batcher.dropped, "computed": batcher.computed,
+                      "waiting_images": batcher.waiting_images, "max_images": batcher.max_queue_images},
             "audit": audit.stats(), "batch_sizes": batcher.batch_sizes[-20:]})
 
     @app.get("/readyz")
@@ -228,17 +221,20 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     @app.post("/v1/models/{name}/versions/{version}:predict")
     @app.post("/v1/models/{name}/labels/{label}:predict")
     async def predict(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        gate.principal(request, name)
-        body = parse_json(await read_body(request, limits.max_body_bytes))
+        who = gate.principal(request, name)
+        version_number = parse_version(version)
+        body = await core.in_worker(parse_json, await read_body(request, limits.max_body_bytes), True,
+                                    limits.max_json_depth)
         signature = body.get("signature_name") or SERVING_SIGNATURE
         audit_entry(request)["signature"] = signature
         if not isinstance(signature, str):
-            raise invalid("signature_name must be a string")
+            raise invalid(f"signature_name must be a string, got {excerpt(signature, limits.max_echo_chars)}")
 
         async def work(entry):
-            loaded = core.resolve(name, parse_version(version), label, signature)
+            loaded = core.resolve(name, version_number, label, signature)
             entry["version"] = loaded.version
-            inputs, row_format = parse_predict(body, core.input_specs(loaded, signature), limits.max_instances)
+            inputs, row_format = await core.in_worker(parse_predict, body, core.input_specs(loaded, signature),
+                                                      limits.max_instances)
             entry["instances"] = max((len(a) for a in inputs.values() if a.ndim > 0), default=1)
             outputs = await core.predict(loaded, signature, inputs)
             if signature == SEARCH_SIGNATURE:
@@ -254,15 +250,23 @@ def add_search_route(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     async def search(request: Request, name: str):
         gate.principal(request, name)
         core.resolve(name, signature=SEARCH_SIGNATURE)  # 404 / FAILED_PRECONDITION first
-        queries = parse_json(await read_body(request, core.limits.max_body_bytes), object_only=False)
+        limits = core.limits
+        queries = await core.in_worker(parse_json, await read_body(request, limits.max_body_bytes), False,
+                                       limits.max_json_depth)
         queries = queries if isinstance(queries, list) else [queries]
+        if not queries or len(queries) > limits.max_instances:
+            raise invalid(f"between 1 and {limits.max_instances} queries per request, got {len(queries)}")
         images, modalities, ks = [], [], []
         for i, query in enumerate(queries):
-            if not isinstance(query, dict) or "image" not in query or "modality" not in query:
-                raise invalid(f"query {i}: expected {{\"image\": {{\"b64\": ...}}, \"modality\": ..., \"k\": ...}}")
-            images.append(decode_string(query["image"], "image"))
+            unknown = sorted(set(query) - set(SEARCH_FIELDS)) if isinstance(query, dict) else []
+            if not isinstance(query, dict) or "image" not in query or "modality" not in query or unknown:
+                raise invalid(f"query {i}: expected {{\"image\": {{\"b64\": ...}}, \"modality\": ..., \"k\": ...}}"
+                              + (f", got the unknown field {excerpt(unknown[0], limits.max_echo_chars)}"
+                                 if unknown else ""))
+            ks.append(check_k(query.get("k", 10), limits.max_k, f"query {i}", limits.max_echo_chars))
             modalities.append(query["modality"])
-            ks.append(query.get("k", 10))
+            images.append(query["image"])
+        images = await core.in_worker(lambda: [decode_string(image, "image") for image in images])
 
         async def work(entry):
             entry.update(instances=len(images), k=ks[0] if len(set(map(str, ks))) == 1 else ks)

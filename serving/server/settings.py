@@ -16,3 +16,9 @@ class ServingLimits:
     max_k: int = 1000                # search results per query
     audit_fsync: str = "interval"    # "every": fsync each audit line; "interval": at most audit_fsync_seconds late
     audit_fsync_seconds: float = 1.0
+    # Per-request resource bounds (docs/serving.md "Limits"); all checked before any large allocation.
+    max_image_pixels: int = 4096 * 4096  # decoded pixels per image, read from the PNG/JPEG/BMP header first
+    max_queue_images: int = 1024     # images queued or being decoded; beyond, 429 (one request alone always fits)
+    worker_threads: int = 2          # the pool that parses JSON bodies and decodes images, off the event loop
+    max_json_depth: int = 16         # nesting of a REST body ([[[[...]]]] images need 5)
+    max_echo_chars: int = 64         # at most this much of an offending value is echoed in an error message

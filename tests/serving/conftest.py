@@ -206,3 +206,47 @@ def secure_server(model_base, index_dir, tls_files, tmp_path_factory):
         yield dict(server, tokens_file=str(tokens_file), audit_log=str(audit_log), ca_cert=tls_files[0])
     finally:
         stop_server(server)
+
+
+LIMITED_MAX_QUEUE = 4
+LIMITED_MAX_QUEUE_IMAGES = 16
+EXTRA_MODEL = "copy"  # the embedder's base path served again as an extra model: a generic SavedModel
+
+
+@pytest.fixture(scope="session")
+def limited_server(model_base, index_dir, tmp_path_factory):
+    """A live server with tight bounds for tests/serving/test_limits.py and test_malformed.py:
+    --max-queue 4 requests, --max-queue-images 16, 16 instances, batches of 8, a 200 ms batch window
+    (bursts queue up behind it); default --max-image-pixels; the embedder again as the extra model
+    EXTRA_MODEL (run as any SavedModel: one signature call per request). Its log ("log") is read for tracebacks."""
+    server = start_server(["--model-base", model_base, "--index", index_dir, "--max-queue", LIMITED_MAX_QUEUE,
+                           "--max-queue-images", LIMITED_MAX_QUEUE_IMAGES, "--max-instances", "16",
+                           "--max-batch", "8", "--batch-window-ms", "200", "--max-body-mb", "4",
+                           "--extra-model", f"{EXTRA_MODEL}={model_base}"],
+                          tmp_path_factory.mktemp("limited"))
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/<pid>/status (VmRSS, in kB)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def grpc_codes(futures) -> list:
+    """The grpc.StatusCode of each call (futures of `stub.Predict.future`), waiting for all."""
+    import grpc
+    codes = []
+    for future in futures:
+        try:
+            future.result()
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as e:
+            codes.append(e.code())
+    return codes

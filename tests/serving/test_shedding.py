@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.client.rest_client import b64
+from tests.serving.conftest import grpc_codes
 
 BURST = 48
 
@@ -51,14 +52,7 @@ def test_grpc_overload_gets_only_resource_exhausted(server, gallery_dir, gallery
     with grpc.insecure_channel(server["grpc"]) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         stub.Predict(request, timeout=60)  # connected and warm
-        futures = [stub.Predict.future(request, timeout=60) for _ in range(BURST)]
-        codes = []
-        for future in futures:
-            try:
-                future.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as e:
-                codes.append(e.code())
+        codes = grpc_codes([stub.Predict.future(request, timeout=60) for _ in range(BURST)])
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
         assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
         assert stub.Predict(request, timeout=60).outputs["embedding"].tensor_shape.dim[0].size == 1
@@ -94,13 +88,7 @@ def test_a_grpc_call_past_its_deadline_is_dropped_before_compute(server, gallery
         followers = [stub.Predict.future(short_request, timeout=long_seconds / 2) for _ in range(4)]
         for future in leaders:
             future.result()
-        codes = []
-        for future in followers:
-            try:
-                future.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as e:
-                codes.append(e.code())
+        codes = grpc_codes(followers)
     assert grpc.StatusCode.DEADLINE_EXCEEDED in codes, (codes, long_seconds)
     after = requests.get(server["url"] + "/healthz").json()["queue"]
     dropped = after["dropped"] - before["dropped"]
