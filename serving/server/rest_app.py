@@ -221,7 +221,7 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     @app.post("/v1/models/{name}/versions/{version}:predict")
     @app.post("/v1/models/{name}/labels/{label}:predict")
     async def predict(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        who = gate.principal(request, name)
+        gate.principal(request, name)
         version_number = parse_version(version)
         body = await core.in_worker(parse_json, await read_body(request, limits.max_body_bytes), True,
                                     limits.max_json_depth)
