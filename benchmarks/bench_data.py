@@ -95,12 +95,13 @@ def bench_train_step(image_size, identities: int, instances: int, steps: int, re
     median of `repeats` timings of `steps` steps each."""
     import numpy as np
     import tensorflow as tf
+    from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
     from kdem_tf.model.optim import build_optimizer
     from kdem_tf.model.trainer import KDEMTrainer
 
     pairs = identities * instances  # per step
-    train_model, _ = build_kdem_models(num_classes=identities, image_size=image_size)
+    train_model, _ = build_kdem_models(ModelConfig(backbone_weights="none"), identities, image_size)
     setup = build_optimizer(steps_per_epoch=10)
     trainer = KDEMTrainer(train_model, backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
     trainer.compile(optimizer=setup.optimizer)

@@ -106,8 +106,8 @@ def random_tfrecords(work: str, image_size, per_modality: int = 16) -> str:
 def export_variants(run_dir: str, work: str, calibration: str, bf16_run=None, both_modalities=False) -> dict:
     """{variant: path}: SavedModel(s) and TFLite folders of one run."""
     from kdem_tf.evaluation.tflite_embedder import QUANTIZATIONS
-    from serving.export import export_embedder
-    from serving.tflite_export import export_run_tflite
+    from serving.export.saved_model import export_embedder
+    from serving.export.tflite import export_run_tflite
     modalities = ("visible", "infrared") if both_modalities else ("infrared",)
     variants = {"saved_model_float32": export_embedder(run_dir, os.path.join(work, "sm_float32"))}
     if bf16_run:
@@ -133,7 +133,7 @@ def measure(variant: str, path: str, image_size, batch: int, seconds: float) -> 
         def call():
             embedder.embed_images(images, "infrared")
     else:
-        from serving.embedder import Embedder
+        from serving.export.embedder import Embedder
         embedder = Embedder(path)
         floats = images.astype(np.float32)
 
@@ -182,7 +182,7 @@ def evaluate_variant(path: str, data_root: str, work: str, name: str) -> dict:
 
 
 def bench_size(image_size, work: str, args) -> dict:
-    from serving.export import load_run
+    from serving.export.run_folder import load_run
     bf16 = cpu_has_bf16()
     if args.demo_run:
         run_dir = args.demo_run
@@ -219,8 +219,8 @@ def bench_size(image_size, work: str, args) -> dict:
 
 def worst_int8_layers(run_dir: str, calibration: str, count: int = 8) -> list:
     """The fully quantised infrared model's largest per-op errors (TFLite's quantisation debugger)."""
-    from serving.export import load_run
-    from serving.tflite_export import (ModalityEmbedder, calibration_images, find_embedder_parts, int8_layer_errors,
+    from serving.export.run_folder import load_run
+    from serving.export.tflite import (ModalityEmbedder, calibration_images, find_embedder_parts, int8_layer_errors,
                                        load_contract)
     model, run_info = load_run(run_dir)
     contract = load_contract(run_dir, run_info)

@@ -61,7 +61,7 @@ def exact_search(gallery, queries, k: int = 10, batch: int = 128):
 
 def scann_search(gallery, queries, k: int = 10):
     """ScaNN with auto parameters -> (indices, queries/s, build seconds, params)."""
-    from serving.index import auto_params, build_searcher
+    from serving.export.gallery_index import auto_params, build_searcher
     params = auto_params(len(gallery))
     start = time.perf_counter()
     searcher = build_searcher(gallery, params, k=k)

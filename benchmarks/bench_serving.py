@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_model_base(run_dir, image_size, work: str) -> str:
-    from serving.export import export_embedder
+    from serving.export.saved_model import export_embedder
     base = os.path.join(work, "models", "kdem")
     if run_dir:
         export_embedder(run_dir, base)
@@ -67,7 +67,7 @@ def make_images(image_size, count: int = 32) -> list:
 
 def in_process(base: str, images: list, batch: int, seconds: float = 10.0) -> float:
     """Images/s of `serving_default` called in batches of `batch`, for about `seconds`."""
-    from serving.embedder import Embedder
+    from serving.export.embedder import Embedder
     embedder = Embedder(base)
     chunk = (images * (batch // len(images) + 1))[:batch]
     embedder.embed_bytes(chunk, ["visible"] * batch)  # warm up
@@ -107,7 +107,7 @@ def stop(process) -> None:
 
 
 def closed_loop(url, images, clients, requests, grpc_target=None, token=None) -> dict:
-    from serving.client import load_test
+    from serving.client.load_test import load_test
     load_test(url, images, clients=clients, requests_per_client=2, grpc_target=grpc_target, token=token)  # warm
     report = load_test(url, images, clients=clients, requests_per_client=requests, grpc_target=grpc_target,
                        token=token)
@@ -120,7 +120,7 @@ def open_loop(url: str, images: list, rate: float, seconds: float, workers: int 
     """One-image predicts sent at `rate` per second for `seconds` (open loop): codes and latencies."""
     import requests
 
-    from serving.client import b64
+    from serving.client.rest_client import b64
     bodies = [{"instances": [{"image_bytes": b64(i), "modality": "visible"}]} for i in images]
     sessions = {}
 

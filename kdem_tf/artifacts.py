@@ -268,14 +268,47 @@ def publish_folder(target: str, write: Callable[[str], object], replace: bool = 
         write(payload)
         if not os.path.lexists(payload):
             raise FileNotFoundError(f"{target}: the writer wrote nothing at {payload}")
-        fsync_tree(payload)
-        if replace and os.path.lexists(target):
-            _remove(_swap_in(payload, target))
-        else:
-            _rename_new(payload, target)
-        _fsync_path(parent)
+        _move_into_place(payload, target, replace)
     finally:
         shutil.rmtree(reservation, ignore_errors=True)
+    return target
+
+
+def _move_into_place(payload: str, target: str, replace: bool) -> None:
+    """Local: flushes `payload` to disk, then puts it at `target` in one rename (swapping out and
+    deleting a replaced one)."""
+    fsync_tree(payload)
+    if replace and os.path.lexists(target):
+        _remove(_swap_in(payload, target))
+    else:
+        _rename_new(payload, target)
+    _fsync_path(os.path.dirname(target))
+
+
+def publish_staged(staging: str, target: str, replace: bool = True) -> str:
+    """Puts a folder that a writer has finished at `staging` (a sibling of `target`, kept by the writer
+    for inspection when it fails) at `target`, as `publish_folder` does its own temporary. For writers
+    that cannot write through a callback (a Beam job's output, a checkpoint); returns `target`."""
+    if _is_uri(target):
+        gfile = _gfile()
+        target = target.rstrip("/")
+        if gfile.exists(target):
+            if not replace:
+                raise FileExistsError(f"{target}: already exists")
+            parent, name = target.rsplit("/", 1)
+            aside = f"{parent}/{_temporary_prefix(name, 'old')}{os.urandom(4).hex()}"
+            gfile.rename(target, aside)
+            gfile.rename(staging, target)
+            gfile.rmtree(aside)
+        else:
+            gfile.makedirs(target.rsplit("/", 1)[0])
+            gfile.rename(staging, target)
+        return target
+    target = os.path.abspath(target)
+    if os.path.lexists(target) and not replace:
+        raise FileExistsError(f"{target}: already exists")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _move_into_place(os.path.abspath(staging), target, replace)
     return target
 
 

@@ -41,6 +41,7 @@ class ModelConfig:
     fused_batch_norm: bool = True              # TF's fused BN kernel (same weights, faster)
     width: float = 1.0                         # channel multiplier of stems and trunk; 1 = ResNet-50 (the paper)
     stage_blocks: Tuple[int, ...] = (3, 4, 6, 3)  # bottlenecks in conv2_x..conv5_x; (3, 4, 6, 3) = ResNet-50
+    init_from: str = "none"                    # a run folder or AGW checkpoint to start from (kdem_tf.model.init_from)
 
 
 @dataclasses.dataclass(frozen=True)

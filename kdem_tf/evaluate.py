@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from kdem_tf.artifacts import SERVING_SIGNATURE
 from kdem_tf import datasets, tta
 from kdem_tf.datasets import cli_options
 from kdem_tf import evaluation as ev
@@ -117,7 +118,7 @@ def source_label(args) -> str:
 
 
 def _features_provider(args, trials: List[ev.Trial], splits: Optional[dict] = None,
-                       signature_name: str = "serving_default"):
+                       signature_name: str = SERVING_SIGNATURE):
     """Returns features_for(trial) -> (query [Q, D], gallery [G, D]) for --features or --model.
 
     `splits`: with --tfrecords, the evaluation splits (their stored bytes are embedded).

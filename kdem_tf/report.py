@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from kdem_tf.artifacts import CONFIG_FILE, HISTORY_FILE, INFLUENCE_FACTORS_FILE, RUN_INFO_FILE
+from kdem_tf.artifacts import CONFIG_FILE, HISTORY_FILE, INFLUENCE_FACTORS_FILE, RUN_INFO_FILE, atomic_write_text
 
 # The paper's Table 2 (SYSU-MM01) rows, for orientation only.
 PAPER_SYSU_ROWS = [
@@ -197,9 +197,7 @@ def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     path = os.path.join(out_dir, "index.html")
-    with open(path + ".tmp", "w") as f:
-        f.write(page)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, page)
     return path
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.artifacts import (CHECKPOINTS_DIR, CONFIG_FILE, HISTORY_FILE, INFERENCE_MODEL_FILE, INFLUENCE_FACTORS_FILE,
-                               LOGS_DIR, RUN_INFO_FILE, atomic_write_text)
+                               LOGS_DIR, RUN_INFO_FILE, atomic_write_text, publish_folder)
 from kdem_tf.training import TrainingError
 from kdem_tf.training.checkpointing import latest_checkpoint, read_json, save_checkpoint
 from kdem_tf.training.devices import choose_jit, choose_mixed_precision, make_strategy
@@ -65,8 +65,11 @@ def build_models(config, num_classes: int, row: dict, strategy):
     """(train_model, inference_model) for the config's ablation row, under the strategy's scope."""
     from kdem_tf.model.model import build_kdem_models
 
+    model_config = config.model
+    if config.model.init_from not in (None, "none", ""):  # --init-from replaces the backbone weights
+        model_config = dataclasses.replace(config.model, backbone_weights="none")
     with strategy.scope():
-        train_model, inference_model = build_kdem_models(config.model, num_classes, config.data.image_size,
+        train_model, inference_model = build_kdem_models(model_config, num_classes, config.data.image_size,
                                                          kdem=row["kdem"])
     return train_model, inference_model
 
@@ -188,6 +191,11 @@ def _start_run(config, dataset: str, data_dir: str, run_dir: str, max_steps: Opt
                             f"{data_dir} has {num_classes}; use a new --out folder for different data")
     row = ABLATION_ROWS[config.loss.ablation]
     train_model, inference_model = build_models(config, num_classes, row, strategy)
+    if config.model.init_from not in (None, "none", "") and not latest_checkpoint(os.path.join(run_dir, "checkpoints")):
+        from kdem_tf.model.init_from import init_from  # --init-from: earlier weights, for a fresh start only
+        message = init_from(config.model.init_from, train_model, contract)
+        if verbose:
+            print(message)
     sampler = input_pipeline.IdentitySampler(split.labels, split.modalities, config.data.num_identities,
                                              config.data.num_instances, config.seed)
     steps_per_epoch = config.optim.steps_per_epoch or sampler.batches_per_epoch
@@ -363,9 +371,7 @@ def _is_chief(strategy) -> bool:
 
 
 def _save_inference_model(model, path: str) -> None:
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    publish_folder(path, model.save, replace=True)  # a .keras file, whole or not at all
 
 
 def _influence_factors(train_model, dataset, batches: int = 8) -> np.ndarray:
@@ -427,6 +433,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--mixed-precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                         help="compute precision; auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with bf16 "
                              "units, else float32; default: the preset's")
+    parser.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT",
+                        help="start from a run folder's weights or an AGW checkpoint (the KDEM layer starts fresh)")
     parser.add_argument("--max-steps", type=int,
                         help="stop after this many optimizer steps in all (the schedule is kept); default: the "
                              "whole schedule")
@@ -444,7 +452,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _overrides(args: argparse.Namespace) -> list:
     overrides = list(args.set)
     for flag, key in (("epochs", "optim.epochs"), ("ablation", "loss.ablation"), ("backbone", "model.backbone"),
-                      ("backbone_weights", "model.backbone_weights"), ("mixed_precision", "mixed_precision")):
+                      ("backbone_weights", "model.backbone_weights"), ("mixed_precision", "mixed_precision"),
+                      ("init_from", "model.init_from")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     return overrides

@@ -37,7 +37,7 @@ INDEX_SUBDIR = "index"
 # Custom artifact type names are `namespace.Name`: the form Kubeflow Pipelines v2 schema titles need
 # (TFX's KubeflowV2DagRunner refuses other names; pipeline/kubeflow_v2_runner.py compiles these).
 class ScannIndex(types.Artifact):
-    """A ScaNN gallery index (serving/index.py) built for one pushed model version."""
+    """A ScaNN gallery index (serving/export/gallery_index.py) built for one pushed model version."""
     TYPE_NAME = "kdem.ScannIndex"
 
 
@@ -175,6 +175,37 @@ def read_anomalies(anomalies: types.Artifact) -> Dict[str, List[str]]:
     return out
 
 
+def _train_split_problems(cols: Dict[str, list], split_report: dict, min_train_identities: int) -> List[str]:
+    """The train split's rules: both modalities, contiguous labels 0..N-1 one per identity, enough
+    identities with both modalities for P×K batches (their count goes into `split_report`)."""
+    from kdem_tf.data import schema
+
+    problems = []
+    for m in schema.MODALITIES:
+        if m not in set(cols[schema.MODALITY]):
+            problems.append(f"train split has no {m} images (both modalities are needed)")
+    labels = cols[schema.LABEL]
+    unique = sorted(set(labels))
+    if unique[0] < 0 or unique != list(range(len(unique))):
+        problems.append(f"train labels must be contiguous 0..N-1, got {len(unique)} labels "
+                        f"from {unique[0]} to {unique[-1]}")
+    by_label: Dict[int, set] = {}
+    both: Dict[int, set] = {}
+    for label, pid, m in zip(labels, cols[schema.PERSON_ID], cols[schema.MODALITY]):
+        by_label.setdefault(label, set()).add(pid)
+        both.setdefault(pid, set()).add(m)
+    shared = {label: pids for label, pids in by_label.items() if len(pids) > 1}
+    if shared:
+        label, pids = sorted(shared.items())[0]
+        problems.append(f"train label {label} is given to several identities {sorted(pids)}")
+    paired = sum(1 for ms in both.values() if len(ms) == 2)
+    split_report["identities_with_both_modalities"] = paired
+    if paired < min_train_identities:
+        problems.append(f"only {paired} train identities have both visible and infrared images; "
+                        f"P×K batches need at least {min_train_identities}")
+    return problems
+
+
 def check_examples(examples_uri: str, split_names: List[str], dataset: str,
                    min_train_identities: int = 2) -> dict:
     """Checks the ReID rules on an Examples artifact. Returns a report; raises DataCheckError.
@@ -182,8 +213,7 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
     Rules: every split non-empty; the train split has both modalities, contiguous labels
     0..N-1 (one per identity) and at least `min_train_identities` identities with both
     modalities (the P of P×K batches); evaluation splits have label -1 and the one modality
-    the protocol expects (SYSU query infrared, gallery visible; RegDB test_visible visible,
-    test_thermal infrared); no identity is both in train and in an evaluation split; the
+    the dataset gives them (`Dataset.splits`: e.g. SYSU's query infrared, gallery visible); no identity is both in train and in an evaluation split; the
     query and gallery share identities. Image sizes are reported, not checked (originals).
     """
     from kdem_tf import datasets
@@ -218,28 +248,7 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
         if bad_split_field:
             problems.append(f"split {split!r} holds records marked split={sorted(bad_split_field)}")
         if split == schema.TRAIN:
-            for m in schema.MODALITIES:
-                if m not in modalities:
-                    problems.append(f"train split has no {m} images (both modalities are needed)")
-            labels = cols[schema.LABEL]
-            unique = sorted(set(labels))
-            if unique[0] < 0 or unique != list(range(len(unique))):
-                problems.append(f"train labels must be contiguous 0..N-1, got {len(unique)} labels "
-                                f"from {unique[0]} to {unique[-1]}")
-            by_label: Dict[int, set] = {}
-            both: Dict[int, set] = {}
-            for label, pid, m in zip(labels, cols[schema.PERSON_ID], cols[schema.MODALITY]):
-                by_label.setdefault(label, set()).add(pid)
-                both.setdefault(pid, set()).add(m)
-            shared = {label: pids for label, pids in by_label.items() if len(pids) > 1}
-            if shared:
-                label, pids = sorted(shared.items())[0]
-                problems.append(f"train label {label} is given to several identities {sorted(pids)}")
-            paired = sum(1 for ms in both.values() if len(ms) == 2)
-            report["splits"][split]["identities_with_both_modalities"] = paired
-            if paired < min_train_identities:
-                problems.append(f"only {paired} train identities have both visible and infrared images; "
-                                f"P×K batches need at least {min_train_identities}")
+            problems += _train_split_problems(cols, report["splits"][split], min_train_identities)
         else:
             if any(label != -1 for label in cols[schema.LABEL]):
                 problems.append(f"split {split!r} holds training labels (expected -1 outside train)")
@@ -251,10 +260,11 @@ def check_examples(examples_uri: str, split_names: List[str], dataset: str,
             shared = identity_sets[schema.TRAIN] & ids
             if shared:
                 problems.append(f"identities {sorted(shared)[:10]} are in both train and {split}")
-    if len(expected) == 3 and expected[1] in identity_sets and expected[2] in identity_sets:
-        query_ids, gallery_ids = identity_sets[expected[1]], identity_sets[expected[2]]
+    query_split, gallery_split = datasets.get(dataset).eval_splits
+    if query_split in identity_sets and gallery_split in identity_sets:
+        query_ids, gallery_ids = identity_sets[query_split], identity_sets[gallery_split]
         if query_ids and gallery_ids and not query_ids & gallery_ids:
-            problems.append(f"no identity of {expected[1]} appears in {expected[2]}: nothing to retrieve")
+            problems.append(f"no identity of {query_split} appears in {gallery_split}: nothing to retrieve")
         report["query_identities_without_gallery"] = sorted(query_ids - gallery_ids)
     # Originals keep their own sizes (every stage resizes with the image contract): reported only.
     report["num_image_sizes"] = len(sizes)
@@ -433,7 +443,7 @@ def ReidGalleryIndex(
             f.write("the model was not pushed (not blessed)\n")
         logging.info("ReidGalleryIndex: model not pushed, no index built")
         return
-    from serving import index as index_lib
+    from serving.export import gallery_index as index_lib
 
     model_dir = pushed_model.get_string_custom_property("pushed_destination")
     version = pushed_model.get_string_custom_property("pushed_version")
@@ -455,14 +465,13 @@ def ReidGalleryIndex(
 def _copy_tree(source: str, target: str) -> None:
     import tensorflow as tf
 
-    staging = f"{target.rstrip('/')}.tmp"
-    if tf.io.gfile.exists(staging):
-        tf.io.gfile.rmtree(staging)
-    for folder, _, files in tf.io.gfile.walk(source):
-        relative = os.path.relpath(folder, source)
-        tf.io.gfile.makedirs(os.path.join(staging, relative))
-        for name in files:
-            tf.io.gfile.copy(os.path.join(folder, name), os.path.join(staging, relative, name), overwrite=True)
-    if tf.io.gfile.exists(target):
-        tf.io.gfile.rmtree(target)
-    tf.io.gfile.rename(staging, target)
+    from kdem_tf.artifacts import publish_folder
+
+    def copy(staging: str) -> None:
+        for folder, _, files in tf.io.gfile.walk(source):
+            relative = os.path.relpath(folder, source)
+            tf.io.gfile.makedirs(os.path.join(staging, relative))
+            for name in files:
+                tf.io.gfile.copy(os.path.join(folder, name), os.path.join(staging, relative, name), overwrite=True)
+
+    publish_folder(target, copy, replace=True)

@@ -51,7 +51,7 @@ class _Steps:
 
 
 def _latest_version(base: str) -> str:
-    from serving.export import list_versions  # the one version-folder rule
+    from kdem_tf.artifacts import list_versions  # the one version-folder rule
 
     versions = list_versions(base)
     if not versions:
@@ -106,7 +106,7 @@ def query_server(server: BackgroundServer, data_root: str, out_dir: str) -> dict
     """Searches the server with one infrared image of each of QUERIES test ids, then stops it."""
     from kdem_tf import datasets
     from kdem_tf.evaluation import plots
-    from serving.client import ServingClient
+    from serving.client.rest_client import ServingClient
 
     demo = datasets.get(datasets.DEFAULT)
     query = demo.read_splits(data_root, {})[demo.eval_splits[0]]

@@ -35,7 +35,8 @@ from kdem_tf import artifacts  # noqa: E402
 from pipeline import configs  # noqa: E402
 from pipeline.configs import PipelineSettings  # noqa: E402
 
-CODE_PATHS = ("kdem_tf", "serving/export.py", "pipeline/trainer_module.py")
+CODE_PATHS = ("kdem_tf", "serving/export/run_folder.py", "serving/export/saved_model.py",
+              "pipeline/trainer_module.py")
 
 
 # ----------------------------------------------------------------------------- settings

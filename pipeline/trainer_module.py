@@ -10,7 +10,7 @@ library's (`kdem_tf.train`, `kdem_tf.config`, `serving.export`).
     fn_args.serving_model_dir the Model artifact's Format-Serving → the embedder SavedModel
     fn_args.custom_config     {"dataset", "preset", "config_path", "overrides", "workers"}
 
-Strategy: `kdem_tf.train` picks it from the TF_CONFIG environment variable (train_utils.make_strategy):
+Strategy: `kdem_tf.train` picks it from the TF_CONFIG environment variable (kdem_tf.training.devices.make_strategy):
 MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, else MirroredStrategy over this machine's
 devices. The platform sets TF_CONFIG (Vertex AI on each replica of a multi-worker training job:
 pipeline/kubeflow_v2_runner.py --workers N); `check_cluster` first compares it with the pipeline's
@@ -60,7 +60,8 @@ def check_cluster(workers: int, tf_config_text: str) -> bool:
 def run_fn(fn_args) -> None:
     from kdem_tf import config as config_lib
     from kdem_tf import train as train_lib
-    from serving import export
+    from kdem_tf.artifacts import LOGS_DIR, TRAIN_SUMMARY_FILE, atomic_write_text
+    from serving.export import run_folder, saved_model
 
     custom = dict(fn_args.custom_config or {})
     config = config_lib.load_config(custom.get("preset", "demo"), custom.get("config_path") or None,
@@ -71,19 +72,19 @@ def run_fn(fn_args) -> None:
     logging.info("run_fn: training %s (preset %s) on %s for %s steps; run folder %s", custom.get("dataset"),
                  custom.get("preset"), data_dir, fn_args.train_steps or "the preset's", run_dir)
     summary = train_lib.train(config, custom["dataset"], data_dir, run_dir,
-                              max_steps=fn_args.train_steps or None, log_dir=os.path.join(run_dir, "logs"),
+                              max_steps=fn_args.train_steps or None, log_dir=os.path.join(run_dir, LOGS_DIR),
                               verbose=int(custom.get("verbose", 2)))
     if not is_chief:
         logging.info("run_fn: %d steps done on a non-chief worker; the chief exports the model", summary.get("steps", -1))
         return
     started = time.perf_counter()
-    model, run_info = export.load_run(run_dir)
-    export.export_saved_model(model, export.run_contract(run_dir, run_info), fn_args.serving_model_dir,
-                              extra_info={"dataset": custom["dataset"], "preset": custom.get("preset"),
-                                          "steps": summary.get("steps"), "num_classes": run_info.get("num_classes")})
+    model, run_info = run_folder.load_run(run_dir)
+    saved_model.export_saved_model(model, run_folder.run_contract(run_dir, run_info), fn_args.serving_model_dir,
+                                   extra_info={"dataset": custom["dataset"], "preset": custom.get("preset"),
+                                               "steps": summary.get("steps"),
+                                               "num_classes": run_info.get("num_classes")})
     summary["seconds"]["export"] = round(time.perf_counter() - started, 2)
     print(f"SavedModel export {summary['seconds']['export']:.0f} s", flush=True)
-    with open(os.path.join(run_dir, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    atomic_write_text(os.path.join(run_dir, TRAIN_SUMMARY_FILE), json.dumps(summary, indent=2, default=str))
     logging.info("run_fn: %d steps, SavedModel at %s, TensorBoard logs at %s", summary.get("steps", -1),
-                 fn_args.serving_model_dir, os.path.join(run_dir, "logs"))
+                 fn_args.serving_model_dir, os.path.join(run_dir, LOGS_DIR))

@@ -42,6 +42,7 @@ SLOW_FILES_FIRST = (
     "tests/training/test_distributed.py",
     "tests/serving/test_tflite.py",
     "tests/training/test_train.py",
+    "tests/training/test_init_from.py",
     "tests/model/test_trainer.py",
     "tests/serving/test_export.py",
     "tests/serving/test_version_swap.py",
@@ -112,3 +113,31 @@ def tiny_tfrecords(tmp_path_factory):
                                       ["--runner=DirectRunner", "--direct_running_mode=in_memory"]))
 
     return os.path.join(shared_path(tmp_path_factory, "tiny_tfrecords", build), "tfr")
+
+
+# AGW's network at the tiny preset's width and depth (tests/agw_checkpoints.py): its state dict with AGW's
+# names, saved in torch's zip format as AGW's train.py saves it (behind DataParallel's `module.`), and the
+# run folder kdem_tf.import_checkpoint makes of it. Read only.
+AGW_TINY_CLASSES = 4
+
+
+def agw_tiny_state():
+    from tests.agw_checkpoints import agw_state
+
+    tiny = _config.load_config("tiny").model
+    return agw_state(width=tiny.width, stage_blocks=tiny.stage_blocks, num_classes=AGW_TINY_CLASSES, seed=3)
+
+
+@pytest.fixture(scope="session")
+def agw_tiny_run(tmp_path_factory):
+    """(checkpoint path, imported run folder) of `agw_tiny_state()`, shared by the test processes."""
+    def build(path: pathlib.Path) -> None:
+        from kdem_tf.import_checkpoint import import_agw_checkpoint
+        from tests.agw_checkpoints import agw_checkpoint, write_torch_zip
+
+        write_torch_zip(path / "agw_tiny_best.t", agw_checkpoint(agw_tiny_state(), prefix="module."))
+        import_agw_checkpoint(str(path / "agw_tiny_best.t"), str(path / "run"), dataset="sysu",
+                              base_config=_config.load_config("tiny"))
+
+    folder = shared_path(tmp_path_factory, "agw_tiny_run", build)
+    return os.path.join(folder, "agw_tiny_best.t"), os.path.join(folder, "run")

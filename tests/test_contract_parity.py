@@ -33,7 +33,7 @@ def world(tmp_path_factory):
     from kdem_tf.data import preprocess
     from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
-    from serving.export import export_embedder
+    from serving.export.saved_model import export_embedder
 
     base = tmp_path_factory.mktemp("parity")
     raw = sysu_ds.generate_synthetic(str(base / "raw"), identities=6, images_per_camera=2, image_size=RENDER_SIZE,
@@ -62,8 +62,8 @@ def _records(tfrecords: str, split: str):
 def test_served_bytes_equal_the_evaluation_embedding_of_the_tfrecord(world):
     """serving_default on the file's bytes == training-time evaluation (Keras, tf.data) on its TFRecord."""
     from kdem_tf.evaluation import records as record_evaluation
-    from serving.embedder import Embedder
-    from serving.export import load_run
+    from serving.export.embedder import Embedder
+    from serving.export.run_folder import load_run
 
     model, _ = load_run(world["run"])
     paths, evaluated = record_evaluation.embed_keras(model, world["tfrecords"], "query", world["contract"])
@@ -92,7 +92,7 @@ def test_raw_folder_and_tfrecords_give_identical_metrics(world, tmp_path, capsys
     # The TFX evaluator and training-time evaluation run the same protocol code.
     from kdem_tf.evaluation import EvalOptions
     from kdem_tf.evaluation import records as record_evaluation
-    from serving.embedder import resolve_version_dir
+    from kdem_tf.artifacts import resolve_version_dir
     pipeline = record_evaluation.evaluate_saved_model(resolve_version_dir(world["models"]), "sysu",
                                                       world["tfrecords"], EvalOptions(trials=3))
     assert pipeline["mAP"] == metrics["raw"]["mAP"] and pipeline["rank1"] == metrics["raw"]["rank1"]

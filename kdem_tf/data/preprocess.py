@@ -45,6 +45,7 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
 
 from kdem_tf import datasets  # noqa: E402
+from kdem_tf.artifacts import publish_staged  # noqa: E402
 from kdem_tf.data import beam_options, preprocess_args, schema  # noqa: E402
 from kdem_tf.datasets.base import TRAIN  # noqa: E402
 from kdem_tf.datasets.files import DatasetError, ImageRecord, identities, join  # noqa: E402
@@ -282,7 +283,7 @@ def run_preprocess(splits: Dict[str, List[ImageRecord]], data_root: str, output_
         json.dump(summary, f, indent=2, sort_keys=True)
     with tf.io.gfile.GFile(join(staging, SUCCESS_MARKER), "w") as f:
         f.write("ok\n")
-    _publish(staging, output_dir)
+    publish_staged(staging, output_dir)  # an old output is replaced only now
     return summary
 
 
@@ -344,22 +345,6 @@ def _summarise(staging, splits, shards, seconds, settings, tfx_layout) -> dict:
         "settings": settings,
         "_written": written,
     }
-
-
-def _publish(staging: str, output_dir: str) -> None:
-    """Renames the finished staging folder into place; an old output is replaced only now."""
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(output_dir):
-        trash = f"{output_dir.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
-        tf.io.gfile.rename(output_dir, trash)
-        tf.io.gfile.rename(staging, output_dir)
-        tf.io.gfile.rmtree(trash)
-    else:
-        parent = os.path.dirname(output_dir.rstrip("/"))
-        if parent:
-            tf.io.gfile.makedirs(parent)
-        tf.io.gfile.rename(staging, output_dir)
 
 
 def format_summary(summary: dict) -> str:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import colorsys
 import dataclasses
 import os
-import shutil
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+
+from kdem_tf.artifacts import publish_folder
 
 PATTERNS = ("solid", "stripes", "checks", "blocks")
 SUPERSAMPLE = 2  # rendered at 2x and averaged down: anti-aliased edges
@@ -217,21 +218,16 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 def write_atomically(out: str, overwrite: bool, write) -> str:
-    """Runs write(tmp_dir) into `out.tmp-<pid>`, then renames it to `out`."""
+    """Runs write(folder) in a temporary sibling of `out`, then publishes it at `out` in one rename
+    (`kdem_tf.artifacts.publish_folder`); an existing non-empty `out` is replaced only with `overwrite`."""
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite / overwrite=True)")
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.makedirs(tmp)
-        write(tmp)
-        if os.path.exists(out):
-            shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    def write_folder(folder: str) -> None:
+        os.makedirs(folder)
+        write(folder)
+    return publish_folder(out, write_folder, replace=True)
 
 
 def save_image(img: np.ndarray, path: str) -> None:

@@ -59,6 +59,7 @@ class Dataset:
     default_direction: Optional[str] = None
     sampling: str = "single"             # the gallery-sampling label of its results
     max_trials: int = 10
+    train_identities: Optional[int] = None  # identities of the published training set (names a model's data)
     synthetic_defaults: Optional[Dict[str, int]] = None  # identities, images_per_camera; None: no stand-in
     # fn(out, identities, seed, image_size, images_per_camera, overwrite, progress) -> root; None: no stand-in
     synthetic_writer = None

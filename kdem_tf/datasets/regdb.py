@@ -194,6 +194,7 @@ class Regdb(base.Dataset):
     eval_splits = ("test_visible", "test_thermal")
     ranking = RANKING
     sampling = "index"
+    train_identities = 206
     default_direction = "v2i"
     preprocess_options = (base.CliOption("--trial", dict(type=int, default=1, help="RegDB trial 1..10")),)
     eval_options = (base.direction_option(DIRECTIONS),)

@@ -279,6 +279,7 @@ class Sysu(base.Dataset):
     eval_splits = ("query", "gallery")
     ranking = RANKING
     sampling = "agw"
+    train_identities = 395  # train ∪ val ids
     eval_options = (
         base.CliOption("--mode", dict(choices=tuple(GALLERY_CAMERAS), default="all",
                                       help="SYSU search mode: all (gallery cams 1, 2, 4, 5) or indoor (1, 2)"), "mode"),

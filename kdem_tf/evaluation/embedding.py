@@ -13,11 +13,12 @@ import numpy as np
 
 from kdem_tf.evaluation.trials import EvaluationError
 from kdem_tf import tta
+from kdem_tf.artifacts import SERVING_SIGNATURE
 from kdem_tf.model_versions import resolve_saved_model
 
 
 def embed_images(model_path: str, data_root: str, records: Sequence, batch_size: int = 64,
-                 signature_name: str = "serving_default") -> np.ndarray:
+                 signature_name: str = SERVING_SIGNATURE) -> np.ndarray:
     """Embeds dataset image files with an exported kdem-tf embedder.
 
     Contract of the model: a TF SavedModel (or a run folder, see `resolve_saved_model`)
@@ -39,7 +40,7 @@ def embed_images(model_path: str, data_root: str, records: Sequence, batch_size:
 
 
 def embed_encoded(model_path: str, images: Sequence[bytes], modalities: Sequence[str],
-                  batch_size: int = 64, signature_name: str = "serving_default") -> np.ndarray:
+                  batch_size: int = 64, signature_name: str = SERVING_SIGNATURE) -> np.ndarray:
     """Like `embed_images`, for encoded images already in memory (e.g. the bytes a TFRecord stores)."""
     if len(images) != len(modalities):
         raise EvaluationError(f"embed_encoded: {len(images)} images but {len(modalities)} modalities")
@@ -49,7 +50,7 @@ def embed_encoded(model_path: str, images: Sequence[bytes], modalities: Sequence
 
 
 def _embed_batches(model_path: str, batches: Iterable[Tuple[List[bytes], List[str]]], total: int,
-                   signature_name: str = "serving_default") -> np.ndarray:
+                   signature_name: str = SERVING_SIGNATURE) -> np.ndarray:
     """Runs a bytes-in signature (`serving_default`, or `serving_flip` for flip test-time
     augmentation) of the SavedModel at `model_path` on (image bytes, modalities) batches."""
     import tensorflow as tf

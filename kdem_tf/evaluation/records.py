@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from kdem_tf.artifacts import SERVING_SIGNATURE
 from kdem_tf import datasets
 from kdem_tf import evaluation as ev
 from kdem_tf.datasets.base import SplitSide
@@ -121,7 +122,7 @@ def evaluate_keras_model(inference_model, dataset: str, tfrecord_dir: str, contr
 
 
 def embed_saved_model(model_path: str, splits: Dict[str, object], batch_size: int = 64,
-                      signature_name: str = "serving_default") -> Tuple[List[str], np.ndarray]:
+                      signature_name: str = SERVING_SIGNATURE) -> Tuple[List[str], np.ndarray]:
     """(paths, [N, D]) of the given splits, their stored bytes fed to the SavedModel's `serving_default`
     (or `signature_name`, e.g. `serving_flip`)."""
     from kdem_tf.data import schema

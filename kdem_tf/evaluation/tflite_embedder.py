@@ -1,4 +1,4 @@
-"""Runs the per-modality TFLite embedders written by `serving.tflite_export` (evaluation, device checks).
+"""Runs the per-modality TFLite embedders written by `serving.export.tflite` (evaluation, device checks).
 
 A TFLite folder holds `visible.tflite`, `infrared.tflite` and `tflite_info.json` (image
 contract, quantisation, tensor dtypes). Images are uint8 [N, H, W, 3] RGB at the contract's

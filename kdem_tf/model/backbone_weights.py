@@ -70,7 +70,7 @@ def _pretrained_layers(model: keras.Model) -> List[keras.layers.Layer]:
             if isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization))]
 
 
-def _expected_tensors(model: keras.Model) -> Dict[str, Tuple[keras.Variable, Tuple[int, ...]]]:
+def torchvision_tensors(model: keras.Model) -> Dict[str, Tuple[keras.Variable, Tuple[int, ...]]]:
     """torchvision key → (our variable, the key's shape in torch layout) for one stem or the trunk."""
     expected = {}
     for layer in _pretrained_layers(model):
@@ -89,17 +89,23 @@ def _expected_tensors(model: keras.Model) -> Dict[str, Tuple[keras.Variable, Tup
     return expected
 
 
-def check_torchvision_state(state: Dict[str, np.ndarray], expected: Dict[str, tuple], source: str) -> None:
-    """Raises BackboneWeightsError naming the first key of `state` that does not fit (name, then shape, then missing)."""
+TORCHVISION_KEYS = "torchvision's ResNet-50 backbone (conv1, bn1, layer1.0.conv1 ... layer4.2.bn3, fc.*)"
+
+
+def check_torchvision_state(state: Dict[str, np.ndarray], expected: Dict[str, tuple], source: str,
+                            ignored: "re.Pattern" = _IGNORED_KEYS, known: str = TORCHVISION_KEYS) -> None:
+    """Raises BackboneWeightsError naming the first key of `state` that does not fit (name, then shape, then missing).
+
+    `ignored`: keys skipped (matched with `search`); `known`: what the expected keys are, for the message.
+    """
     for key, value in state.items():
-        if _IGNORED_KEYS.search(key):
+        if ignored.search(key):
             continue
         if key not in expected:
             missing = next((k for k in expected if k not in state), None)
             hint = (f"; the first expected key it lacks is {missing!r} with shape {list(expected[missing][1])}"
                     if missing else "")
-            raise BackboneWeightsError(f"{source}: key {key!r} is not a tensor of torchvision's ResNet-50 "
-                                       f"backbone (conv1, bn1, layer1.0.conv1 ... layer4.2.bn3, fc.*){hint}")
+            raise BackboneWeightsError(f"{source}: key {key!r} is not a tensor of {known}{hint}")
         shape = tuple(np.shape(value))
         if shape != expected[key][1]:
             raise BackboneWeightsError(f"{source}: key {key!r} has shape {list(shape)}; this backbone expects "
@@ -115,15 +121,23 @@ def load_torchvision_state(stems: Sequence[keras.Model], trunk: keras.Model, sta
 
     Returns the number of layers that received weights (the stem layers once per stem).
     """
-    targets = [_expected_tensors(stem) for stem in stems] + [_expected_tensors(trunk)]
+    targets = [torchvision_tensors(stem) for stem in stems] + [torchvision_tensors(trunk)]
     check_torchvision_state(state, {k: v for target in targets for k, v in target.items()}, source)
     for target in targets:
-        for key, (variable, _) in target.items():
-            value = np.asarray(state[key], dtype=np.float32)
-            if value.ndim == 4:
-                value = value.transpose(2, 3, 1, 0)  # OIHW → HWIO
-            variable.assign(value.astype(variable.dtype))
+        assign_torch_tensors(target, state)
     return sum(len(_pretrained_layers(model)) for model in list(stems) + [trunk])
+
+
+def assign_torch_tensors(expected: Dict[str, tuple], state: Dict[str, np.ndarray]) -> None:
+    """Assigns each torch-layout tensor of `state` named in `expected` (key → (variable, shape)) to its variable:
+    conv kernels OIHW → HWIO, Linear weights [out, in] → Dense kernels [in, out], vectors as they are."""
+    for key, (variable, _) in expected.items():
+        value = np.asarray(state[key], dtype=np.float32)
+        if value.ndim == 4:
+            value = value.transpose(2, 3, 1, 0)  # OIHW → HWIO
+        elif value.ndim == 2:
+            value = value.T  # torch.nn.Linear [out, in] → keras.layers.Dense [in, out]
+        variable.assign(value.astype(variable.dtype))
 
 
 def read_torch_file(path: str) -> Dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import shutil
 import uuid
 from typing import Optional, Sequence
 
-from kdem_tf.artifacts import HISTORY_FILE, LATEST_CHECKPOINT_FILE, atomic_write_text
+from kdem_tf.artifacts import HISTORY_FILE, LATEST_CHECKPOINT_FILE, atomic_write_text, publish_staged
 from kdem_tf.training import TrainingError
 from kdem_tf.training.run_history import history_text
 
@@ -73,10 +73,7 @@ def save_checkpoint(checkpoint, ckpt_dir: str, epoch: int, step: int, is_chief: 
         shutil.rmtree(tmp, ignore_errors=True)
         return None
     atomic_write_text(os.path.join(tmp, HISTORY_FILE), history_text(history))
-    final = os.path.join(ckpt_dir, name)
-    if os.path.exists(final):  # left by a run killed before it updated latest.json
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = publish_staged(tmp, os.path.join(ckpt_dir, name))  # replaces one left by a run killed before
     atomic_write_text(os.path.join(ckpt_dir, LATEST_CHECKPOINT_FILE),
                       json.dumps({"epoch": epoch, "step": step, "folder": name}))
     for old in sorted(n for n in os.listdir(ckpt_dir) if n.startswith("epoch-") and n != name)[:-(keep - 1) or None]:

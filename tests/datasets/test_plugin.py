@@ -40,11 +40,15 @@ def test_a_toy_dataset_runs_preprocess_train_and_evaluate(toy, tmp_path, capsys)
     assert synthetic.main(["--layout", "toy", "--out", str(raw), "--identities", "6", "--images-per-camera", "2"]) == 0
     assert sorted(os.listdir(raw)) == ["test", "train"]
     assert preprocess.main(["--dataset", "toy", "--data-root", str(raw), "--output", str(tfr),
-                            "--runner=DirectRunner", "--direct_running_mode=in_memory"]) == 0
+                            "--", "--runner=DirectRunner", "--direct_running_mode=in_memory"]) == 0
     summary = json.load(open(tfr / "summary.json"))
     assert {s: v["images"] for s, v in summary["splits"].items()} == {"train": 12, "probe": 6, "pool": 6}
     assert train.main(["--dataset", "toy", "--data", str(tfr), "--out", str(run), "--preset", "tiny",
                        "--set", "optim.epochs=1", "--quiet"]) == 0
+    from serving.export.cli import main as export_main
+
+    export_main(["--run", str(run), "--out", str(run / "export")])  # RUN/export/1: `--model RUN` finds it
+    assert os.listdir(run / "export") == ["1"]
     capsys.readouterr()
     raw_json, rec_json = tmp_path / "raw.json", tmp_path / "rec.json"
     assert evaluate.main(["--dataset", "toy", "--data-root", str(raw), "--model", str(run),

@@ -58,7 +58,7 @@ def test_inference_matches_keras_and_numpy():
     keras_bn, fused_bn = _pair(momentum=0.9, epsilon=1e-5)
     x = _inputs()
     gamma, beta, mean, variance = fused_bn.get_weights()
-    expected = (x.numpy() - mean) / np.sqrt(variance + 1.001e-5) * gamma + beta  # TF's epsilon floor
+    expected = (x.numpy() - mean) / np.sqrt(variance + 1e-5) * gamma + beta  # no floor: test_fused_batch_norm_epsilon
     np.testing.assert_allclose(fused_bn(x, training=False).numpy(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fused_bn(x).numpy(), keras_bn(x).numpy(), rtol=1e-4, atol=1e-4)
 

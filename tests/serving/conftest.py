@@ -52,7 +52,7 @@ def run_dir(tmp_path_factory):
 def model_base(run_dir, tmp_path_factory):
     """TF Serving base path with version 1 of the embedder (shared, read only: a test that adds
     versions copies it)."""
-    from serving.export import export_embedder
+    from serving.export.saved_model import export_embedder
     folder = shared_path(tmp_path_factory, "serving_models", lambda path: export_embedder(run_dir, str(path / "kdem")))
     return os.path.join(folder, "kdem")
 
@@ -74,7 +74,7 @@ def gallery_files(gallery_dir):
 
 @pytest.fixture(scope="session")
 def index_dir(model_base, gallery_dir, tmp_path_factory):
-    from serving.index import build_index
+    from serving.export.gallery_index import build_index
 
     def build(path):
         build_index(model_base, gallery_dir, str(path / "gallery"), progress=False)
@@ -84,7 +84,7 @@ def index_dir(model_base, gallery_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def embedder(model_base):
-    from serving.embedder import Embedder
+    from serving.export.embedder import Embedder
     return Embedder(model_base)
 
 

@@ -13,8 +13,8 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving.audit import AuditLog
-from serving.client import ServingClient, b64
+from serving.server.audit import AuditLog
+from serving.client.rest_client import ServingClient, b64
 from tests.serving.conftest import TOKENS
 
 GOOD = TOKENS["search-ui"]

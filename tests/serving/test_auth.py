@@ -15,9 +15,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, \
     prediction_service_pb2_grpc
 
-from serving.auth import TokenFileError, TokenStore, is_loopback, parse_tokens, refuse_open_bind
-from serving.client import ServingClient
-from serving.grpc_client import GrpcClient, GrpcClientError
+from serving.server.auth import TokenFileError, TokenStore, is_loopback, parse_tokens, refuse_open_bind
+from serving.client.rest_client import ServingClient
+from serving.client.grpc_client import GrpcClient, GrpcClientError
 from tests.serving.conftest import REPO, TOKENS
 
 GOOD = TOKENS["search-ui"]

@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from serving.batching import MicroBatcher
-from serving.rest import ServingError
+from serving.server.batching import MicroBatcher
+from serving.server.errors import ServingError
 
 
 def _run(coroutine):

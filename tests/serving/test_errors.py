@@ -1,5 +1,6 @@
-"""Bad input to serving/export.py, embedder.py and index.py: the exception type, and a message
-naming the file or folder at fault (the behaviour, whatever module ends up holding it)."""
+"""Bad input to the exports (serving/export/: run folder, versions, embedder, gallery index): the
+exception type, and a message naming the file or folder at fault (the behaviour, whatever module
+ends up holding it)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from serving import embedder as embedder_lib
-from serving import export as export_lib
-from serving import index as index_lib
+from kdem_tf import artifacts
+from serving.export import embedder as embedder_lib
+from serving.export import gallery_index as index_lib
+from serving.export import run_folder
 
 
 def _message(error) -> str:
@@ -22,11 +24,11 @@ def _message(error) -> str:
 
 def test_a_folder_that_is_not_a_run_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
-        export_lib.load_run(str(tmp_path))
+        run_folder.load_run(str(tmp_path))
     assert str(tmp_path / "run_info.json") in _message(error) and "training run folder" in _message(error)
     (tmp_path / "run_info.json").write_text(json.dumps({"image_size": [64, 32]}))
     with pytest.raises(FileNotFoundError) as error:  # the model file is missing too
-        export_lib.load_run(str(tmp_path))
+        run_folder.load_run(str(tmp_path))
     assert str(tmp_path / "inference_model.keras") in _message(error)
 
 
@@ -34,7 +36,7 @@ def test_run_info_without_image_size_names_the_file(tmp_path):
     (tmp_path / "run_info.json").write_text(json.dumps({"num_classes": 4}))
     (tmp_path / "inference_model.keras").write_bytes(b"not read before run_info.json is checked")
     with pytest.raises(ValueError, match="no 'image_size'") as error:
-        export_lib.load_run(str(tmp_path))
+        run_folder.load_run(str(tmp_path))
     assert str(tmp_path / "run_info.json") in _message(error)
 
 
@@ -44,11 +46,11 @@ def test_publishing_an_existing_version_names_it_and_leaves_it(tmp_path):
     (base / "1" / "saved_model.pb").write_bytes(b"version 1")
     written = []
     with pytest.raises(FileExistsError) as error:
-        export_lib.publish_dir(written.append, str(base), version=1)
+        artifacts.publish_version(written.append, str(base), version=1)
     assert str(base / "1") in _message(error) and not written
     assert (base / "1" / "saved_model.pb").read_bytes() == b"version 1"
     with pytest.raises(ValueError, match="version must be >= 1, got 0"):
-        export_lib.publish_dir(written.append, str(base), version=0)
+        artifacts.publish_version(written.append, str(base), version=0)
     assert sorted(os.listdir(base)) == ["1"]  # no temporary folder left behind
 
 
@@ -61,8 +63,8 @@ def test_a_failed_export_write_leaves_no_version(tmp_path):
         raise OSError(f"{folder}: disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        export_lib.publish_dir(write, str(base))
-    assert os.listdir(base) == [] and export_lib.list_versions(str(base)) == []
+        artifacts.publish_version(write, str(base))
+    assert os.listdir(base) == [] and artifacts.list_versions(str(base)) == []
 
 
 # ----------------------------------------------------------------------------- embedder
@@ -70,7 +72,7 @@ def test_a_failed_export_write_leaves_no_version(tmp_path):
 
 def test_a_base_path_without_versions_is_named(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
-        embedder_lib.resolve_version_dir(str(tmp_path))
+        artifacts.resolve_version_dir(str(tmp_path))
     assert str(tmp_path) in _message(error) and "no SavedModel" in _message(error)
 
 
@@ -78,9 +80,9 @@ def test_a_missing_version_names_the_base_and_the_versions_it_has(tmp_path):
     for version in (1, 3):
         (tmp_path / str(version)).mkdir()
         (tmp_path / str(version) / "saved_model.pb").write_bytes(b"")
-    assert embedder_lib.resolve_version_dir(str(tmp_path)) == str(tmp_path / "3")
+    assert artifacts.resolve_version_dir(str(tmp_path)) == str(tmp_path / "3")
     with pytest.raises(FileNotFoundError) as error:
-        embedder_lib.resolve_version_dir(str(tmp_path), version=2)
+        artifacts.resolve_version_dir(str(tmp_path), version=2)
     assert str(tmp_path) in _message(error) and "no version 2" in _message(error) and "[1, 3]" in _message(error)
 
 
@@ -132,7 +134,7 @@ def test_a_missing_index_names_the_file_it_looked_for(tmp_path):
 
 
 def test_a_corrupt_index_manifest_names_the_file(tmp_path):
-    (tmp_path / index_lib.MANIFEST).write_text('{"format": 1, "cou')
+    (tmp_path / artifacts.INDEX_MANIFEST_FILE).write_text('{"format": 1, "cou')
     with pytest.raises(ValueError) as error:
         index_lib.load_index(str(tmp_path))
-    assert str(tmp_path / index_lib.MANIFEST) in _message(error)
+    assert str(tmp_path / artifacts.INDEX_MANIFEST_FILE) in _message(error)

@@ -16,7 +16,8 @@ EMBEDDING_ATOL = 1e-5
 
 
 def test_export_layout_and_info(model_base):
-    from serving.export import list_versions, read_info
+    from kdem_tf.artifacts import list_versions
+    from serving.export.saved_model import read_info
     assert list_versions(model_base) == [1]
     version_dir = os.path.join(model_base, "1")
     assert os.path.exists(os.path.join(version_dir, "saved_model.pb"))
@@ -34,8 +35,9 @@ def test_export_bakes_the_run_contract_into_graph_and_info(run_dir, tmp_path):
     import shutil
 
     from kdem_tf.image_contract import ImageContract
-    from serving.embedder import Embedder
-    from serving.export import export_embedder, load_run, read_contract
+    from serving.export.embedder import Embedder
+    from serving.export.run_folder import load_run
+    from serving.export.saved_model import export_embedder, read_contract
     run = str(tmp_path / "run")
     shutil.copytree(run_dir, run)
     contract = ImageContract(IMAGE_SIZE, "caffe")
@@ -55,7 +57,7 @@ def test_export_bakes_the_run_contract_into_graph_and_info(run_dir, tmp_path):
 
 
 def test_reloaded_embeddings_equal_keras(run_dir, embedder):
-    from serving.export import load_run
+    from serving.export.run_folder import load_run
     model, _ = load_run(run_dir)
     contract = embedder.contract
     rng = np.random.default_rng(0)
@@ -127,32 +129,31 @@ def test_only_stock_ops_in_a_fresh_tensorflow(model_base, tmp_path):
 
 
 def test_publish_is_atomic_and_numbered(tmp_path):
-    from serving.embedder import resolve_version_dir
-    from serving.export import list_versions, publish_dir
+    from kdem_tf.artifacts import list_versions, publish_version, resolve_version_dir
     base = str(tmp_path / "base")
 
     def write(export_dir):
         os.makedirs(export_dir)
         open(os.path.join(export_dir, "saved_model.pb"), "wb").close()
 
-    assert publish_dir(write, base).endswith(os.sep + "1")
+    assert publish_version(write, base).endswith(os.sep + "1")
     # A leftover temp folder of a crashed export is never a version.
     os.makedirs(os.path.join(base, ".tmp-2-crashed", "model"))
     open(os.path.join(base, ".tmp-2-crashed", "model", "saved_model.pb"), "wb").close()
     assert list_versions(base) == [1]
-    assert publish_dir(write, base).endswith(os.sep + "2")
-    assert publish_dir(write, base, version=7).endswith(os.sep + "7")
+    assert publish_version(write, base).endswith(os.sep + "2")
+    assert publish_version(write, base, version=7).endswith(os.sep + "7")
     assert list_versions(base) == [1, 2, 7]
     assert resolve_version_dir(base) == os.path.join(base, "7")
     with pytest.raises(FileExistsError):
-        publish_dir(write, base, version=2)
+        publish_version(write, base, version=2)
 
     def crash(export_dir):
         os.makedirs(export_dir)
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        publish_dir(crash, base)
+        publish_version(crash, base)
     assert list_versions(base) == [1, 2, 7]
     assert sorted(os.listdir(base)) == [".tmp-2-crashed", "1", "2", "7"]
 
@@ -165,8 +166,9 @@ def test_a_bfloat16_trained_run_exports_float32(tmp_path):
     from kdem_tf.config import ModelConfig
 
     from kdem_tf.model.model import build_kdem_models
-    from serving.embedder import Embedder
-    from serving.export import compute_dtype_of, export_embedder, read_info
+    from serving.export.embedder import Embedder
+    from serving.export.run_folder import compute_dtype_of
+    from serving.export.saved_model import export_embedder, read_info
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

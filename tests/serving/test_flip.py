@@ -15,7 +15,7 @@ ATOL = 1e-5
 
 def _keras_embedding(run_dir, pixels: np.ndarray, modality: int) -> np.ndarray:
     """The model's embedding of already-sized RGB pixels, normalised here (torchvision) — not by the export."""
-    from serving.export import load_run
+    from serving.export.run_folder import load_run
     model, _ = load_run(run_dir)
     x = (pixels.astype(np.float32) / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     return model({"image": tf.constant(x[None], tf.float32), "modality": tf.constant([modality])},
@@ -38,7 +38,7 @@ def test_serving_flip_is_the_mean_of_the_image_and_its_mirror(run_dir, embedder)
 
 
 def test_index_with_flip_records_it_and_stores_flip_embeddings(model_base, gallery_dir, embedder, tmp_path):
-    from serving.index import build_index, read_gallery
+    from serving.export.gallery_index import build_index, read_gallery
     index = build_index(model_base, gallery_dir, str(tmp_path / "index"), batch_size=8, progress=False, flip=True)
     assert index.manifest["flip"] is True
     items = list(read_gallery(gallery_dir))[:4]
@@ -103,8 +103,8 @@ def test_search_on_a_flip_index_embeds_the_query_with_flip(model_base, gallery_d
     queries: its scores equal the dot products of serving_flip's query embedding with the gallery."""
     import asyncio
 
-    from serving.core import ServingCore
-    from serving.index import build_index, read_gallery
+    from serving.server.core import ServingCore
+    from serving.export.gallery_index import build_index, read_gallery
 
     index_dir = str(tmp_path / "flip_index")
     build_index(model_base, gallery_dir, index_dir, batch_size=8, progress=False, flip=True)

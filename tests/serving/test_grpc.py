@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from serving.client import ServingClient, b64
+from serving.client.rest_client import ServingClient, b64
 from tests.serving.conftest import EMBEDDING_DIM
 
 

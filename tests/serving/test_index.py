@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdem_tf import artifacts
 from tests.serving.conftest import EMBEDDING_DIM
 
 
 def test_each_gallery_image_is_its_own_top1(index_dir, gallery_dir, gallery_files, embedder):
-    from serving.index import load_index
+    from serving.export.gallery_index import load_index
     index = load_index(index_dir)
     assert len(index) == len(gallery_files)
     assert list(index.entries["paths"]) == [p.replace(os.sep, "/") for p in gallery_files]
@@ -29,7 +30,7 @@ def test_each_gallery_image_is_its_own_top1(index_dir, gallery_dir, gallery_file
 
 
 def test_save_and_reload_give_the_same_search(tmp_path):
-    from serving.index import GalleryEntry, auto_params, load_index, save_index
+    from serving.export.gallery_index import GalleryEntry, auto_params, load_index, save_index
     rng = np.random.default_rng(0)
     # Tree + AH + re-order (forced on a small gallery): the serialized searcher must survive the rename.
     embeddings = rng.normal(size=(2000, 64)).astype(np.float32)
@@ -55,7 +56,7 @@ def test_save_and_reload_give_the_same_search(tmp_path):
 
 
 def test_auto_params_grow_with_the_gallery():
-    from serving.index import auto_params
+    from serving.export.gallery_index import auto_params
     assert auto_params(5_000) == {"mode": "brute_force"}
     small, large = auto_params(20_000), auto_params(200_000)
     assert small["mode"] == large["mode"] == "tree_ah"
@@ -66,7 +67,7 @@ def test_auto_params_grow_with_the_gallery():
 
 def test_tfrecord_gallery(tmp_path, gallery_dir, gallery_files):
     from kdem_tf.data import schema
-    from serving.index import read_gallery
+    from serving.export.gallery_index import read_gallery
     folder = tmp_path / "records" / "gallery"
     folder.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(folder / "gallery-00000-of-00001.tfrecord.gz"), options="GZIP") as writer:
@@ -85,11 +86,12 @@ def test_tfrecord_gallery(tmp_path, gallery_dir, gallery_files):
 
 def test_retrieval_model_equals_the_python_searcher(model_base, index_dir, gallery_dir, gallery_files,
                                                     embedder, tmp_path):
-    from serving.index import load_index
-    from serving.retrieval import export_retrieval_model
+    from serving.export.gallery_index import load_index
+    from serving.export.retrieval import export_retrieval_model
     path = export_retrieval_model(model_base, index_dir, str(tmp_path / "retrieval"))
     assert path.endswith(os.sep + "1")
     loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == set(artifacts.RETRIEVAL_SIGNATURES) == {"serving_default"}
     search = loaded.signatures["serving_default"]
     images = [open(os.path.join(gallery_dir, p), "rb").read() for p in gallery_files[::7]]
     modalities = ["infrared", "visible"] * 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving import index as index_lib
+from serving.export import gallery_index as index_lib
 
 
 def _gallery(n: int = 300, dim: int = 16, seed: int = 0):

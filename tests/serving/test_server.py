@@ -10,7 +10,8 @@ import os
 import numpy as np
 import requests
 
-from serving.client import ServingClient, b64, load_test
+from serving.client.load_test import load_test
+from serving.client.rest_client import ServingClient, b64
 from tests.serving.conftest import EMBEDDING_DIM
 
 

@@ -13,7 +13,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving.client import b64
+from serving.client.rest_client import b64
 
 BURST = 48
 

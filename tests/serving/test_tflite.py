@@ -59,7 +59,7 @@ def cosine(a, b) -> np.ndarray:
 @pytest.fixture(scope="module")
 def float_dir(run_dir, tmp_path_factory):
     """The float32 pair, written by `python -m serving.export --tflite` (in process)."""
-    from serving.export import main
+    from serving.export.cli import main
     out = str(tmp_path_factory.mktemp("tflite") / "float32")
     with pytest.raises(SystemExit) as exit_info:
         main(["--run", run_dir, "--tflite", out, "--quantize", "none"])
@@ -70,8 +70,8 @@ def float_dir(run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_bn_neck(run_dir):
     """(inference model, contract): the run's model with BN-neck statistics set as training sets them."""
-    from serving.export import load_run
-    from serving.tflite_export import find_embedder_parts, load_contract
+    from serving.export.run_folder import load_run
+    from serving.export.tflite import find_embedder_parts, load_contract
     model, run_info = load_run(run_dir)
     parts = find_embedder_parts(model, "infrared")
     pooled = parts.pooling(parts.trunk(parts.stem(
@@ -88,7 +88,7 @@ def calibration_records(tmp_path_factory):
 
 
 def int8_export(trained_bn_neck, calibration_records, tmp_path_factory, quantize: str) -> str:
-    from serving.tflite_export import export_tflite
+    from serving.export.tflite import export_tflite
     model, contract = trained_bn_neck
     out = str(tmp_path_factory.mktemp("tflite") / quantize)
     return export_tflite(model, contract, out, quantize, calibration_records,
@@ -106,7 +106,7 @@ def int8_full_dir(trained_bn_neck, calibration_records, tmp_path_factory):
 
 
 def float_reference(trained_bn_neck, images) -> np.ndarray:
-    from serving.tflite_export import ModalityEmbedder, find_embedder_parts
+    from serving.export.tflite import ModalityEmbedder, find_embedder_parts
     model, contract = trained_bn_neck
     embed = ModalityEmbedder(find_embedder_parts(model, "infrared"), contract).embed
     return embed(tf.constant(images, tf.float32))["embedding"].numpy()
@@ -134,7 +134,7 @@ def test_float32_equals_saved_model_and_info(float_dir, embedder):
 
 
 def test_infrared_file_carries_only_the_infrared_stem(float_dir, run_dir):
-    from serving.export import load_run
+    from serving.export.run_folder import load_run
     model, _ = load_run(run_dir)
     kernels = {m: model.get_layer(f"{m}_stem").get_layer("conv1_conv").kernel.numpy().transpose(3, 0, 1, 2)
                for m in ("visible", "infrared")}
@@ -195,8 +195,8 @@ def test_int8_full_is_integer_end_to_end_and_loses_what_the_float_head_keeps(int
 
 
 def test_float16_weights_half_size_and_close(run_dir, float_dir, embedder):
-    from serving.export import load_run
-    from serving.tflite_export import ModalityEmbedder, convert, find_embedder_parts, load_contract
+    from serving.export.run_folder import load_run
+    from serving.export.tflite import ModalityEmbedder, convert, find_embedder_parts, load_contract
     model, run_info = load_run(run_dir)
     data = convert(ModalityEmbedder(find_embedder_parts(model, "infrared"), load_contract(run_dir, run_info)),
                    "float16")
@@ -227,7 +227,7 @@ def test_evaluate_cli_tflite_gives_the_saved_model_metrics(float_dir, model_base
 
 
 def test_client_embed_on_a_device(float_dir, tmp_path, capsys):
-    from serving.client import main
+    from serving.client.cli import main
     image = tmp_path / "frame.png"
     image.write_bytes(png_bytes(random_images(1)[0]))
     with pytest.raises(SystemExit) as exit_info:
@@ -238,8 +238,8 @@ def test_client_embed_on_a_device(float_dir, tmp_path, capsys):
 
 def test_bad_inputs_name_the_file_and_the_expectation(float_dir, run_dir, tmp_path, capsys):
     from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
-    from serving.export import main
-    from serving.tflite_export import TFLiteExportError, export_run_tflite
+    from serving.export.cli import main
+    from serving.export.tflite import TFLiteExportError, export_run_tflite
     tflite = TFLiteEmbedder(float_dir)
     with pytest.raises(TFLiteEmbedderError, match=r"frame\.png.*expected \[N, 64, 32, 3\].*infrared\.tflite"):
         tflite.embed_images(np.zeros((1, 32, 32, 3), np.uint8), "infrared", "frame.png")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import requests
 
-from serving.client import ServingClient, b64
-from serving.grpc_client import GrpcClient
+from serving.client.rest_client import ServingClient, b64
+from serving.client.grpc_client import GrpcClient
 from tests.conftest import TEST_STAGE_BLOCKS
 from tests.serving.conftest import IMAGE_SIZE, MODEL_WIDTH, start_server, stop_server
 
@@ -37,9 +37,9 @@ def test_v2_is_served_search_stays_pinned_and_a_corrupt_v3_is_skipped(swap_serve
                                                                        gallery_dir, gallery_files):
     from kdem_tf.config import ModelConfig
     from kdem_tf.model.model import build_kdem_models
-    from serving.embedder import Embedder
-    from serving.export import export_embedder
-    from serving.index import load_index
+    from serving.export.embedder import Embedder
+    from serving.export.saved_model import export_embedder
+    from serving.export.gallery_index import load_index
     images = [open(os.path.join(gallery_dir, p), "rb").read() for p in gallery_files[:4]]
     modalities = ["visible", "infrared", "visible", "infrared"]
     rest = ServingClient(swap_server["url"])

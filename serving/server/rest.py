@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from typing import Dict, Tuple
 
 import numpy as np
@@ -19,8 +20,8 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from serving.errors import (HTTP_STATUS, ServingError, exhausted, failed_precondition, invalid,  # noqa: F401
-                            not_found, unauthenticated)
+from kdem_tf.artifacts import SAVED_MODEL_FILE
+from serving.server.errors import invalid
 
 
 def parse_json(body: bytes, object_only: bool = True):
@@ -143,7 +144,7 @@ def format_predict(outputs: Dict[str, np.ndarray], row_format: bool) -> dict:
 def signature_def_map(version_dir: str) -> dict:
     """{key: SignatureDef proto} of a SavedModel version folder (TF-internal `__*` keys left out)."""
     saved_model = saved_model_pb2.SavedModel()
-    with open(f"{version_dir}/saved_model.pb", "rb") as f:
+    with open(os.path.join(version_dir, SAVED_MODEL_FILE), "rb") as f:
         saved_model.ParseFromString(f.read())
     meta_graph = saved_model.meta_graphs[0]
     return {key: sig for key, sig in meta_graph.signature_def.items() if not key.startswith("__")}

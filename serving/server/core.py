@@ -1,9 +1,9 @@
 """What REST and gRPC share: the served models and versions, the gallery index, the batcher.
 
 `ServingCore` answers predict, search, status and metadata on numpy arrays and protos;
-`serving.server` (REST) and `serving.grpc_service` (gRPC) only translate their wire
+`serving.server.rest_app` (REST) and `serving.server.grpc_service` (gRPC) only translate their wire
 formats to it, so both transports give the same answers from the same loaded versions
-and the same micro-batcher. Errors are `serving.rest.ServingError` with a TF status code.
+and the same micro-batcher. Errors are `serving.server.errors.ServingError` with a TF status code.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import tensorflow as tf
 
 from kdem_tf import tta
 from kdem_tf.image_contract import MODALITIES, ContractError, modality_index
-from serving import search_signature
-from serving.batching import MicroBatcher, embed_batch
-from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE
-from serving.rest import ServingError, failed_precondition, invalid, not_found
-from serving.settings import ServingLimits
-from serving.versions import LoadedVersion, ServedModel
+from kdem_tf.artifacts import IMAGES_SIGNATURE, SEARCH_SIGNATURE, SERVING_SIGNATURE
+from serving.export import search_signature
+from serving.server.batching import MicroBatcher, embed_batch
+from serving.server.errors import ServingError, failed_precondition, invalid, not_found
+from serving.server.settings import ServingLimits
+from serving.server.versions import LoadedVersion, ServedModel
 
 log = logging.getLogger("serving")
 
@@ -67,7 +67,7 @@ class ServingCore:
                             served.name, served.base_path)
         self.models[self.model_name].get()  # the embedder must be servable at startup
         if self.index_dir:
-            from serving.index import load_index
+            from serving.export.gallery_index import load_index
             self.index = load_index(self.index_dir)
             built_with = self.index.manifest.get("model_version")
             self.index_version = self.models[self.model_name].pin(built_with) if built_with else None
@@ -111,7 +111,7 @@ class ServingCore:
             if name != self.model_name or label not in self.labels:
                 raise invalid(f"Unrecognized servable version label: {label}")
             version = self.labels[label]
-        if signature == search_signature.SEARCH_SIGNATURE and name == self.model_name:
+        if signature == SEARCH_SIGNATURE and name == self.model_name:
             loaded = self.search_version()
             if version is not None and version != loaded.version:
                 raise not_found(f"Servable not found for request: Specific({name}, {version}) "
@@ -128,12 +128,12 @@ class ServingCore:
         """{key: SignatureDef} of a loaded version, with `search` on the embedder when an index is loaded."""
         defs = dict(loaded.signature_defs)
         if loaded.embedder is not None and self.index is not None:
-            defs[search_signature.SEARCH_SIGNATURE] = search_signature.search_signature_def()
+            defs[SEARCH_SIGNATURE] = search_signature.search_signature_def()
         return defs
 
     def input_specs(self, loaded: LoadedVersion, signature: str) -> dict:
         """{input name: TensorSpec} of a signature (NOT_FOUND when the version has none of that name)."""
-        if signature == search_signature.SEARCH_SIGNATURE and loaded.embedder is not None and self.index is not None:
+        if signature == SEARCH_SIGNATURE and loaded.embedder is not None and self.index is not None:
             return search_signature.INPUT_SPECS
         if signature not in loaded.input_specs:
             raise not_found(f"Serving signature name: \"{signature}\" not found in signature def")
@@ -152,7 +152,7 @@ class ServingCore:
         batch = max((len(a) for a in inputs.values() if np.ndim(a) > 0), default=1)
         if batch > self.limits.max_instances:
             raise invalid(f"batch of {batch}: at most {self.limits.max_instances} per request")
-        if signature == search_signature.SEARCH_SIGNATURE and loaded.embedder is not None:
+        if signature == SEARCH_SIGNATURE and loaded.embedder is not None:
             k = int(inputs["k"])
             _, results = await self.search(list(inputs["image_bytes"]), list(inputs["modality"]),
                                            [k] * len(inputs["image_bytes"]), deadline)

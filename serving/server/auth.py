@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Dict, Optional, Tuple
 
-from serving.errors import unauthenticated
+from serving.server.errors import unauthenticated
 
 log = logging.getLogger("serving")
 

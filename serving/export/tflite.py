@@ -38,15 +38,15 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from kdem_tf.artifacts import IMAGE_CONTRACT_FILE, TFLITE_INFO_FILE, publish_folder
 from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE, ContractError, ImageContract
-from kdem_tf.evaluation.tflite_embedder import INFO_FILE, QUANTIZATIONS, model_file
+from kdem_tf.evaluation.tflite_embedder import QUANTIZATIONS, model_file
+from serving.export.run_folder import load_run
 
 BATCH = 1  # the batch dimension of the exported models (static: see the module docstring)
 
@@ -127,7 +127,7 @@ def load_contract(run_dir: str, run_info: dict) -> ImageContract:
     try:
         return ImageContract.load(run_dir)
     except ContractError:
-        if not os.path.exists(os.path.join(run_dir, "image_contract.json")):
+        if not os.path.exists(os.path.join(run_dir, IMAGE_CONTRACT_FILE)):
             return ImageContract(tuple(run_info["image_size"]), "torchvision")
         raise
 
@@ -271,42 +271,44 @@ def export_tflite(inference_model, contract: ImageContract, out_dir: str, quanti
     if unknown or not modalities:
         raise TFLiteExportError(f"modalities: expected some of {list(MODALITIES)}, got {list(modalities)}")
     parts = {m: find_embedder_parts(inference_model, m) for m in modalities}
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    temp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out_dir)}-", dir=parent)
-    try:
+
+    def write(folder: str) -> None:
+        os.makedirs(folder)
         models = {}
         for modality in modalities:
             data = convert(ModalityEmbedder(parts[modality], contract), quantize, calibration.get(modality))
-            path = os.path.join(temp, model_file(modality))
+            path = os.path.join(folder, model_file(modality))
             with open(path, "wb") as f:
                 f.write(data)
             models[modality] = describe_model(path)
-        info = {"format": "kdem-tflite/1", "contract": contract.to_dict(), "channel_order": contract.channel_order,
-                "batch": BATCH, "embedding_dim": int(models[modalities[0]]["output"]["shape"][-1]),
-                "quantization": {"mode": quantize,
-                                 "weights": {"none": "float32", "float16": "float16"}.get(quantize, "int8"),
-                                 "activations": "int8" if quantize.startswith("int8") else "float32",
-                                 "float_layers": list(FLOAT_HEAD_LAYERS) if quantize == "int8" else [],
-                                 "calibration": None if not quantize.startswith("int8") else {
-                                     "tfrecords": os.path.abspath(calibration_dir), "split": "train",
-                                     "images": {m: int(len(v)) for m, v in calibration.items()}}},
-                "models": models}
+        info = tflite_info(contract, quantize, calibration_dir, calibration, models)
         info.update(extra_info or {})
-        with open(os.path.join(temp, INFO_FILE), "w") as f:
+        with open(os.path.join(folder, TFLITE_INFO_FILE), "w") as f:
             json.dump(info, f, indent=2)
-        os.rename(temp, out_dir)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return out_dir
+
+    return publish_folder(out_dir, write)
+
+
+def tflite_info(contract: ImageContract, quantize: str, calibration_dir: Optional[str],
+                calibration: Dict[str, np.ndarray], models: Dict[str, dict]) -> dict:
+    """The content of tflite_info.json: contract, batch, embedding size, quantisation, each model."""
+    first = next(iter(models.values()))
+    return {"format": "kdem-tflite/1", "contract": contract.to_dict(), "channel_order": contract.channel_order,
+            "batch": BATCH, "embedding_dim": int(first["output"]["shape"][-1]),
+            "quantization": {"mode": quantize,
+                             "weights": {"none": "float32", "float16": "float16"}.get(quantize, "int8"),
+                             "activations": "int8" if quantize.startswith("int8") else "float32",
+                             "float_layers": list(FLOAT_HEAD_LAYERS) if quantize == "int8" else [],
+                             "calibration": None if not quantize.startswith("int8") else {
+                                 "tfrecords": os.path.abspath(calibration_dir), "split": "train",
+                                 "images": {m: int(len(v)) for m, v in calibration.items()}}},
+            "models": models}
 
 
 def export_run_tflite(run_dir: str, out_dir: str, quantize: str = "none", calibration_dir: Optional[str] = None,
                       calibration_per_modality: int = DEFAULT_CALIBRATION_IMAGES,
                       modalities: Sequence[str] = MODALITIES) -> str:
     """`export_tflite` of a training run folder (its inference_model.keras and image contract)."""
-    from serving.export import load_run
-
     model, run_info = load_run(run_dir)
     contract = load_contract(run_dir, run_info)
     extra = {k: run_info[k] for k in ("dataset", "num_classes") if k in run_info}
@@ -338,31 +340,9 @@ def run_cli(args) -> int:
     except (TFLiteExportError, ContractError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with open(os.path.join(out, INFO_FILE)) as f:
+    with open(os.path.join(out, TFLITE_INFO_FILE)) as f:
         info = json.load(f)
     for modality, model in info["models"].items():
         print(f"exported {os.path.join(out, model['file'])} ({model['bytes'] / 1e6:.1f} MB, {args.quantize}, "
               f"input {model['input']['dtype']} {model['input']['shape']})")
-    return 0
-
-
-def embed_cli(folder: str, image_paths: Sequence[str], modality: str) -> int:
-    """`python -m serving.client embed --tflite OUT_DIR --image F --modality M`: prints each embedding's summary."""
-    import sys
-
-    from kdem_tf.evaluation.tflite_embedder import TFLiteEmbedder, TFLiteEmbedderError
-
-    try:
-        embedder = TFLiteEmbedder(folder)
-        encoded = []
-        for path in image_paths:
-            with open(path, "rb") as f:
-                encoded.append(f.read())
-        embeddings = embedder.embed_bytes(encoded, [modality] * len(encoded), list(image_paths))
-    except (TFLiteEmbedderError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for path, embedding in zip(image_paths, embeddings):
-        print(f"{path}: {modality} via {embedder.path(modality)}, dim {len(embedding)}, "
-              f"norm {np.linalg.norm(embedding):.4f}, first {np.round(embedding[:4], 4).tolist()}")
     return 0

@@ -25,11 +25,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from serving import search_signature
-from serving.core import ServingCore
-from serving.export import SERVING_SIGNATURE
-from serving.rest import (ServingError, decode_string, format_predict, invalid, model_status, parse_json,
-                          parse_predict, signature_defs_json)
+from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
+from serving.server.core import ServingCore
+from serving.server.errors import ServingError, invalid
+from serving.server.rest import (decode_string, format_predict, model_status, parse_json, parse_predict,
+                                 signature_defs_json)
 
 log = logging.getLogger("serving")
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; nobody reads it
@@ -91,12 +91,20 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
 
     Args:
         core: the shared models, index and batcher.
-        auth: serving.auth.TokenStore or OpenAccess.
-        audit: serving.audit.AuditLog or NoAudit.
+        auth: serving.server.auth.TokenStore or OpenAccess.
+        audit: serving.server.audit.AuditLog or NoAudit.
     """
     app = FastAPI(title="kdem serving")
-    limits = core.limits
+    add_error_handlers(app)
+    add_health_routes(app, core, audit)
+    gate = RequestGate(auth, audit)
+    add_model_routes(app, core, gate)
+    add_search_route(app, core, gate)
+    return app
 
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as TF Serving's `{"error": message}` with its HTTP status."""
     @app.exception_handler(ServingError)
     async def serving_error(request, error: ServingError):
         return json_response({"error": error.message}, error.status, error.headers)
@@ -114,33 +122,42 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
         log.exception("internal error")
         return json_response({"error": f"internal error: {type(error).__name__}: {error}"}, 500)
 
-    def principal(request: Request) -> str:
-        return auth.check(request.headers.get("authorization"))
 
-    def audited(request: Request, who: str, name: str, signature: str, work):
+class RequestGate:
+    """What every model route does around its work: the token check, and one audit line per request."""
+
+    def __init__(self, auth, audit):
+        self.auth = auth
+        self.audit = audit
+
+    def principal(self, request: Request) -> str:
+        return self.auth.check(request.headers.get("authorization"))
+
+    async def audited(self, request: Request, who: str, name: str, signature: str, work):
         """Runs the request's coroutine; one audit line with its outcome (fields filled by `work`)."""
-        async def run():
-            start, entry = time.perf_counter(), {"model": name, "signature": signature}
-            status = "OK"
-            try:
-                response = await unless_disconnected(request, work(entry))
-                if response is None:
-                    status = "CANCELLED"
-                    return Response(status_code=CLIENT_CLOSED)
-                return response
-            except ServingError as e:
-                status = e.code
-                raise
-            except Exception:
-                status = "INTERNAL"
-                raise
-            finally:
-                client = request.client
-                audit.record(transport="rest", token_name=who,
-                             client=f"{client.host}:{client.port}" if client else None, status=status,
-                             latency_ms=round((time.perf_counter() - start) * 1000, 3), **entry)
-        return run()
+        start, entry = time.perf_counter(), {"model": name, "signature": signature}
+        status = "OK"
+        try:
+            response = await unless_disconnected(request, work(entry))
+            if response is None:
+                status = "CANCELLED"
+                return Response(status_code=CLIENT_CLOSED)
+            return response
+        except ServingError as e:
+            status = e.code
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            client = request.client
+            self.audit.record(transport="rest", token_name=who,
+                              client=f"{client.host}:{client.port}" if client else None, status=status,
+                              latency_ms=round((time.perf_counter() - start) * 1000, 3), **entry)
 
+
+def add_health_routes(app: FastAPI, core: ServingCore, audit) -> None:
+    """/healthz (liveness, with readiness and counters) and /readyz (readiness); no token needed."""
     @app.get("/healthz")
     async def healthz():
         ready, versions = core.readiness()
@@ -158,11 +175,16 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
         ready, versions = core.readiness()
         return json_response({"ready": ready, "models": versions}, 200 if ready else 503)
 
+
+def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None:
+    """TF Serving's model status, metadata and predict routes (latest, /versions/{v}, /labels/{l})."""
+    limits = core.limits
+
     @app.get("/v1/models/{name}")
     @app.get("/v1/models/{name}/versions/{version}")
     @app.get("/v1/models/{name}/labels/{label}")
     async def status(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        principal(request)
+        gate.principal(request)
         loaded = core.resolve(name, parse_version(version), label)
         return json_response(model_status(loaded.version))
 
@@ -170,7 +192,7 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
     @app.get("/v1/models/{name}/versions/{version}/metadata")
     @app.get("/v1/models/{name}/labels/{label}/metadata")
     async def metadata(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        principal(request)
+        gate.principal(request)
         loaded = core.resolve(name, parse_version(version), label)
         return json_response({"model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
                               "metadata": signature_defs_json(core.signature_defs(loaded))})
@@ -179,7 +201,7 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
     @app.post("/v1/models/{name}/versions/{version}:predict")
     @app.post("/v1/models/{name}/labels/{label}:predict")
     async def predict(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        who = principal(request)
+        who = gate.principal(request)
         body = parse_json(await read_body(request, limits.max_body_bytes))
         signature = body.get("signature_name") or SERVING_SIGNATURE
         if not isinstance(signature, str):
@@ -191,17 +213,20 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
             inputs, row_format = parse_predict(body, core.input_specs(loaded, signature), limits.max_instances)
             entry["instances"] = max((len(a) for a in inputs.values() if a.ndim > 0), default=1)
             outputs = await core.predict(loaded, signature, inputs)
-            if signature == search_signature.SEARCH_SIGNATURE:
+            if signature == SEARCH_SIGNATURE:
                 entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
                              person_ids=outputs["person_ids"].tolist())
             return json_response(format_predict(outputs, row_format))
-        return await audited(request, who, name, signature, work)
+        return await gate.audited(request, who, name, signature, work)
 
+
+def add_search_route(app: FastAPI, core: ServingCore, gate: RequestGate) -> None:
+    """POST /v1/models/{name}:search: query images -> ranked gallery matches."""
     @app.post("/v1/models/{name}:search")
     async def search(request: Request, name: str):
-        who = principal(request)
-        core.resolve(name, signature=search_signature.SEARCH_SIGNATURE)  # 404 / FAILED_PRECONDITION first
-        queries = parse_json(await read_body(request, limits.max_body_bytes), object_only=False)
+        who = gate.principal(request)
+        core.resolve(name, signature=SEARCH_SIGNATURE)  # 404 / FAILED_PRECONDITION first
+        queries = parse_json(await read_body(request, core.limits.max_body_bytes), object_only=False)
         queries = queries if isinstance(queries, list) else [queries]
         images, modalities, ks = [], [], []
         for i, query in enumerate(queries):
@@ -219,6 +244,4 @@ def create_app(core: ServingCore, auth, audit) -> FastAPI:
             return json_response({"model_version": str(loaded.version), "index_size": len(core.index),
                                   "results": [[dict(r, rank=rank + 1) for rank, r in enumerate(row)]
                                               for row in results]})
-        return await audited(request, who, name, search_signature.SEARCH_SIGNATURE, work)
-
-    return app
+        return await gate.audited(request, who, name, SEARCH_SIGNATURE, work)

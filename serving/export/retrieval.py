@@ -25,8 +25,10 @@ import numpy as np
 import tensorflow as tf
 from scann.scann_ops.py import scann_ops  # registers the Scann>* ops
 
-from serving.embedder import resolve_version_dir, version_of
-from serving.export import SERVING_SIGNATURE, publish_dir, read_contract
+from kdem_tf.artifacts import (ASSETS_EXTRA_DIR, INDEX_ENTRIES_FILE, INDEX_MANIFEST_FILE, INDEX_SCANN_DIR,
+                               RETRIEVAL_INFO_FILE, SAVED_MODEL_FILE, SERVING_SIGNATURE, publish_version,
+                               resolve_version_dir, version_of)
+from serving.export.saved_model import read_contract
 
 # (file in the index's scann/ folder, dtype); missing assets become scalars, as ScaNN's own
 # `scann_to_tensors` returns them.
@@ -62,14 +64,15 @@ class RetrievalModule(tf.Module):
 
     def __init__(self, embedder, index_dir: str):
         super().__init__()
-        with open(os.path.join(index_dir, "manifest.json")) as f:
+        with open(os.path.join(index_dir, INDEX_MANIFEST_FILE)) as f:
             manifest = json.load(f)
-        with np.load(os.path.join(index_dir, "entries.npz")) as entries:
+        with np.load(os.path.join(index_dir, INDEX_ENTRIES_FILE)) as entries:
             self.gallery_ids = tf.Variable(entries["person_ids"].astype(np.int64), trainable=False)
             self.cameras = tf.Variable(entries["cameras"].astype(np.int64), trainable=False)
             self.paths = tf.Variable(entries["paths"].astype(object), dtype=tf.string, trainable=False)
         self.embedder = embedder
-        self.scann_state = [tf.Variable(t, trainable=False) for t in scann_tensors(os.path.join(index_dir, "scann"))]
+        self.scann_state = [tf.Variable(t, trainable=False)
+                            for t in scann_tensors(os.path.join(index_dir, INDEX_SCANN_DIR))]
         params = manifest["params"]
         self.count = int(manifest["count"])
         self.reorder = int(params.get("reorder", -1)) if params["mode"] == "tree_ah" else -1
@@ -107,9 +110,9 @@ def export_retrieval_model(model: str, index_dir: str, out_base: str, version: O
     Returns:
         the written version folder.
     """
-    with open(os.path.join(index_dir, "manifest.json")) as f:
+    with open(os.path.join(index_dir, INDEX_MANIFEST_FILE)) as f:
         manifest = json.load(f)
-    if model_version is None and not os.path.exists(os.path.join(model, "saved_model.pb")):
+    if model_version is None and not os.path.exists(os.path.join(model, SAVED_MODEL_FILE)):
         model_version = manifest.get("model_version")
     embedder_dir = resolve_version_dir(model, model_version)
     module = RetrievalModule(tf.saved_model.load(embedder_dir), index_dir)
@@ -120,8 +123,8 @@ def export_retrieval_model(model: str, index_dir: str, out_base: str, version: O
     def write(export_dir):
         tf.saved_model.save(module, export_dir, signatures={SERVING_SIGNATURE: module.search},
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
-        os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
-        with open(os.path.join(export_dir, "assets.extra", "kdem_retrieval_info.json"), "w") as f:
+        os.makedirs(os.path.join(export_dir, ASSETS_EXTRA_DIR), exist_ok=True)
+        with open(os.path.join(export_dir, ASSETS_EXTRA_DIR, RETRIEVAL_INFO_FILE), "w") as f:
             json.dump(info, f, indent=2)
 
-    return publish_dir(write, out_base, version)
+    return publish_version(write, out_base, version)

@@ -13,7 +13,7 @@ class ServingError(Exception):
     """An error with a TF status `code` (e.g. "INVALID_ARGUMENT"), returned as `{"error": message}`.
 
     `status` is its HTTP status (TF Serving's mapping, or `http_status` when given, e.g. 413);
-    serving.grpc_service maps `code` to the gRPC status of the same name.
+    serving.server.grpc_service maps `code` to the gRPC status of the same name.
     """
 
     def __init__(self, code: str, message: str, http_status: Optional[int] = None, headers: Optional[dict] = None):

@@ -1,6 +1,6 @@
 """Python client for TF Serving's gRPC API (+ the `search` signature), with the official stubs.
 
-Same methods and return values as `serving.client.ServingClient` (REST): `status()` and
+Same methods and return values as `serving.client.rest_client.ServingClient` (REST): `status()` and
 `metadata()` return the JSON dicts of the REST API (converted from the protos), `predict`
 embeddings, `search` ranked results, so code and tests can switch transports.
 """
@@ -13,6 +13,8 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
+
+from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
 
 
 class GrpcClientError(RuntimeError):
@@ -92,7 +94,7 @@ class GrpcClient:
                 "metadata": {"signature_def": json_format.MessageToDict(signature_map,
                                                                         preserving_proto_field_name=True)}}
 
-    def predict_raw(self, inputs: dict, signature: str = "serving_default", output_filter=()) -> dict:
+    def predict_raw(self, inputs: dict, signature: str = SERVING_SIGNATURE, output_filter=()) -> dict:
         """{input name: TensorProto or values} -> {output name: numpy array}."""
         request = predict_pb2.PredictRequest(output_filter=list(output_filter))
         self._spec(request.model_spec, signature)
@@ -110,7 +112,7 @@ class GrpcClient:
         """Ranked gallery matches per query image via the `search` signature (REST `:search`'s shape)."""
         import tensorflow as tf
         out = self.predict_raw({"image_bytes": list(images), "modality": list(modalities),
-                                "k": tensor(k, tf.int32)}, signature="search")
+                                "k": tensor(k, tf.int32)}, signature=SEARCH_SIGNATURE)
         return [[{"rank": j + 1, "index": int(out["gallery_ids"][i, j]), "person_id": int(out["person_ids"][i, j]),
                   "camera": int(out["cameras"][i, j]), "path": out["paths"][i, j].decode("utf-8"),
                   "score": float(out["scores"][i, j])} for j in range(out["gallery_ids"].shape[1])]

@@ -5,9 +5,10 @@ import logging
 import os
 from typing import Dict, Optional
 
-from serving.embedder import Embedder
-from serving.export import list_versions
-from serving.rest import failed_precondition, not_found, signature_def_map
+from kdem_tf.artifacts import list_versions, version_of
+from serving.export.embedder import Embedder
+from serving.server.errors import failed_precondition, not_found
+from serving.server.rest import signature_def_map
 
 log = logging.getLogger("serving")
 
@@ -22,7 +23,7 @@ class LoadedVersion:
 
     def __init__(self, path: str, embedder: bool):
         self.path = path
-        self.version = int(os.path.basename(os.path.normpath(path)))
+        self.version = version_of(path)
         if embedder:
             self.embedder = Embedder(path)
             self.signatures = self.embedder.signatures

@@ -17,7 +17,6 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-SEARCH_SIGNATURE = "search"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 INPUT_SPECS = {"image_bytes": tf.TensorSpec([None], tf.string, name="image_bytes"),

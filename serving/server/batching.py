@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from serving.errors import deadline_exceeded, exhausted
+from serving.server.errors import deadline_exceeded, exhausted
 
 
 class MicroBatcher:
@@ -136,7 +136,7 @@ def embed_batch(version, requests: list) -> list:
     """Batch runner for embedder requests [(images [n, H, W, 3], modalities [n])] -> [embeddings [n, D]].
 
     Args:
-        version: a serving.versions.LoadedVersion of the embedder.
+        version: a serving.server.versions.LoadedVersion of the embedder.
         requests: one (images, modalities) pair per request.
     """
     images = np.concatenate([images for images, _ in requests])

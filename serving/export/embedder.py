@@ -1,40 +1,19 @@
-"""Loads an exported embedder SavedModel and runs it from Python (index builder, server, benchmarks)."""
+"""Loads an exported embedder SavedModel and runs it from Python (index builder, server, benchmarks).
+
+In the export room because the index builder (`serving.export.gallery_index`) runs it at export
+time; the server (`serving.server.versions`) loads each served version with it.
+"""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from kdem_tf import tta
-
+from kdem_tf.artifacts import (FLIP_IMAGES_SIGNATURE, FLIP_SIGNATURE, IMAGES_SIGNATURE, SERVING_SIGNATURE,
+                               resolve_version_dir, version_of)
 from kdem_tf.image_contract import ImageContract
-from serving.export import IMAGES_SIGNATURE, SERVING_SIGNATURE, list_versions, read_contract, read_info
-
-
-def resolve_version_dir(model: str, version: Optional[int] = None) -> str:
-    """A version folder from a TF Serving base path (highest version, or `version`) or a SavedModel folder.
-
-    Args:
-        model: a base path holding numbered versions, or a SavedModel folder itself.
-        version: pick this version of a base path.
-    """
-    if os.path.exists(os.path.join(model, "saved_model.pb")) and version is None:
-        return model
-    versions = list_versions(model)
-    if not versions:
-        raise FileNotFoundError(f"{model}: no SavedModel and no numbered version folders")
-    chosen = versions[-1] if version is None else version
-    if chosen not in versions:
-        raise FileNotFoundError(f"{model}: no version {chosen} (have {versions})")
-    return os.path.join(model, str(chosen))
-
-
-def version_of(version_dir: str) -> Optional[int]:
-    """The TF Serving version number of a version folder (None when its name is not a number)."""
-    name = os.path.basename(os.path.normpath(version_dir))
-    return int(name) if name.isdigit() else None
+from serving.export.saved_model import read_contract, read_info
 
 
 def decode_one(image_bytes, contract: ImageContract):
@@ -58,7 +37,7 @@ class Embedder:
     """An exported embedder SavedModel, loaded once.
 
     Args:
-        model: TF Serving base path or SavedModel folder (see `resolve_version_dir`).
+        model: TF Serving base path or SavedModel folder (see `kdem_tf.artifacts.resolve_version_dir`).
         version: a specific version of a base path.
     """
 
@@ -80,7 +59,7 @@ class Embedder:
     def _signature(self, name: str):
         if name not in self.signatures:
             hint = " (exported before flip test-time augmentation existed: export it again)" \
-                if name in (tta.FLIP_SIGNATURE, tta.FLIP_IMAGES_SIGNATURE) else ""
+                if name in (FLIP_SIGNATURE, FLIP_IMAGES_SIGNATURE) else ""
             raise KeyError(f"{self.path}: the SavedModel has no {name!r} signature "
                            f"(it has {sorted(self.signatures)}){hint}")
         return self.signatures[name]
@@ -88,13 +67,13 @@ class Embedder:
     def embed_bytes(self, image_bytes: Sequence[bytes], modalities: Sequence[str], flip: bool = False) -> np.ndarray:
         """Encoded images + "visible"/"infrared" -> float32 [N, D] via `serving_default`
         (`serving_flip` with flip=True: flip test-time augmentation, kdem_tf.tta)."""
-        out = self._signature(tta.FLIP_SIGNATURE if flip else SERVING_SIGNATURE)(
+        out = self._signature(FLIP_SIGNATURE if flip else SERVING_SIGNATURE)(
             image_bytes=tf.constant(list(image_bytes), tf.string), modality=tf.constant(list(modalities), tf.string))
         return out["embedding"].numpy()
 
     def embed_images(self, images: np.ndarray, modalities: Sequence[str], flip: bool = False) -> np.ndarray:
         """float32 [N, H, W, 3] in 0..255 -> float32 [N, D] via `embed_images` (`embed_images_flip`)."""
-        out = self._signature(tta.FLIP_IMAGES_SIGNATURE if flip else IMAGES_SIGNATURE)(
+        out = self._signature(FLIP_IMAGES_SIGNATURE if flip else IMAGES_SIGNATURE)(
             images=tf.convert_to_tensor(images, tf.float32), modality=tf.constant(list(modalities), tf.string))
         return out["embedding"].numpy()
 

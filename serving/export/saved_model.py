@@ -1,6 +1,6 @@
 """Exports the KDEM inference model as a TF Serving embedder SavedModel.
 
-    python -m serving.export --run RUN_DIR --out MODEL_BASE [--version N]
+    python -m serving.export --run RUN_DIR --out MODEL_BASE [--version N]     (serving/export/cli.py)
 
 writes `MODEL_BASE/<version>/` (TF Serving's layout) with four signatures:
 
@@ -15,108 +15,29 @@ writes `MODEL_BASE/<version>/` (TF Serving's layout) with four signatures:
   `embedding` L2(e(x) + e(mirror(x))) of flip test-time augmentation (`kdem_tf.tta`).
 
 Only stock TensorFlow ops are used, so the stock `tensorflow_model_server` runs it.
-A version folder appears atomically: the SavedModel is written into a hidden temp
-folder beside it (TF Serving only sees all-digit folder names) and renamed.
+A version folder appears atomically (`kdem_tf.artifacts.publish_version`): the SavedModel is
+written into a hidden temporary folder beside it (TF Serving only sees all-digit folder names)
+and renamed. The signature and file names are `kdem_tf.artifacts`'.
 `assets.extra/kdem_info.json` records the image contract (`image_contract`), the image
 size and the embedding dimension; `read_contract` reads it back.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
 
-from kdem_tf import image_contract
+from kdem_tf import artifacts
 from kdem_tf import tta
+from kdem_tf.artifacts import (ASSETS_EXTRA_DIR, FLIP_IMAGES_SIGNATURE, FLIP_SIGNATURE, IMAGES_SIGNATURE,
+                               KDEM_INFO_FILE, SERVING_SIGNATURE)
 from kdem_tf.data import schema
 from kdem_tf.image_contract import ImageContract, as_contract
-from kdem_tf.model_versions import list_versions  # the one version-folder rule (re-exported here)
-
-INFO_FILE = "kdem_info.json"
-SERVING_SIGNATURE = "serving_default"
-IMAGES_SIGNATURE = "embed_images"
-
-
-def with_compute_dtype(model: keras.Model, dtype: str = "float32") -> keras.Model:
-    """The same model (same weights) with every layer computing in `dtype`.
-
-    A model trained under mixed_bfloat16 saves that policy in each layer's config, so it would
-    export running Conv2D in bfloat16 (which TFLite refuses and serving CPUs without bf16 units run
-    slowly): exports are float32 unless asked (`--compute-dtype`). Returns `model` itself when
-    every layer already computes in `dtype`."""
-    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
-    if all(layer.dtype_policy.name == policy for layer in model._flatten_layers(include_self=False)):
-        return model
-
-    def retyped(node):
-        if isinstance(node, dict):
-            if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(node.get("config"), dict):
-                return dict(node, config=dict(node["config"], name=policy))
-            return {k: retyped(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [retyped(v) for v in node]
-        return node
-
-    import kdem_tf.model.model  # noqa: F401  (registers the custom layers)
-    copy = keras.Model.from_config(retyped(model.get_config()))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def compute_dtype_of(model: keras.Model) -> str:
-    """The compute dtype of the model's convolutions (what an export runs)."""
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.Conv2D):
-            return str(layer.compute_dtype)
-    return str(model.compute_dtype)
-
-
-def load_run(run_dir: str, compute_dtype: str = "float32") -> Tuple[keras.Model, dict]:
-    """Loads `RUN_DIR/inference_model.keras` and `RUN_DIR/run_info.json`.
-
-    Args:
-        run_dir: a training run folder written by `kdem_tf.train`.
-        compute_dtype: the dtype the returned model computes in (float32 unless asked; a run trained
-            under mixed precision saved its policy in every layer: see `with_compute_dtype`).
-
-    Returns:
-        (inference_model, run_info).
-    """
-    info_path = os.path.join(run_dir, "run_info.json")
-    model_path = os.path.join(run_dir, "inference_model.keras")
-    for path in (info_path, model_path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: missing (is {run_dir} a training run folder?)")
-    with open(info_path) as f:
-        run_info = json.load(f)
-    if "image_size" not in run_info:
-        raise ValueError(f"{info_path}: no 'image_size'")
-    # The custom layers register themselves on import of the model module.
-    import kdem_tf.model.model  # noqa: F401
-    model = keras.saving.load_model(model_path, compile=False)
-    return with_compute_dtype(model, compute_dtype), run_info
-
-
-def run_contract(run_dir: str, run_info: Optional[dict] = None) -> ImageContract:
-    """The image contract a run was trained with: RUN_DIR/image_contract.json, else run_info.json's
-    `image_contract`; a run folder from before contracts (only `image_size`) used torchvision's
-    normalisation (`image_contract.as_contract`)."""
-    if os.path.exists(os.path.join(run_dir, image_contract.CONTRACT_FILE)):
-        return ImageContract.load(run_dir)
-    info_path = os.path.join(run_dir, "run_info.json")
-    if run_info is None:
-        with open(info_path) as f:
-            run_info = json.load(f)
-    if "image_contract" in run_info:
-        return ImageContract.from_dict(run_info["image_contract"], where=f"{info_path} image_contract")
-    return as_contract(run_info["image_size"])
+from serving.export.run_folder import compute_dtype_of, load_run, run_contract
 
 
 def modality_ids(modality: tf.Tensor) -> tf.Tensor:
@@ -187,8 +108,8 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
     # name → (function, its first input); every endpoint's second input is the modality. Flip test-time
     # augmentation (kdem_tf.tta): the same inputs, flip-averaged embeddings.
     endpoints = {SERVING_SIGNATURE: (serve_bytes, bytes_spec), IMAGES_SIGNATURE: (embed_images, images_spec),
-                 tta.FLIP_SIGNATURE: (serve_bytes_flip, bytes_spec),
-                 tta.FLIP_IMAGES_SIGNATURE: (embed_images_flip, images_spec)}
+                 FLIP_SIGNATURE: (serve_bytes_flip, bytes_spec),
+                 FLIP_IMAGES_SIGNATURE: (embed_images_flip, images_spec)}
     archive = keras.export.ExportArchive()
     archive.track(inference_model)
     for name, (function, first_input) in endpoints.items():
@@ -200,15 +121,15 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
             "signatures": list(endpoints),
             "exported_at": time.time()}
     info.update(extra_info or {})
-    os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
-    with open(os.path.join(export_dir, "assets.extra", INFO_FILE), "w") as f:
+    os.makedirs(os.path.join(export_dir, ASSETS_EXTRA_DIR), exist_ok=True)
+    with open(os.path.join(export_dir, ASSETS_EXTRA_DIR, KDEM_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     return export_dir
 
 
 def read_info(version_dir: str) -> dict:
     """The `assets.extra/kdem_info.json` of an exported version ({} when absent)."""
-    path = os.path.join(version_dir, "assets.extra", INFO_FILE)
+    path = os.path.join(version_dir, ASSETS_EXTRA_DIR, KDEM_INFO_FILE)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -222,44 +143,13 @@ def read_contract(version_dir: str, fallback_size: Optional[Sequence[int]] = Non
     """The image contract baked into an exported version (kdem_info.json `image_contract`); an export
     from before contracts: its `image_size` (or `fallback_size`) with the normalisation of that time."""
     info = read_info(version_dir)
-    where = os.path.join(version_dir, "assets.extra", INFO_FILE)
+    where = os.path.join(version_dir, ASSETS_EXTRA_DIR, KDEM_INFO_FILE)
     if "image_contract" in info:
         return ImageContract.from_dict(info["image_contract"], where=f"{where} image_contract")
     size = info.get("image_size") or fallback_size
     if not size:
         raise ValueError(f"{where}: no image_contract and no image_size (is {version_dir} a kdem-tf export?)")
     return as_contract(size)
-
-
-def publish_dir(write, model_base: str, version: Optional[int] = None) -> str:
-    """Runs write(temp_dir) in a hidden temp folder under `model_base`, renames it to the version.
-
-    Args:
-        write: callable writing a complete SavedModel into the folder it is given.
-        model_base: TF Serving base path (created if absent).
-        version: version number; default max existing + 1 (1 for an empty base).
-
-    Returns:
-        the final version folder.
-    """
-    os.makedirs(model_base, exist_ok=True)
-    if version is None:
-        version = max(list_versions(model_base), default=0) + 1
-    if version < 1:
-        raise ValueError(f"version must be >= 1, got {version}")
-    final = os.path.join(model_base, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final}: version {version} already exists")
-    # Same file system as the target, so the rename is atomic; the name is not all digits,
-    # so neither TF Serving nor serving.server treats it as a version.
-    temp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base)
-    try:
-        export_dir = os.path.join(temp, "model")
-        write(export_dir)
-        os.rename(export_dir, final)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return final
 
 
 def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base: str,
@@ -289,27 +179,4 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
     else:
         model = run_dir_or_keras_model
         image_size = image_size or tuple(model.input["image"].shape[1:3])
-    return publish_dir(lambda d: export_saved_model(model, image_size, d, extra), model_base, version)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", required=True, help="training run folder (inference_model.keras, run_info.json)")
-    parser.add_argument("--out", help="TF Serving model base path (required unless --tflite)")
-    parser.add_argument("--version", type=int, default=None, help="default: max existing + 1")
-    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="SavedModel compute dtype (default float32, whatever the run trained in)")
-    from serving import tflite_export
-    tflite_export.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.tflite:
-        raise SystemExit(tflite_export.run_cli(args))
-    if not args.out:
-        parser.error("--out (or --tflite) is required")
-    path = export_embedder(args.run, args.out, args.version, compute_dtype=args.compute_dtype)
-    info = read_info(path)
-    print(f"exported {path} (image contract {info['image_contract']}, embedding dim {info['embedding_dim']})")
-
-
-if __name__ == "__main__":
-    main()
+    return artifacts.publish_version(lambda d: export_saved_model(model, image_size, d, extra), model_base, version)

@@ -5,7 +5,7 @@
         [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM] [--audit-log FILE]
         [--max-queue 64] [--version-label LABEL=VERSION ...] [--ready-file FILE]
 
-REST (serving.rest_app) and gRPC (serving.grpc_service) run in one process, on one event
+REST (serving.server.rest_app) and gRPC (serving.server.grpc_service) run in one process, on one event
 loop, over one `ServingCore`: the same loaded versions and the same micro-batcher, so
 concurrent REST and gRPC requests share batches. `--port 0` / `--grpc-port auto` bind a
 free port; `--grpc-port 0` turns gRPC off. Once both listen, the process prints one line
@@ -28,10 +28,10 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 
-from serving.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
-from serving.settings import ServingLimits
+from kdem_tf.artifacts import atomic_write_text
+from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
+from serving.server.settings import ServingLimits
 
 log = logging.getLogger("serving")
 GRPC_AUTO = "auto"
@@ -52,7 +52,8 @@ def _pairs(items, parser, flag: str, value_type=str) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     limits = ServingLimits()
-    parser = argparse.ArgumentParser(description="TF Serving-compatible REST + gRPC server with gallery search.")
+    parser = argparse.ArgumentParser(prog="python -m serving.server",
+                                     description="TF Serving-compatible REST + gRPC server with gallery search.")
     parser.add_argument("--model-base", required=True, help="embedder base path (numbered versions)")
     parser.add_argument("--model-name", default="kdem")
     parser.add_argument("--index", default=None, help="gallery index folder (serving.index) for search")
@@ -87,22 +88,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _write_ready_file(path: str, info: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".ready-", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    os.replace(temp, path)
-
-
 async def serve(args: argparse.Namespace, auth) -> None:
     """Loads the models, then serves REST and gRPC until SIGINT/SIGTERM."""
     import uvicorn
 
-    from serving.audit import AuditLog, NoAudit
-    from serving.core import ServingCore
-    from serving.grpc_service import start_grpc_server
-    from serving.rest_app import create_app
+    from serving.server.audit import AuditLog, NoAudit
+    from serving.server.core import ServingCore
+    from serving.server.grpc_service import start_grpc_server
+    from serving.server.rest_app import create_app
 
     limits = ServingLimits(poll_seconds=args.poll_seconds, window_ms=args.batch_window_ms, max_batch=args.max_batch,
                            max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
@@ -137,8 +130,8 @@ async def serve(args: argparse.Namespace, auth) -> None:
             grpc_text = f"{args.host}:{grpc_port}" if grpc_port else "off"
             print(f"serving: rest={scheme}://{args.host}:{rest_port} grpc={grpc_text}", flush=True)
             if args.ready_file:
-                _write_ready_file(args.ready_file, {"rest_port": rest_port, "grpc_port": grpc_port,
-                                                    "pid": os.getpid()})
+                atomic_write_text(args.ready_file, json.dumps({"rest_port": rest_port, "grpc_port": grpc_port,
+                                                               "pid": os.getpid()}))
         await rest
     finally:
         if grpc_server is not None:
@@ -162,7 +155,3 @@ def main(argv=None) -> None:
             sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve(args, auth))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,7 @@ Implements, with the official `tensorflow_serving.apis` stubs, on the same loade
 versions and micro-batcher as the REST API of the same process:
 
 - `tensorflow.serving.PredictionService/Predict`: every signature of the served models
-  (and `search` on the embedder: see serving.search_signature), `model_spec.version` or
+  (and `search` on the embedder: see serving.export.search_signature), `model_spec.version` or
   `model_spec.version_label` or the latest version, `output_filter`;
 - `tensorflow.serving.PredictionService/GetModelMetadata`: `signature_def` packed as
   `SignatureDefMap`, as TF Serving returns it;
@@ -30,10 +30,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, status_pb2)
 
-from serving import search_signature
-from serving.core import ServingCore, check_inputs
-from serving.export import SERVING_SIGNATURE
-from serving.rest import ServingError, invalid
+from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
+from serving.server.core import ServingCore, check_inputs
+from serving.server.errors import ServingError, invalid
 
 log = logging.getLogger("serving")
 METADATA_FIELD = "signature_def"
@@ -98,7 +97,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             unknown = sorted(set(wanted) - set(outputs))
             if unknown:
                 raise invalid(f"output tensor alias not found in signature: {unknown[0]}")
-            if signature == search_signature.SEARCH_SIGNATURE:
+            if signature == SEARCH_SIGNATURE:
                 entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
                              person_ids=outputs["person_ids"].tolist())
             response = predict_pb2.PredictResponse()
@@ -163,7 +162,7 @@ async def start_grpc_server(core: ServingCore, auth, audit, host: str, port: int
     """Starts the gRPC server on the running event loop.
 
     Args:
-        core, auth, audit: as for serving.rest_app.create_app.
+        core, auth, audit: as for serving.server.rest_app.create_app.
         host, port: bind address; port 0 picks a free port.
         tls: (certificate PEM bytes, private key PEM bytes), or None for plaintext.
 
