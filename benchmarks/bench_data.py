@@ -119,7 +119,6 @@ def bench_train_step(image_size, identities: int, instances: int, steps: int, re
 
 def main() -> None:
     from kdem_tf.config import DataConfig
-    from kdem_tf.data import synthetic
     from kdem_tf.image_contract import parse_size
 
     batch_defaults = DataConfig()

@@ -90,8 +90,6 @@ def shared_path(tmp_path_factory, name: str, build) -> str:
 def tiny_sysu(tmp_path_factory):
     """THE tiny synthetic SYSU-MM01 folder of the session (6 identities at 64x32, seed 0, 2 images per
     camera; the pipeline's data and the serving gallery), shared by the test processes. Read only."""
-    from kdem_tf.data import synthetic
-
     def build(path: pathlib.Path) -> None:
         sysu_ds.generate_synthetic(str(path / "sysu"), identities=6, seed=0, image_size=(64, 32), images_per_camera=2,
                                 progress=False)

@@ -165,7 +165,7 @@ def test_import_writes_a_complete_run_folder(agw_tiny_run):
 def test_exported_import_embeds_as_agws_forward_and_evaluates(agw_tiny_run, tiny_sysu, tmp_path):
     import tensorflow as tf
     from kdem_tf import evaluate
-    from serving import export
+    from serving.export import cli as export
 
     _, run = agw_tiny_run
     export.main(["--run", run, "--out", str(tmp_path / "run" / "export")])

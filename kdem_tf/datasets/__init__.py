@@ -41,14 +41,19 @@ def unregister(name: str) -> None:
 
 
 def _load() -> None:
-    for module in _BUILT_IN + tuple(m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()):
+    for module in _modules():
         importlib.import_module(module)  # each registers its dataset on import
 
 
+def _modules() -> Tuple[str, ...]:
+    return _BUILT_IN + tuple(m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip())
+
+
 def names() -> Tuple[str, ...]:
-    """The registered datasets' names, built-in first."""
+    """The registered datasets' names: the built-in ones in their fixed order, then the plug-ins."""
     _load()
-    return tuple(_REGISTRY)
+    order = {module: i for i, module in enumerate(_modules())}
+    return tuple(sorted(_REGISTRY, key=lambda name: order.get(type(_REGISTRY[name]).__module__, len(order))))
 
 
 def get(name: str) -> Dataset:

@@ -18,6 +18,7 @@ from apache_beam.runners.direct.direct_runner import DirectRunner
 
 from kdem_tf.data import beam_options, preprocess, synthetic
 from pipeline import configs
+from kdem_tf.datasets import sysu as sysu_ds
 
 LOSSY_RUNNER = f"{__name__}.LossyDirectRunner"
 RECEIVED_OPTIONS = []  # the options each LossyDirectRunner run got (get_all_options of each)
@@ -53,7 +54,7 @@ class LossyDirectRunner(DirectRunner):
 
 @pytest.fixture(scope="module")
 def raw_sysu(tmp_path_factory):
-    return synthetic.generate_sysu(str(tmp_path_factory.mktemp("raw") / "sysu"), identities=4, images_per_camera=1,
+    return sysu_ds.generate_synthetic(str(tmp_path_factory.mktemp("raw") / "sysu"), identities=4, images_per_camera=1,
                                    image_size=(16, 8), progress=False)
 
 

@@ -5,7 +5,6 @@ import os
 import shutil
 
 import pytest
-from kdem_tf.data import synthetic
 from kdem_tf.datasets import files as ds_files
 from kdem_tf.datasets import sysu as sysu_ds
 from kdem_tf.datasets import regdb as regdb_ds

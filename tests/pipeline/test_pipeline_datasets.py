@@ -31,7 +31,6 @@ def _settings(home, dataset, data_root) -> PipelineSettings:
 
 def _manifest(folder) -> str:
     """Own cameras: a lobby (visible, cameras 1 and 3) and a gate (infrared, camera 2), 6 people."""
-    from kdem_tf.data import synthetic
 
     raw = folder / "render"
     sysu_ds.generate_synthetic(str(raw), identities=6, seed=5, image_size=(64, 32), images_per_camera=2,

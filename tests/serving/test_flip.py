@@ -48,7 +48,6 @@ def test_index_with_flip_records_it_and_stores_flip_embeddings(model_base, galle
 
 @pytest.fixture(scope="module")
 def sysu_root(tmp_path_factory):
-    from kdem_tf.data import synthetic
     root = tmp_path_factory.mktemp("flip_sysu") / "SYSU"
     sysu_ds.generate_synthetic(str(root), identities=6, images_per_camera=2, image_size=(80, 40), seed=3,
                             progress=False)
