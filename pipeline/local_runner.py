@@ -288,8 +288,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from kdem_tf.data import beam_options
 
     own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(own_args)
+    parser = build_parser()
+    args = parser.parse_args(own_args)
     args.beam_args += separated
+    try:
+        beam_options.check_beam_args(args.beam_args)  # a refused runner: before any data is generated
+    except beam_options.UnsupportedRunnerError as error:
+        parser.error(str(error))
     return args
 
 

@@ -138,3 +138,19 @@ def test_a_refused_beam_runner_is_an_error_before_anything_runs():
                         "--runner=DaskRunner")
     assert result.returncode == 2
     assert "'DaskRunner' is not supported" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["kdem_tf.data.preprocess", "pipeline.local_runner"])
+def test_a_refused_beam_runner_is_a_flag_error(module):
+    result = run_module(module, *ENTRY_POINTS[module], "--beam-arg=--runner=DaskRunner")
+    assert result.returncode == 2
+    assert "error: Beam runner 'DaskRunner' is not supported" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_tfx_cli_module_is_the_tfx_command():
+    """`python -m pipeline.tfx_cli` answers as `tfx` does (click's own flag errors), nothing added."""
+    result = run_module("pipeline.tfx_cli", "run", "create", "--engine", "local", "--frobnicate")
+    assert result.returncode == 2
+    assert "No such option '--frobnicate'" in result.stderr
+    assert run_module("pipeline.tfx_cli", "--help").stdout.startswith("Usage: tfx ")
