@@ -61,7 +61,7 @@ def write_run(work: str, image_size, precision: str = "float32", weights_from=No
         if source_run and os.path.exists(os.path.join(source_run, "config.yaml")):
             from kdem_tf import config as config_lib
             from kdem_tf.architecture import ABLATION_ROWS
-            from kdem_tf.train import build_models
+            from kdem_tf.training.models import build_models
 
             with open(os.path.join(source_run, "config.yaml")) as f:
                 config = config_lib.from_yaml_text(f.read())

@@ -42,7 +42,7 @@ def profile(preset: str, overrides, steps: int, repeats: int) -> dict:
 
     from kdem_tf import config as config_lib
     from kdem_tf.data import input_pipeline
-    from kdem_tf.train import build_models
+    from kdem_tf.training.models import build_models
     from kdem_tf.model.optim import build_optimizer
     from kdem_tf.architecture import ABLATION_ROWS
     from kdem_tf.model.trainer import KDEMTrainer

@@ -42,6 +42,9 @@ class ModelConfig:
     width: float = 1.0                         # channel multiplier of stems and trunk; 1 = ResNet-50 (the paper)
     stage_blocks: Tuple[int, ...] = (3, 4, 6, 3)  # bottlenecks in conv2_x..conv5_x; (3, 4, 6, 3) = ResNet-50
     init_from: str = "none"                    # a run folder or AGW checkpoint to start from (kdem_tf.model.init_from)
+    # Beyond the paper (the influence-factor collapse study, docs/training.md): the factors are
+    # softmax(logits / T); 1.0 is Eq. 5.
+    factor_temperature: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,9 @@ class LossConfig:
     wrt_weight: float = 1.0                    # λ2
     div_weight: float = 1.0                    # λ3
     con_weight: float = 0.1                    # λ4
+    # Beyond the paper (the influence-factor collapse study, docs/training.md): the factors mi_m weight
+    # L_con as constants (stop-gradient; L_con still reaches them through F_t); False is Eq. 8 as written.
+    con_detach_factors: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +228,8 @@ def validate(config: TrainConfig) -> None:
     if not config.optim.base_lr > 0 or config.optim.backbone_lr < 0:
         raise ConfigError(f"optim.base_lr must be > 0 and optim.backbone_lr >= 0 (the backbone's rate is a "
                           f"multiple of the head's), got {config.optim.base_lr} and {config.optim.backbone_lr}")
+    if not config.model.factor_temperature > 0:
+        raise ConfigError(f"model.factor_temperature must be > 0, got {config.model.factor_temperature}")
     if config.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be at least 1 (epochs), got {config.checkpoint_every}")
     from kdem_tf.image_contract import ContractError, resolve_normalization

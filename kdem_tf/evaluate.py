@@ -35,7 +35,7 @@ from kdem_tf.artifacts import SERVING_SIGNATURE
 from kdem_tf import datasets, tta
 from kdem_tf.datasets import cli_options
 from kdem_tf import evaluation as ev
-from kdem_tf.evaluation import reranking, tables, variants
+from kdem_tf.evaluation import match_threshold, reranking, tables, variants
 from kdem_tf.evaluation.features import FeatureTable, load_feature_tables
 
 MONTAGE_QUERIES = 8
@@ -203,16 +203,18 @@ def _plots(args, title: str, trial: ev.Trial, features_for, results, cmc_mean: n
         title=f"{title}, trial {trial.trial}: query, then top-{MONTAGE_TOP_K} (green = same id)")
 
 
-def _compute(args, trials, splits) -> Tuple[Dict[str, List[ev.TrialResult]], object]:
-    """{variant label: trial results} (plain, re-ranked, flip...) and the plain features provider."""
-    features_for = _features_provider(args, trials, splits)
+def _compute(args, trials, splits) -> Tuple[Dict[str, List[ev.TrialResult]], object, object]:
+    """{variant label: trial results} (plain, re-ranked, flip...), the plain features provider and the
+    protocol's pair scores of the plain embeddings (the same-person threshold's)."""
+    pair_scores = match_threshold.PairScoreCollector(args.dataset)
+    features_for = pair_scores.wrap(_features_provider(args, trials, splits))
     rerank = getattr(args, "rerank", None) or None  # RerankParams (parse_args), or absent/False
     computed = ev.run_trials(trials, features_for, args.dataset, args.distance, rerank=rerank)
     if args.flip:  # the same trials on flip-averaged embeddings: their own rows
         flip_for = _features_provider(args, trials, splits, tta.FLIP_SIGNATURE)
         computed += [dataclasses.replace(r, variant=tta.flip_label(r.variant, ev.PLAIN))
                      for r in ev.run_trials(trials, flip_for, args.dataset, args.distance, rerank=rerank)]
-    return ev.group_variants(computed), features_for
+    return ev.group_variants(computed), features_for, pair_scores
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -221,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
         args.options = eval_options(args)
     dataset = datasets.get(args.dataset)
     trials, splits = _trials(args)
-    grouped, features_for = _compute(args, trials, splits)
+    grouped, features_for, pair_scores = _compute(args, trials, splits)
     results = grouped[ev.PLAIN]
     cmc, mAP, mINP = ev.average_trials(results)
     mean = ev.summary(cmc, mAP, mINP)
@@ -243,18 +245,25 @@ def run(args: argparse.Namespace) -> dict:
                     **variants.describe(label, sampling, flip=label.startswith(tta.FLIP),
                                         rerank=tables.rerank_settings(rerank) if "rerank" in label else None))
         for label, rs in grouped.items()}
+    metrics[match_threshold.METRICS_KEY] = match_threshold.threshold_report(*pair_scores.scores(), protocol=dict(
+        dataset=args.dataset, **dataset.eval_settings(args.options), trials=metrics["trials"],
+        gallery_sampling=sampling))
     title = dataset.describe(args.options, source_label(args))
-    _print_tables(args, title, metrics, trials, per_trial, mean, len(results))
+    header = _print_tables(args, title, metrics, trials, per_trial, mean, len(results))
+    print("\n" + match_threshold.format_report(metrics[match_threshold.METRICS_KEY]))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             json.dump(metrics, f, indent=2)
     if args.plots:
         _plots(args, title, trials[0], features_for, results, cmc)
+        match_threshold.plot_threshold(metrics[match_threshold.METRICS_KEY],
+                                       os.path.join(args.plots, "match_threshold.png"), header)
     return metrics
 
 
-def _print_tables(args, title: str, metrics: dict, trials, per_trial, mean, num_results: int) -> None:
+def _print_tables(args, title: str, metrics: dict, trials, per_trial, mean, num_results: int) -> str:
+    """Prints the plain table, one per other variant and the variants' means; returns the header line."""
     sizes = sorted(set(metrics["gallery_sizes"]))
     gallery = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
     header = (f"{title} | {num_results} trial(s) | query {metrics['query_count']} "
@@ -268,6 +277,7 @@ def _print_tables(args, title: str, metrics: dict, trials, per_trial, mean, num_
     if len(metrics["variants"]) > 1:
         print("\n" + tables.format_variants(f"{title} | mean of {num_results} trial(s), each variant apart",
                                             metrics["variants"]))
+    return header
 
 
 def _table_rows(args, per_trial: List[dict], mean: dict) -> List[Tuple[str, dict]]:

@@ -79,7 +79,7 @@ def build_imported_models(state: dict, config: config_lib.TrainConfig, source: s
 
     from kdem_tf.model.agw_weights import agw_architecture, load_agw_state
     from kdem_tf.architecture import ABLATION_ROWS
-    from kdem_tf.train import build_models
+    from kdem_tf.training.models import build_models
 
     num_classes = agw_architecture(state, source)["num_classes"]
     no_download = dataclasses.replace(config, model=dataclasses.replace(

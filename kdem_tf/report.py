@@ -147,6 +147,33 @@ def metrics_table(metrics: Dict[str, float], label: str, mode: str = "all") -> s
     return f"<table>{head}{ours}{paper}</table>"
 
 
+def interpretation_sections(out_dir: str, metrics: dict) -> List[str]:
+    """HTML of the same-person threshold (kdem_tf.evaluate --plots writes match_threshold.png) and of the
+    activation maps (kdem_tf.visualize writes activation_maps.png), for those present in out_dir."""
+    from kdem_tf.evaluation.match_threshold import METRICS_KEY
+    from kdem_tf.activation_maps import FIGURE_FILE
+
+    body = []
+    threshold = metrics.get(METRICS_KEY)
+    if threshold and os.path.exists(os.path.join(out_dir, "match_threshold.png")):
+        points = "; ".join(f"at FMR {p['fmr']:g} the threshold is {p['threshold']:.3f} with TMR {100 * p['tmr']:.1f}%"
+                           for p in threshold["operating_points"])
+        body += ["<h2>Same-person threshold</h2>",
+                 f"<p>{html.escape(threshold['rule'])} ({html.escape(threshold['score'])}), calibrated on "
+                 f"{threshold['genuine']['count']} same-identity and {threshold['impostor']['count']} "
+                 f"different-identity query-gallery pairs of the protocol: {html.escape(points)}. "
+                 f"<code>python -m serving.export --match-threshold-from metrics.json --fmr 1e-3</code> records "
+                 f"it in the export's kdem_info.json.</p>", "<img src='match_threshold.png' alt='threshold'>"]
+    if os.path.exists(os.path.join(out_dir, FIGURE_FILE)):
+        body += ["<h2>Where the network looks (the paper's Fig. 3)</h2>",
+                 "<p>Per infrared query: the image, its activation map (Σ<sub>c</sub> A<sub>c</sub>², torchreid), "
+                 "its class activation map (the training class the classifier ranks first, BN-neck folded in), "
+                 "then for each top visible match its activation map (green: same person) and the similarity "
+                 "map of the pair on the query (Grad-CAM of the cosine similarity). Definitions: "
+                 "docs/evaluation.md.</p>", f"<img src='{FIGURE_FILE}' alt='activation maps'>"]
+    return body
+
+
 def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage: Optional[str] = None,
                  cmc_png: Optional[str] = None, title: str = "kdem-tf demo report",
                  notes: Sequence[str] = (), extra_settings: Optional[dict] = None) -> str:
@@ -188,6 +215,7 @@ def write_report(out_dir: str, run_dir: str, metrics: Dict[str, float], montage:
     body += [f"<p>{html.escape(n)}</p>" for n in notes]
     for caption, src in figures:
         body.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(src)}' alt='{html.escape(caption)}'>")
+    body += interpretation_sections(out_dir, metrics)
     body.append("<h2>Run settings</h2>")
     body += [f"<h3>{html.escape(k)}</h3><pre>{html.escape(v)}</pre>" for k, v in settings.items()]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}img{max-width:100%;"

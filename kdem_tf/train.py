@@ -55,23 +55,11 @@ from kdem_tf.training import TrainingError
 from kdem_tf.training.checkpointing import latest_checkpoint, read_json, save_checkpoint
 from kdem_tf.training.devices import choose_jit, choose_mixed_precision, make_strategy
 from kdem_tf.training.fault_injection import kill_self, sigkill_step
+from kdem_tf.training.models import build_models
 from kdem_tf.training.progress import SHOWN_METRICS, PhaseTimes, RunProgress
 from kdem_tf.training.run_history import resume_history, write_history
 
 FIRST_STEP = "first step (tracing)"  # the PhaseTimes key of the traced first step
-
-
-def build_models(config, num_classes: int, row: dict, strategy):
-    """(train_model, inference_model) for the config's ablation row, under the strategy's scope."""
-    from kdem_tf.model.model import build_kdem_models
-
-    model_config = config.model
-    if config.model.init_from not in (None, "none", ""):  # --init-from replaces the backbone weights
-        model_config = dataclasses.replace(config.model, backbone_weights="none")
-    with strategy.scope():
-        train_model, inference_model = build_kdem_models(model_config, num_classes, config.data.image_size,
-                                                         kdem=row["kdem"])
-    return train_model, inference_model
 
 
 @dataclasses.dataclass
@@ -237,6 +225,7 @@ def _build_trainer(config, row: dict, train_model, strategy, steps_per_epoch: in
                                                          loss.con_weight),
                               use_diversity_loss=row["use_diversity_loss"],
                               use_consistency_loss=row["use_consistency_loss"],
+                              con_detach_factors=loss.con_detach_factors,
                               backbone_lr_scale=setup.backbone_lr_scale, weight_decay=setup.weight_decay)
         trainer.compile(optimizer=setup.optimizer, jit_compile=choose_jit(config.jit_compile))
         setup.optimizer.build(trainer.trainable_variables)

@@ -217,7 +217,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     served = query_server(server, data_root, out_dir)
 
     steps.start(5, "report")
+    from kdem_tf import visualize
     from kdem_tf.report import write_report
+
+    # The paper's Fig. 3 maps (they need the run folder: a SavedModel exposes embeddings only).
+    visualize.main(["--model", run_dir or model_version, "--dataset", "sysu", "--data-root", data_root,
+                    "--out", out_dir])
 
     notes = [f"REST search: {served['top1_correct']} of {served['queries']} infrared queries have a correct "
              f"top-1 visible match (montage below, built from the server's responses)."]

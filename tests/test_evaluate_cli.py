@@ -301,9 +301,9 @@ def test_rerank_rows_are_their_own_rows(sysu, tmp_path, capsys):
         assert (row["trial"], row["rank1"], row["mAP"], row["mINP"]) == (t, float(cmc[0]) * 100, mAP * 100,
                                                                          mINP * 100)
     assert reranked["mAP"] != plain["mAP"]
-    # stdout: the plain table, the re-ranked table, then one labelled mean row per variant
+    # stdout: the plain table, the re-ranked table, one labelled mean row per variant, the threshold
     tables = stdout.split("\n\n")
-    assert len(tables) == 3 and tables[0].splitlines()[0].endswith("| plain") and label not in tables[0]
+    assert len(tables) == 4 and tables[3].startswith("same-person threshold") and tables[0].splitlines()[0].endswith("| plain") and label not in tables[0]
     assert tables[1].splitlines()[0].endswith(f"| {label} on euclidean between L2-normalised features")
     assert f"{reranked['mAP']:.2f}" in tables[1]
     means = {line.split()[0]: line.split()[1:] for line in tables[2].splitlines()[4:]}

@@ -102,3 +102,16 @@ def retrieval_montage(data_root: str, query_paths: Sequence[str], query_labels: 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path, format="PNG")
     return path
+
+
+def save_figure(fig, path: str, title: Optional[str] = None, title_size: int = 10) -> str:
+    """Lays out a matplotlib Figure (with an optional suptitle) and writes it to `path` as PNG, atomically
+    (a temporary sibling, then a rename)."""
+    if title:
+        fig.suptitle(title, fontsize=title_size)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temp = f"{path}.tmp.png"
+    fig.savefig(temp)
+    os.replace(temp, path)
+    return path

@@ -44,6 +44,17 @@ class RankingRule:
             order = order[(g_pids[order] != q_pid) | (g_cams[order] != q_cam)]
         return order
 
+    def pair_mask(self, q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
+        """[Q, G] bool: the query-gallery pairs this rule ranks (the others are dropped before scoring)."""
+        q_pids, q_cams = np.asarray(q_pids).reshape(-1, 1), np.asarray(q_cams).reshape(-1, 1)
+        g_pids, g_cams = np.asarray(g_pids).reshape(1, -1), np.asarray(g_cams).reshape(1, -1)
+        mask = np.ones((q_pids.shape[0], g_pids.shape[1]), bool)
+        for camera, excluded in self.excluded_cameras:
+            mask &= ~((q_cams == camera) & np.isin(g_cams, excluded))
+        if self.drop_same_camera:
+            mask &= ~((q_pids == g_pids) & (q_cams == g_cams))
+        return mask
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:

@@ -30,6 +30,9 @@ class KDEMLayer(keras.layers.Layer):
         shared_fc: one FC for both modalities (default) or one per modality; Eq. 5
             writes a single FC.
         activation: activation of the MLP hidden layers.
+        temperature: the factors are softmax(logits / temperature); 1.0 is Eq. 5. Beyond the
+            paper: a temperature above 1 flattens the softmax, so saturating it takes logits
+            `temperature` times larger (the influence-factor collapse study, docs/training.md).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -56,9 +59,13 @@ class KDEMLayer(keras.layers.Layer):
         mlp_units: Sequence[int] = (128,),
         shared_fc: bool = True,
         activation: str = "relu",
+        temperature: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
         self.fc_units = int(fc_units)
         self.mlp_units = tuple(int(units) for units in mlp_units)
         self.shared_fc = bool(shared_fc)
@@ -108,7 +115,10 @@ class KDEMLayer(keras.layers.Layer):
         )
         for layer in self.mlp_layers:
             hidden = layer(hidden)
-        influence_factors = ops.softmax(self.factor_logits(ops.cast(hidden, "float32")), axis=-1)  # [B, 2]
+        logits = self.factor_logits(ops.cast(hidden, "float32"))
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        influence_factors = ops.softmax(logits, axis=-1)  # [B, 2]
         factors = ops.cast(influence_factors, visible_features.dtype)
         mi_visible = factors[:, 0][:, None, None, None]
         mi_infrared = factors[:, 1][:, None, None, None]
@@ -134,6 +144,7 @@ class KDEMLayer(keras.layers.Layer):
                 "mlp_units": list(self.mlp_units),
                 "shared_fc": self.shared_fc,
                 "activation": self.activation,
+                "temperature": self.temperature,
             }
         )
         return config

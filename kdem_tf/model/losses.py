@@ -99,20 +99,24 @@ def diversity_loss(influence_factors):
     return -tf.reduce_sum(tf.sqrt(variance + DIVERSITY_EPS))
 
 
-def consistency_loss(pooled_v, pooled_i, pooled_t, influence_factors):
+def consistency_loss(pooled_v, pooled_i, pooled_t, influence_factors, detach_factors: bool = False):
     """L_con = mean over pairs of sum_m mi_m * ||f(F_m) - f(F_t)||_2 (Eq. 8).
 
     f is the shared trunk (stages 1-4) followed by the global pooling, i.e. the
     pooled features before the BN-neck. The norm is sqrt(sum of squares + 1e-8) so
     the gradient is finite where f(F_m) = f(F_t) (e.g. when F_v = F_i). Eq. 8 writes
     the (unsquared) L2 norm, which we follow; the paper's gradient (Eq. 9-10, factor
-    2, no division by the norm) is that of the squared norm instead. The factors
-    mi_m are not detached: they receive gradient from this loss as well.
+    2, no division by the norm) is that of the squared norm instead. By default the
+    factors mi_m are not detached: they receive gradient from this loss as well.
+    `detach_factors=True` (beyond the paper, the collapse study) makes them constants
+    as the weights of this sum; they still get L_con's gradient through pooled_t
+    (F_t = mi_v F_v + mi_i F_i).
 
     Args:
         pooled_v, pooled_i, pooled_t: [B, D] pooled features of pair k's visible,
             infrared and knowledge-enhanced streams.
         influence_factors: [B, 2] = (mi_v, mi_i).
+        detach_factors: stop the gradient to the factors through this loss.
 
     Returns:
         Scalar float32.
@@ -120,6 +124,8 @@ def consistency_loss(pooled_v, pooled_i, pooled_t, influence_factors):
     pooled_v, pooled_i, pooled_t, influence_factors = (
         tf.cast(tensor, tf.float32) for tensor in (pooled_v, pooled_i, pooled_t, influence_factors)
     )
+    if detach_factors:
+        influence_factors = tf.stop_gradient(influence_factors)
     distance_v = tf.sqrt(tf.reduce_sum(tf.square(pooled_v - pooled_t), axis=1) + CONSISTENCY_EPS)
     distance_i = tf.sqrt(tf.reduce_sum(tf.square(pooled_i - pooled_t), axis=1) + CONSISTENCY_EPS)
     return tf.reduce_mean(influence_factors[:, 0] * distance_v + influence_factors[:, 1] * distance_i)
@@ -132,6 +138,7 @@ def total_loss(
     loss_weights: Tuple[float, float, float, float] = LOSS_WEIGHTS,
     use_diversity_loss: bool = True,
     use_consistency_loss: bool = True,
+    con_detach_factors: bool = False,
 ) -> Dict[str, tf.Tensor]:
     """L_all = λ1 L_id + λ2 L_wrt + λ3 L_div + λ4 L_con (Eq. 11).
 
@@ -148,6 +155,7 @@ def total_loss(
             a pair, but both are used as given).
         loss_weights: (λ1, λ2, λ3, λ4).
         use_diversity_loss, use_consistency_loss: ablation switches.
+        con_detach_factors: the factors as constants in L_con (`consistency_loss`).
 
     Returns:
         Dict of scalar float32: id_loss, wrt_loss, div_loss, con_loss, total,
@@ -169,7 +177,8 @@ def total_loss(
         div_term = diversity_loss(outputs["influence_factors"])
     if has_kdem and use_consistency_loss:
         con_term = consistency_loss(
-            outputs["pooled_v"], outputs["pooled_i"], outputs["pooled_t"], outputs["influence_factors"]
+            outputs["pooled_v"], outputs["pooled_i"], outputs["pooled_t"], outputs["influence_factors"],
+            detach_factors=con_detach_factors,
         )
     lambda_id, lambda_wrt, lambda_div, lambda_con = (float(weight) for weight in loss_weights)
     total = lambda_id * id_term + lambda_wrt * wrt_term + lambda_div * div_term + lambda_con * con_term

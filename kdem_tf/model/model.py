@@ -118,7 +118,8 @@ def build_kdem_models(model_config: ModelConfig, num_classes: int, contract, kde
     image_size = as_contract(contract).image_size
     image_shape = (int(image_size[0]), int(image_size[1]), 3)
     stems, trunk = _backbone(m, image_shape)
-    kdem_layer = KDEMLayer(fc_units=m.fc_units, mlp_units=m.mlp_units, shared_fc=m.shared_fc, name="kdem") if kdem else None
+    kdem_layer = KDEMLayer(fc_units=m.fc_units, mlp_units=m.mlp_units, shared_fc=m.shared_fc,
+                           temperature=m.factor_temperature, name="kdem") if kdem else None
     head, classifier = _head(m, num_classes)
     train_model = _train_model(image_shape, stems, trunk, kdem_layer, head, classifier)
     inference_model = _inference_model(image_shape, stems, trunk, head)

@@ -41,6 +41,8 @@ class KDEMTrainer(keras.Model):
         loss_weights: (λ_id, λ_wrt, λ_div, λ_con), (1, 1, 1, 0.1) in the paper.
         use_diversity_loss, use_consistency_loss: Table 3 ablation switches (only
             meaningful with KDEM); see `ABLATION_ROWS`.
+        con_detach_factors: the factors as constants in L_con (beyond the paper; see
+            `losses.consistency_loss`).
         backbone_lr_scale: gradient multiplier of all variables outside the head
             layers (backbone_lr / base_lr; 1.0 for a single learning rate).
         weight_decay: coupled L2 coefficient on all trainable variables.
@@ -65,6 +67,7 @@ class KDEMTrainer(keras.Model):
         loss_weights: Tuple[float, float, float, float] = LOSS_WEIGHTS,
         use_diversity_loss: bool = True,
         use_consistency_loss: bool = True,
+        con_detach_factors: bool = False,
         backbone_lr_scale: float = 1.0,
         weight_decay: float = 0.0,
         head_layer_names: Sequence[str] = HEAD_LAYER_NAMES,
@@ -75,6 +78,7 @@ class KDEMTrainer(keras.Model):
         self.loss_weights = tuple(float(weight) for weight in loss_weights)
         self.use_diversity_loss = bool(use_diversity_loss)
         self.use_consistency_loss = bool(use_consistency_loss)
+        self.con_detach_factors = bool(con_detach_factors)
         self.backbone_lr_scale = float(backbone_lr_scale)
         self.weight_decay = float(weight_decay)
         self.head_layer_names = tuple(head_layer_names)
@@ -111,6 +115,7 @@ class KDEMTrainer(keras.Model):
             loss_weights=self.loss_weights,
             use_diversity_loss=self.use_diversity_loss,
             use_consistency_loss=self.use_consistency_loss,
+            con_detach_factors=self.con_detach_factors,
         )
         return outputs, losses
 

@@ -19,7 +19,10 @@ A version folder appears atomically (`kdem_tf.artifacts.publish_version`): the S
 written into a hidden temporary folder beside it (TF Serving only sees all-digit folder names)
 and renamed. The signature and file names are `kdem_tf.artifacts`'.
 `assets.extra/kdem_info.json` records the image contract (`image_contract`), the image
-size and the embedding dimension; `read_contract` reads it back.
+size and the embedding dimension; `read_contract` reads it back. With
+`--match-threshold-from metrics.json [--fmr 1e-3]` it also records `match_threshold`: the
+same-person threshold `kdem_tf.evaluate` calibrated at that false-match rate, with its
+provenance (`kdem_tf.evaluation.match_threshold.threshold_record`).
 """
 from __future__ import annotations
 
@@ -155,7 +158,7 @@ def read_contract(version_dir: str, fallback_size: Optional[Sequence[int]] = Non
 def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base: str,
                     version: Optional[int] = None,
                     image_size: Optional[Union[ImageContract, Sequence[int]]] = None,
-                    compute_dtype: str = "float32") -> str:
+                    compute_dtype: str = "float32", extra_info: Optional[dict] = None) -> str:
     """Exports a run's inference model as `model_base/<version>/`, atomically.
 
     Args:
@@ -166,6 +169,7 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
         image_size: an ImageContract or (H, W); default the run's contract (`run_contract`).
         compute_dtype: "float32" (default, whatever the run trained in) or "bfloat16" (asked for:
             `--compute-dtype bfloat16`, for CPUs with bf16 units); recorded in kdem_info.json.
+        extra_info: more keys for kdem_info.json (e.g. `match_threshold`).
 
     Returns:
         the written version folder.
@@ -179,4 +183,5 @@ def export_embedder(run_dir_or_keras_model: Union[str, keras.Model], model_base:
     else:
         model = run_dir_or_keras_model
         image_size = image_size or tuple(model.input["image"].shape[1:3])
+    extra.update(extra_info or {})
     return artifacts.publish_version(lambda d: export_saved_model(model, image_size, d, extra), model_base, version)

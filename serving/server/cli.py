@@ -3,6 +3,7 @@
     python -m serving.server --model-base DIR [--index DIR] [--host 127.0.0.1]
         [--port 8501] [--grpc-port 8500] [--model-name kdem] [--extra-model NAME=BASE_DIR ...]
         [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM] [--audit-log FILE]
+        [--audit-fsync every|interval] [--trusted-proxy CIDR ...] [--api-docs]
         [--max-queue 64] [--version-label LABEL=VERSION ...] [--ready-file FILE]
 
 REST (serving.server.rest_app) and gRPC (serving.server.grpc_service) run in one process, on one event
@@ -17,7 +18,8 @@ The highest version under each base path is served; a new version is loaded in t
 background (polled every `--poll-seconds`) and swapped in without a restart; a version
 that fails to load is skipped and the current one keeps serving. A search uses the
 version its index was built with. On an address outside loopback the server refuses to
-start without `--auth-tokens`, unless `--allow-unauthenticated`.
+start without `--auth-tokens`, unless `--allow-unauthenticated`. SIGHUP reopens the audit log
+(it is also reopened by itself when renamed away, as logrotate does).
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 
 from kdem_tf.artifacts import atomic_write_text
 from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
+from serving.server.rest_audit import TrustedProxies
 from serving.server.settings import ServingLimits
 
 log = logging.getLogger("serving")
@@ -64,12 +68,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8501, help="REST port (0: a free port)")
     parser.add_argument("--grpc-port", default="8500", help="gRPC port (0: off, 'auto': a free port)")
-    parser.add_argument("--auth-tokens", default=None, metavar="FILE", help="'name:token' lines; re-read on change")
+    parser.add_argument("--auth-tokens", default=None, metavar="FILE",
+                        help="'name:token[:role]' lines; re-read on change; fails closed (docs/serving.md)")
     parser.add_argument("--allow-unauthenticated", action="store_true",
                         help="serve without tokens on a non-loopback address")
     parser.add_argument("--tls-cert", default=None, metavar="PEM")
     parser.add_argument("--tls-key", default=None, metavar="PEM")
-    parser.add_argument("--audit-log", default=None, metavar="FILE", help="JSON lines, one per predict/search")
+    parser.add_argument("--audit-log", default=None, metavar="FILE", help="JSON lines, one per request")
+    parser.add_argument("--audit-fsync", choices=("every", "interval"), default=limits.audit_fsync,
+                        help="sync the audit log after every line, or at most --audit-fsync-seconds late")
+    parser.add_argument("--audit-fsync-seconds", type=float, default=limits.audit_fsync_seconds)
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                        help="a proxy network whose X-Forwarded-For names the client (default: none trusted)")
+    parser.add_argument("--api-docs", action="store_true", help="serve /docs, /redoc, /openapi.json (token needed)")
     parser.add_argument("--ready-file", default=None, metavar="FILE", help="write the bound ports here (JSON)")
     parser.add_argument("--poll-seconds", type=float, default=limits.poll_seconds)
     parser.add_argument("--batch-window-ms", type=float, default=limits.window_ms)
@@ -85,6 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--grpc-port: a port number, 0 (off) or '{GRPC_AUTO}', got {args.grpc_port!r}")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    try:
+        args.proxies = TrustedProxies(args.trusted_proxy)
+    except ValueError as e:
+        parser.error(str(e))
     return args
 
 
@@ -96,13 +111,17 @@ async def serve(args: argparse.Namespace, auth) -> None:
     from serving.server.core import ServingCore
     from serving.server.grpc_service import start_grpc_server
     from serving.server.rest_app import create_app
+    from serving.server.rest_audit import AuditedApp
 
     limits = ServingLimits(poll_seconds=args.poll_seconds, window_ms=args.batch_window_ms, max_batch=args.max_batch,
                            max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                           max_instances=args.max_instances)
+                           max_instances=args.max_instances, audit_fsync=args.audit_fsync,
+                           audit_fsync_seconds=args.audit_fsync_seconds)
     core = ServingCore(args.model_base, args.model_name, args.index, args.extra, args.labels, limits)
     await asyncio.get_running_loop().run_in_executor(None, core.load)
-    audit = AuditLog(args.audit_log) if args.audit_log else NoAudit()
+    audit = (AuditLog(args.audit_log, fsync=limits.audit_fsync, fsync_interval_s=limits.audit_fsync_seconds)
+             if args.audit_log else NoAudit())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, audit.reopen)
     tls = None
     if args.tls_cert:
         with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k:
@@ -118,9 +137,10 @@ async def serve(args: argparse.Namespace, auth) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
         rest_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(core, auth, audit), lifespan="off", log_level="warning",
-                                access_log=False, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
-                                timeout_graceful_shutdown=5)
+        app = AuditedApp(create_app(core, auth, audit, args.api_docs), audit, args.proxies)
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                                proxy_headers=False,  # the client address is the socket's: serving.server.rest_audit
+                                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         rest = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started and not rest.done():

@@ -65,12 +65,14 @@ class _Base:
         self.auth = auth
         self.audit = audit
 
-    async def principal(self, context) -> str:
+    async def principal(self, context, method: str) -> str:
         authorization = dict(context.invocation_metadata() or ()).get("authorization")
         try:
             return self.auth.check(authorization)
-        except ServingError as e:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, e.message)
+        except ServingError as e:  # refused calls are audited too (401 / 403)
+            self.audit.record(transport="grpc", client=context.peer(), method=method, status=e.code,
+                              token_name=getattr(e, "token_name", None))
+            await self.abort(context, e)
 
     @staticmethod
     async def abort(context, error: ServingError):
@@ -81,7 +83,7 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
     """Predict and GetModelMetadata."""
 
     async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        who = await self.principal(context)
+        who = await self.principal(context, "Predict")
         spec = request.model_spec
         signature = spec.signature_name or SERVING_SIGNATURE
         start, entry, status = time.perf_counter(), {"model": spec.name, "signature": signature}, "OK"
@@ -113,12 +115,15 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
+        except Exception:
+            status = "UNKNOWN"  # what grpc.aio answers for an exception it did not expect
+            raise
         finally:
             self.audit.record(transport="grpc", token_name=who, client=context.peer(), status=status,
                               latency_ms=round((time.perf_counter() - start) * 1000, 3), **entry)
 
     async def GetModelMetadata(self, request, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        await self.principal(context)
+        await self.principal(context, "GetModelMetadata")
         try:
             fields = list(request.metadata_field)
             if not fields:
@@ -144,7 +149,7 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus (HandleReloadConfigRequest stays UNIMPLEMENTED: models come from base paths)."""
 
     async def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
-        await self.principal(context)
+        await self.principal(context, "GetModelStatus")
         try:
             spec = request.model_spec
             loaded = self.core.resolve(spec.name, _version_of(spec), _label_of(spec))

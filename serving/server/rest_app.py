@@ -9,30 +9,36 @@
     GET  /readyz    readiness: 200 when every model has a version loaded, else 503
 
 Every route but the two health checks needs `Authorization: Bearer TOKEN` when the server
-has tokens (401 otherwise). A request whose client disconnects is cancelled, so it leaves
-the batch queue before it is computed.
+has tokens (401 otherwise; 403 for a token without the `reader` role). `/docs`, `/redoc`
+and `/openapi.json` exist only with `api_docs` (`--api-docs`), and then need a token too.
+A request whose client disconnects is cancelled, so it leaves the batch queue before it is
+computed. Each request's audit fields go to `audit_entry(request)`, written by
+serving.server.rest_audit.AuditedApp, which wraps this app.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Optional
+from typing import Callable, Optional
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
+from serving.server.auth import READER, PermissionDenied
 from serving.server.core import ServingCore
 from serving.server.errors import ServingError, invalid
+from serving.server.rest_audit import audit_entry
 from serving.server.rest import (decode_string, format_predict, model_status, parse_json, parse_predict,
                                  signature_defs_json)
 
 log = logging.getLogger("serving")
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"; nobody reads it
+OPENAPI_PATH = "/openapi.json"
 
 
 def json_response(value, status: int = 200, headers: Optional[dict] = None) -> Response:
@@ -86,18 +92,21 @@ async def unless_disconnected(request: Request, work):
         watcher.cancel()
 
 
-def create_app(core: ServingCore, auth, audit) -> FastAPI:
+def create_app(core: ServingCore, auth, audit, api_docs: bool = False) -> FastAPI:
     """The FastAPI app of one server process; `core` is loaded and started by `serving.server`.
 
     Args:
         core: the shared models, index and batcher.
         auth: serving.server.auth.TokenStore or OpenAccess.
-        audit: serving.server.audit.AuditLog or NoAudit.
+        audit: serving.server.audit.AuditLog or NoAudit (its counters in /healthz).
+        api_docs: serve /docs, /redoc and /openapi.json (behind the token check).
     """
-    app = FastAPI(title="kdem serving")
+    app = FastAPI(title="kdem serving", docs_url=None, redoc_url=None, openapi_url=None)
     add_error_handlers(app)
     add_health_routes(app, core, audit)
-    gate = RequestGate(auth, audit)
+    gate = RequestGate(auth)
+    if api_docs:
+        add_api_docs_routes(app, gate.principal)
     add_model_routes(app, core, gate)
     add_search_route(app, core, gate)
     return app
@@ -107,53 +116,71 @@ def add_error_handlers(app: FastAPI) -> None:
     """Every error as TF Serving's `{"error": message}` with its HTTP status."""
     @app.exception_handler(ServingError)
     async def serving_error(request, error: ServingError):
+        audit_entry(request)["status"] = error.code
+        if isinstance(error, PermissionDenied):
+            audit_entry(request)["token_name"] = error.token_name
         return json_response({"error": error.message}, error.status, error.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, error: HTTPException):
+        audit_entry(request)["status"] = None  # named after the HTTP status sent
         return json_response({"error": str(error.detail)}, error.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, error: RequestValidationError):
+        audit_entry(request)["status"] = "INVALID_ARGUMENT"
         return json_response({"error": str(error)}, 400)
 
     @app.exception_handler(Exception)
     async def internal_error(request, error: Exception):
         log.exception("internal error")
+        audit_entry(request)["status"] = "INTERNAL"
         return json_response({"error": f"internal error: {type(error).__name__}: {error}"}, 500)
 
 
 class RequestGate:
-    """What every model route does around its work: the token check, and one audit line per request."""
+    """What every model route does around its work: the token check, the request's audit fields."""
 
-    def __init__(self, auth, audit):
+    def __init__(self, auth):
         self.auth = auth
-        self.audit = audit
 
-    def principal(self, request: Request) -> str:
-        return self.auth.check(request.headers.get("authorization"))
+    def principal(self, request: Request, model: Optional[str] = None, role: str = READER) -> str:
+        """The token's name (noted for the audit line); 401 / 403 otherwise."""
+        entry = audit_entry(request)
+        if model is not None:
+            entry["model"] = model
+        entry["token_name"] = who = self.auth.check(request.headers.get("authorization"), role)
+        return who
 
-    async def audited(self, request: Request, who: str, name: str, signature: str, work):
-        """Runs the request's coroutine; one audit line with its outcome (fields filled by `work`)."""
-        start, entry = time.perf_counter(), {"model": name, "signature": signature}
-        status = "OK"
-        try:
-            response = await unless_disconnected(request, work(entry))
-            if response is None:
-                status = "CANCELLED"
-                return Response(status_code=CLIENT_CLOSED)
-            return response
-        except ServingError as e:
-            status = e.code
-            raise
-        except Exception:
-            status = "INTERNAL"
-            raise
-        finally:
-            client = request.client
-            self.audit.record(transport="rest", token_name=who,
-                              client=f"{client.host}:{client.port}" if client else None, status=status,
-                              latency_ms=round((time.perf_counter() - start) * 1000, 3), **entry)
+    async def audited(self, request: Request, name: str, signature: str, work):
+        """Runs the request's coroutine `work(entry)`, which adds its fields to the audit entry."""
+        entry = audit_entry(request)
+        entry.update(model=name, signature=signature)
+        response = await unless_disconnected(request, work(entry))
+        if response is None:
+            entry["status"] = "CANCELLED"
+            return Response(status_code=CLIENT_CLOSED)
+        return response
+
+
+def add_api_docs_routes(app: FastAPI, principal: Callable[[Request], str]) -> None:
+    """`/openapi.json`, `/docs`, `/redoc` (only with --api-docs): `principal(request)` raises 401 / 403
+    without a fitting token. The HTML pages fetch the schema without the Authorization header: read it
+    with a client that sends the token (docs/serving.md)."""
+    @app.get(OPENAPI_PATH, include_in_schema=False)
+    async def openapi(request: Request):
+        principal(request)
+        return json_response(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request):
+        principal(request)
+        return get_swagger_ui_html(openapi_url=OPENAPI_PATH, title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        principal(request)
+        return get_redoc_html(openapi_url=OPENAPI_PATH, title=f"{app.title} - ReDoc")
 
 
 def add_health_routes(app: FastAPI, core: ServingCore, audit) -> None:
@@ -184,7 +211,7 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     @app.get("/v1/models/{name}/versions/{version}")
     @app.get("/v1/models/{name}/labels/{label}")
     async def status(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        gate.principal(request)
+        gate.principal(request, name)
         loaded = core.resolve(name, parse_version(version), label)
         return json_response(model_status(loaded.version))
 
@@ -192,7 +219,7 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     @app.get("/v1/models/{name}/versions/{version}/metadata")
     @app.get("/v1/models/{name}/labels/{label}/metadata")
     async def metadata(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        gate.principal(request)
+        gate.principal(request, name)
         loaded = core.resolve(name, parse_version(version), label)
         return json_response({"model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
                               "metadata": signature_defs_json(core.signature_defs(loaded))})
@@ -201,9 +228,10 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
     @app.post("/v1/models/{name}/versions/{version}:predict")
     @app.post("/v1/models/{name}/labels/{label}:predict")
     async def predict(request: Request, name: str, version: Optional[str] = None, label: Optional[str] = None):
-        who = gate.principal(request)
+        gate.principal(request, name)
         body = parse_json(await read_body(request, limits.max_body_bytes))
         signature = body.get("signature_name") or SERVING_SIGNATURE
+        audit_entry(request)["signature"] = signature
         if not isinstance(signature, str):
             raise invalid("signature_name must be a string")
 
@@ -217,14 +245,14 @@ def add_model_routes(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
                 entry.update(k=int(inputs["k"]), gallery_ids=outputs["gallery_ids"].tolist(),
                              person_ids=outputs["person_ids"].tolist())
             return json_response(format_predict(outputs, row_format))
-        return await gate.audited(request, who, name, signature, work)
+        return await gate.audited(request, name, signature, work)
 
 
 def add_search_route(app: FastAPI, core: ServingCore, gate: RequestGate) -> None:
     """POST /v1/models/{name}:search: query images -> ranked gallery matches."""
     @app.post("/v1/models/{name}:search")
     async def search(request: Request, name: str):
-        who = gate.principal(request)
+        gate.principal(request, name)
         core.resolve(name, signature=SEARCH_SIGNATURE)  # 404 / FAILED_PRECONDITION first
         queries = parse_json(await read_body(request, core.limits.max_body_bytes), object_only=False)
         queries = queries if isinstance(queries, list) else [queries]
@@ -244,4 +272,4 @@ def add_search_route(app: FastAPI, core: ServingCore, gate: RequestGate) -> None
             return json_response({"model_version": str(loaded.version), "index_size": len(core.index),
                                   "results": [[dict(r, rank=rank + 1) for rank, r in enumerate(row)]
                                               for row in results]})
-        return await gate.audited(request, who, name, SEARCH_SIGNATURE, work)
+        return await gate.audited(request, name, SEARCH_SIGNATURE, work)

@@ -14,3 +14,5 @@ class ServingLimits:
     max_body_bytes: int = 32 << 20   # REST request body
     max_instances: int = 256         # images (or rows) per request
     max_k: int = 1000                # search results per query
+    audit_fsync: str = "interval"    # "every": fsync each audit line; "interval": at most audit_fsync_seconds late
+    audit_fsync_seconds: float = 1.0

@@ -155,19 +155,19 @@ def test_tokens_file_is_reread_on_change(secure_server):
 
 def test_tokens_file_errors_name_file_and_line_not_the_token(tmp_path):
     path = tmp_path / "tokens.txt"
-    path.write_text("a:tok-secret-1\n\nno-colon-tok-secret-2\n")
+    path.write_text("a:tok-secret-0000000001\n\nno-colon-tok-secret-2\n")
     with pytest.raises(TokenFileError) as error:
         parse_tokens(str(path))
-    assert str(error.value) == f"{path}:3: expected 'name:token'"
-    path.write_text("a:tok-secret-1\na:tok-secret-3\n")
+    assert str(error.value) == f"{path}:3: expected 'name:token' or 'name:token:role[,role]' (no ':' inside a token)"
+    path.write_text("a:tok-secret-0000000001\na:tok-secret-0000000003\n")
     with pytest.raises(TokenFileError, match=r":2: name 'a' given twice") as error:
         parse_tokens(str(path))
     assert "secret" not in str(error.value)
-    path.write_text("a:tok-1\n")
+    path.write_text("a:tok-1-0123456789ab\n")
     store = TokenStore(str(path))
-    assert store.name_of(b"tok-1") == "a" and store.name_of(b"tok-2") is None
-    path.write_text("a:tok-1\nbroken line\n")  # a bad edit keeps the previous tokens
-    assert store.name_of(b"tok-1") == "a"
+    assert store.name_of(b"tok-1-0123456789ab") == "a" and store.name_of(b"tok-2-0123456789ab") is None
+    path.write_text("a:tok-1-0123456789ab\nbroken line\n")  # a bad edit: no token is valid (fails closed)
+    assert store.name_of(b"tok-1-0123456789ab") is None
 
 
 def test_open_addresses_need_tokens():
@@ -187,3 +187,48 @@ def test_the_server_refuses_a_public_address_without_tokens(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to serve on 0.0.0.0 without --auth-tokens" in lines[0], out.stderr
+
+
+def test_roles_short_tokens_and_unknown_roles(tmp_path):
+    from serving.server.auth import MIN_TOKEN_CHARS, READER, WRITER
+    path = tmp_path / "tokens.txt"
+    path.write_text("old:tok-old-0123456789ab\nui:tok-ui-0123456789abc:reader\n"
+                    "sync:tok-sync-0123456789a:writer\nops:tok-ops-0123456789ab: reader , writer\n")
+    roles = {name: client.roles for name, client in parse_tokens(str(path)).items()}
+    assert roles == {"old": {READER}, "ui": {READER}, "sync": {WRITER}, "ops": {READER, WRITER}}
+    store = TokenStore(str(path))
+    assert store.check("Bearer tok-ops-0123456789ab", WRITER) == "ops"
+    assert store.check("Bearer tok-old-0123456789ab") == "old"
+    for token, role in (("tok-sync-0123456789a", READER), ("tok-old-0123456789ab", WRITER)):
+        with pytest.raises(Exception) as error:
+            store.check(f"Bearer {token}", role)
+        assert (error.value.code, error.value.status) == ("PERMISSION_DENIED", 403) and token not in str(error.value)
+    path.write_text("a:tok-long-enough-0001\nb:short-secret\n")
+    with pytest.raises(TokenFileError) as error:
+        parse_tokens(str(path))
+    assert str(error.value) == f"{path}:2: token of 'b' is shorter than {MIN_TOKEN_CHARS} characters"
+    path.write_text("a:tok-long-enough-0001:admin\n")
+    with pytest.raises(TokenFileError, match=r"tokens.txt:1: unknown role 'admin' \(roles: reader, writer\)"):
+        parse_tokens(str(path))
+
+
+def test_a_missing_empty_or_broken_file_leaves_no_token_valid_and_says_so_once(tmp_path, caplog):
+    path = tmp_path / "tokens.txt"
+    path.write_text("a:tok-a-0123456789abcd\n")
+    store = TokenStore(str(path))
+    cases = [("emptied", lambda: path.write_text("")), ("restored", lambda: path.write_text("a:tok-a-0123456789abcd\n")),
+             ("deleted", path.unlink), ("short", lambda: path.write_text("a:tok-a-short\n"))]
+    for what, change in cases:
+        change()
+        caplog.clear()
+        valid = [store.name_of(b"tok-a-0123456789abcd") for _ in range(5)]  # five calls, one report
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        if what == "restored":
+            assert valid == ["a"] * 5 and errors == []
+        else:
+            assert valid == [None] * 5, what
+            assert len(errors) == 1 and "no token is valid" in errors[0] and str(path) in errors[0], (what, errors)
+            assert "tok-a" not in errors[0]
+    with pytest.raises(TokenFileError):  # at start-up a file that cannot be used stops the server
+        TokenStore(str(tmp_path / "missing.txt"))
+    assert TokenStore(str(tmp_path / "missing.txt"), must_load=False).name_of(b"tok-a-0123456789abcd") is None

@@ -14,7 +14,8 @@ from kdem_tf import config as config_lib
 from kdem_tf.image_contract import ImageContract
 from kdem_tf.model.init_from import InitFromError, TRANSFERRED_LAYERS, init_from
 from kdem_tf.architecture import ABLATION_ROWS
-from kdem_tf.train import build_models, main as train_main
+from kdem_tf.train import main as train_main
+from kdem_tf.training.models import build_models
 from tests.conftest import AGW_TINY_CLASSES, agw_tiny_state
 from tests.training.conftest import train_args
 
