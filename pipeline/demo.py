@@ -221,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from kdem_tf.report import write_report
 
     # The paper's Fig. 3 maps (they need the run folder: a SavedModel exposes embeddings only).
-    visualize.main(["--model", run_dir or model_version, "--dataset", "sysu", "--data-root", data_root,
+    visualize.main(["--model", run_dir or model_version, "--dataset", demo.name, "--data-root", data_root,
                     "--out", out_dir])
 
     notes = [f"REST search: {served['top1_correct']} of {served['queries']} infrared queries have a correct "

@@ -12,6 +12,7 @@ from kdem_tf import evaluation as ev
 from kdem_tf import datasets
 from kdem_tf.evaluation import match_threshold as mt
 from tests.test_evaluate_cli import check_png, run_cli, sysu  # noqa: F401  (the module fixture)
+from kdem_tf.datasets import sysu as sysu_ds
 
 
 def brute_force_threshold(genuine, impostor, fmr):
@@ -98,7 +99,7 @@ def test_evaluate_reports_the_threshold_of_the_protocol_pairs(sysu, tmp_path, ca
     assert code == 0, err
     report = json.loads(output.read_text())[mt.METRICS_KEY]
     genuine, impostor = [], []
-    for trial in ev.sysu_trials(str(root), "all", 3):
+    for trial in sysu_ds.trials(str(root), "all", 3):
         q = np.stack([features[p] for p in trial.query.paths])
         g = np.stack([features[p] for p in trial.gallery.paths])
         cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T

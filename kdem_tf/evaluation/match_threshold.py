@@ -227,6 +227,6 @@ def plot_threshold(report: dict, path: str, title: str = "same-person threshold"
     roc_ax.set_xlabel("false-match rate")
     roc_ax.set_ylabel("true-match rate (%)")
     roc_ax.grid(True, alpha=0.3)
-    from kdem_tf.plots import save_figure
+    from kdem_tf.evaluation.plots import save_figure
 
     return save_figure(fig, path, title, 10)

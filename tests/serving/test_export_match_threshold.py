@@ -19,12 +19,13 @@ def small_run(tmp_path_factory):
     """A run folder of a quarter-width, one-block-per-stage random-init model (fast to export)."""
     import keras
 
+    from kdem_tf.config import ModelConfig
+
     from kdem_tf.model.model import build_kdem_models
 
     path = tmp_path_factory.mktemp("threshold_run")
     keras.utils.set_random_seed(0)
-    _, model = build_kdem_models(num_classes=3, image_size=(64, 32), non_local=False, width=0.25,
-                                 stage_blocks=(1, 1, 1, 1))
+    _, model = build_kdem_models(ModelConfig(backbone_weights="none", non_local=False, width=0.25, stage_blocks=(1, 1, 1, 1)), 3, (64, 32))
     model.save(str(path / "inference_model.keras"))
     (path / "run_info.json").write_text(json.dumps({"image_size": [64, 32], "num_classes": 3, "dataset": "sysu"}))
     return str(path)
