@@ -23,6 +23,7 @@ line here) or `KDEM_VERBOSE=1` turns all of this off: everything is shown as is.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import sys
@@ -50,6 +51,34 @@ _NOISE = re.compile("|".join([
 def is_noise(line: str) -> bool:
     """True for one line of library noise (see the module docstring)."""
     return bool(_NOISE.match(line))
+
+
+class OneLineRecords(logging.Formatter):
+    """Python logging's basic format (`LEVEL:logger:message`), with every further line of a record below
+    ERROR carrying the same prefix: TFX logs whole protos (the pipeline IR, executor specs) in one INFO
+    record, and its continuation lines would otherwise reach the console on their own (`is_noise` judges
+    a line, not a record). Errors keep their lines as they are: they are shown."""
+
+    def __init__(self):
+        super().__init__(logging.BASIC_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.ERROR or "\n" not in text:
+            return text
+        prefix = f"{record.levelname}:{record.name}:"
+        first, *rest = text.split("\n")
+        return "\n".join([first] + [f"{prefix} {line}" for line in rest])
+
+
+def _log_records_one_line() -> None:
+    """Gives the root logger the handler `logging.basicConfig()` would (stderr, the basic format) with
+    OneLineRecords, so that a library's later basicConfig() (Beam's, at import) finds it there and adds none."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(OneLineRecords())
+        root.addHandler(handler)
 
 
 class _Filter:
@@ -148,6 +177,7 @@ def start(name: Optional[str] = None) -> None:
         _active = _Filter(name)
     except OSError:
         return
+    _log_records_one_line()
     _exit_code = {"failed": False}
     original_excepthook = sys.excepthook
 

@@ -53,8 +53,11 @@ def _rerank_params(text: str) -> reranking.RerankParams:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m kdem_tf.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, choices=datasets.names())
+    from kdem_tf import cli_help
+
+    p = cli_help.parser("kdem_tf.evaluate", __doc__.split("\n")[0] + " One of --data-root / --tfrecords and one "
+                        "of --model / --features is required.")
+    p.add_argument("--dataset", choices=datasets.names(), **cli_help.required("the dataset's evaluation protocol"))
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data-root", help="dataset root in its published layout; manifest: the CSV file")
     data.add_argument("--tfrecords", help="a preprocessing output (kdem_tf.data.preprocess): same protocol, "
@@ -66,10 +69,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cli_options.add(p, owned)
     p.add_argument("--trials", type=int, default=10,
                    help="gallery draws 0..N-1 or index splits 1..N (max 10); a manifest has one")
-    p.add_argument("--distance", choices=ev.DISTANCES, default="cosine")
+    p.add_argument("--distance", choices=ev.DISTANCES, default="cosine", help="query-gallery distance")
     p.add_argument("--mean-only", action="store_true",
                    help="print only the mean row of each table (--output still has every trial)")
-    p.add_argument("--output", help="write metrics JSON here")
+    p.add_argument("--output", help="write metrics JSON here (and the library log beside it, as NAME.console.log)")
     p.add_argument("--plots", help="write cmc.png and montage.png into this folder")
     p.add_argument("--batch-size", type=int, default=64, help="--model: images per call")
     p.add_argument("--flip", action="store_true",

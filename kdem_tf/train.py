@@ -389,35 +389,52 @@ def _write_eval_summaries(writer, step: int, result: dict) -> None:
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train KDEM on preprocessed TFRecords.")
-    from kdem_tf import datasets
+    from kdem_tf import cli_help, datasets
 
-    parser.add_argument("--dataset", choices=datasets.names())
-    parser.add_argument("--data", help="preprocessing output folder (kdem_tf.data.preprocess)")
-    parser.add_argument("--out", help="run folder (resumed when it holds checkpoints)")
-    parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS))
+    parser = cli_help.parser(
+        "kdem_tf.train", usage="%(prog)s --dataset NAME --data DIR --out DIR [options]\n       %(prog)s --print-config [options]",
+        description=("Train KDEM on preprocessed TFRecords (kdem_tf.data.preprocess). --dataset, --data and --out "
+                    "are required unless --print-config. Flags left unset keep the preset's values (see "
+                    "--print-config); the flags below override them."),
+        epilog=cli_help.presets_help())
+    required = dict(default=argparse.SUPPRESS)  # required unless --print-config: checked below
+    parser.add_argument("--dataset", choices=datasets.names(), **required,
+                        help=cli_help.REQUIRED + "the dataset the TFRecords hold (selects the evaluation protocol)")
+    parser.add_argument("--data", **required,
+                        help=cli_help.REQUIRED + "preprocessing output folder (kdem_tf.data.preprocess)")
+    parser.add_argument("--out", **required, help=cli_help.REQUIRED + "run folder (resumed when it holds checkpoints)")
+    parser.add_argument("--preset", default="paper", choices=sorted(config_lib.PRESETS),
+                        help="the configuration the other flags override (see the list below)")
     parser.add_argument("--config", help="YAML file over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one value, e.g. --set optim.epochs=40 (repeatable)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--ablation", choices=["baseline", "kdem", "kdem_div", "kdem_con", "full"])
+    parser.add_argument("--epochs", type=int, help="training epochs (optim.epochs); default: the preset's")
+    parser.add_argument("--ablation", choices=["baseline", "kdem", "kdem_div", "kdem_con", "full"],
+                        help="the loss terms of the paper's ablation rows (loss.ablation); default: the preset's")
     parser.add_argument("--backbone", choices=["torchvision", "keras"],
-                        help="ResNet-50 v1.5 as torchvision (AGW) or v1 as keras.applications")
-    parser.add_argument("--backbone-weights",
-                        help='"torchvision" (download), "imagenet" (Keras\' download), a weights file '
-                             '(.safetensors / .pth: torchvision; .h5: Keras), or "none"')
-    parser.add_argument("--mixed-precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"])
+                        help="ResNet-50 v1.5 as torchvision (AGW) or v1 as keras.applications (model.backbone); "
+                             "default: the preset's")
+    parser.add_argument("--backbone-weights", metavar="torchvision|imagenet|FILE|none",
+                        help='"torchvision" (download; fits --backbone torchvision), "imagenet" (Keras\' '
+                             'download; fits --backbone keras), a weights file (.safetensors / .pth: '
+                             'torchvision; .h5: Keras), or "none" (random init: the only choice at width < 1, '
+                             "e.g. the demo and tiny presets); default: the preset's")
+    parser.add_argument("--mixed-precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                        help="compute precision; auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with bf16 "
+                             "units, else float32; default: the preset's")
     parser.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT",
                         help="start from a run folder's weights or an AGW checkpoint (the KDEM layer starts fresh)")
-    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-steps", type=int,
+                        help="stop after this many optimizer steps in all (the schedule is kept); default: the "
+                             "whole schedule")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration and its image contract as YAML, and exit")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-phase times; the summary only")
     args = parser.parse_args(argv)
-    if not args.print_config:
-        missing = [f"--{name}" for name in ("dataset", "data", "out") if getattr(args, name) is None]
-        if missing:
-            parser.error(f"the following arguments are required: {', '.join(missing)}")
+    missing = [f"--{name}" for name in ("dataset", "data", "out") if getattr(args, name, None) is None]
+    args.__dict__.update({name: getattr(args, name, None) for name in ("dataset", "data", "out")})
+    if missing and not args.print_config:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     return args
 
 

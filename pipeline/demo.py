@@ -14,7 +14,6 @@ A re-run reuses the dataset and the pipeline cache, so it only re-does steps 3â€
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -149,10 +148,15 @@ def query_server(server: BackgroundServer, data_root: str, out_dir: str) -> dict
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", default=os.path.join(REPO, "outputs", "demo"))
-    parser.add_argument("--identities", type=int, default=100)
-    parser.add_argument("--images-per-camera", type=int, default=3)
+    from kdem_tf import cli_help
+
+    parser = cli_help.parser("pipeline.demo", "The main job end to end on the built-in synthetic dataset (make demo): "
+                             "data, the TFX pipeline, evaluation, the REST server and client, the report.")
+    parser.add_argument("--home", default=os.path.join(REPO, "outputs", "demo"),
+                        help="where the dataset, the pipeline's artifacts, the report and console.log go")
+    parser.add_argument("--identities", type=int, default=100, help="identities of the synthetic dataset")
+    parser.add_argument("--images-per-camera", type=int, default=3,
+                        help="images per identity and camera of the synthetic dataset")
     parser.add_argument("--min-map", type=float, default=30.0, help="blessing threshold (mAP %%)")
     args = parser.parse_args(argv)
     started = time.time()

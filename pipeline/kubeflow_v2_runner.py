@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Compiles the kdem-tf TFX pipeline into a Kubeflow Pipelines v2 / Vertex AI PipelineJob JSON.",
         epilog="Defaults come from pipeline/configs.py and its KDEM_* environment variables.")
-    parser.add_argument("--output", required=True, default=argparse.SUPPRESS, help="the PipelineJob JSON file to write")
+    parser.add_argument("--output", required=True, default=argparse.SUPPRESS,
+                        help="REQUIRED: the PipelineJob JSON file to write")
     parser.add_argument("--image", default=configs.PIPELINE_IMAGE, help="container image of every step")
     parser.add_argument("--pipeline-name", default=d.pipeline_name, help="pipeline name")
     parser.add_argument("--pipeline-root", default=d.pipeline_root, help="artifact root (gs://... on Vertex)")

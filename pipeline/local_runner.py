@@ -236,23 +236,25 @@ def _first_output(report, node: str, key: str) -> Optional[str]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    from kdem_tf import cli_help, datasets
     from kdem_tf.data import beam_options
 
     d = PipelineSettings()
-    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        description="Runs the kdem-tf TFX pipeline with LocalDagRunner.", allow_abbrev=False,
+    parser = cli_help.parser(
+        "pipeline.local_runner", usage="%(prog)s [options] [-- BEAM_OPTION ...]", description="Runs the kdem-tf TFX pipeline with LocalDagRunner: examples, validation, "
+        "training, protocol evaluation, blessing, push and the ScaNN gallery index; prints the results table "
+        "(library messages go to HOME/console.log).",
         epilog="Beam options: --beam-arg=--runner=FlinkRunner --beam-arg=--flink_master=HOST:8081, or after a lone "
-               "--. Every default comes from pipeline/configs.py and its KDEM_* environment variables.")
-    parser.add_argument("--pipeline-name", default=d.pipeline_name)
+               "--. Every default comes from pipeline/configs.py and its KDEM_* environment variables (the TFX "
+               "CLI runs this file without flags: configure it with those).")
+    parser.add_argument("--pipeline-name", default=d.pipeline_name, help="pipeline name (its folder and metadata)")
     parser.add_argument("--home", default=d.home, help="artifacts, metadata, serving and data folder")
-    from kdem_tf import datasets
-
-    parser.add_argument("--dataset", default=d.dataset, choices=datasets.names())
-    parser.add_argument("--data-root", default=d.data_root, help="raw dataset folder (default: synthetic, generated)")
+    parser.add_argument("--dataset", default=d.dataset, choices=datasets.names(), help="a registered dataset")
+    parser.add_argument("--data-root", default=d.data_root,
+                        help="raw dataset folder; '' = the built-in synthetic dataset, generated under HOME/data")
     parser.add_argument("--trial", type=int, default=d.trial, help="the dataset's trial, where it has one (RegDB 1..10)")
-    parser.add_argument("--num-shards", type=int, default=d.num_shards)
+    parser.add_argument("--num-shards", type=int, default=d.num_shards, help="TFRecord shards per split; 0 = auto")
     parser.add_argument("--preset", default=d.preset, help="training preset: paper, demo, tiny")
     parser.add_argument("--train-config", default=d.train_config, help="YAML over the preset")
     parser.add_argument("--set", dest="train_overrides", action="append", default=list(d.train_overrides),
@@ -263,20 +265,36 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="mAP points a model may lose to the last blessed one")
     parser.add_argument("--eval-trials", type=int, default=d.eval_trials, help="gallery draws (or index splits) of the protocol")
     parser.add_argument("--eval-mode", default=d.eval_mode, help="search mode of datasets that have one (SYSU: all or indoor)")
-    parser.add_argument("--beam-mode", default=d.beam_mode, choices=["multi_processing", "in_memory"])
+    parser.add_argument("--beam-mode", default=d.beam_mode, choices=["multi_processing", "in_memory"],
+                        help="DirectRunner mode of the Beam components")
     parser.add_argument("--beam-workers", type=int, default=d.beam_workers, help="0 = one per core")
-    parser.add_argument("--serving-dir", default=d.serving_dir, help="Pusher base directory")
-    parser.add_argument("--index-dir", default=d.index_dir, help="gallery index base directory")
+    parser.add_argument("--serving-dir", default=d.serving_dir, help="Pusher base directory; '' = HOME/serving/NAME")
+    parser.add_argument("--index-dir", default=d.index_dir,
+                        help="gallery index base directory; '' = HOME/serving/NAME-index")
     parser.add_argument("--infer-schema", action="store_true", help="SchemaGen instead of the curated schema")
     parser.add_argument("--code-fingerprint", default=d.code_fingerprint,
-                        help="pin the training code's cache key (default: a hash of kdem_tf/ sources)")
+                        help="pin the training code's cache key; '' = a hash of kdem_tf/ sources")
     parser.add_argument("--no-cache", action="store_true", help="re-execute every component")
-    parser.add_argument("--synthetic-identities", type=int, default=configs.SYNTHETIC_IDENTITIES)
-    parser.add_argument("--synthetic-images-per-camera", type=int, default=configs.SYNTHETIC_IMAGES_PER_CAMERA)
+    parser.add_argument("--synthetic-identities", type=int, default=configs.SYNTHETIC_IDENTITIES,
+                        help="identities of the synthetic dataset (when it is generated)")
+    parser.add_argument("--synthetic-images-per-camera", type=int, default=configs.SYNTHETIC_IMAGES_PER_CAMERA,
+                        help="images per id and camera of the synthetic dataset (when it is generated)")
     parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
                         help=beam_options.BEAM_ARG_HELP)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from kdem_tf.data import beam_options
+
+    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args = parser.parse_args(own_args)
     args.beam_args += separated
+    try:
+        beam_options.check_beam_args(args.beam_args)  # a refused runner: before any data is generated
+    except beam_options.UnsupportedRunnerError as error:
+        parser.error(str(error))
     return args
 
 

@@ -35,16 +35,20 @@ import uuid
 from collections import Counter
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+if __name__ == "__main__":  # --help, a typo or a refused runner answers before Beam and TensorFlow load
+    from kdem_tf.data import preprocess_args as _early
 
-from kdem_tf import datasets
-from kdem_tf.artifacts import publish_staged
-from kdem_tf.data import beam_options, schema
-from kdem_tf.datasets import cli_options
-from kdem_tf.datasets.base import TRAIN
-from kdem_tf.datasets.files import DatasetError, ImageRecord, identities, join
+    _early.parse_args()
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
+
+from kdem_tf import datasets  # noqa: E402
+from kdem_tf.artifacts import publish_staged  # noqa: E402
+from kdem_tf.data import beam_options, preprocess_args, schema  # noqa: E402
+from kdem_tf.datasets.base import TRAIN  # noqa: E402
+from kdem_tf.datasets.files import DatasetError, ImageRecord, identities, join  # noqa: E402
 
 SUCCESS_MARKER = "_SUCCESS"
 SUMMARY_FILE = "summary.json"
@@ -359,27 +363,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    own_args, separated = beam_options.split_at_separator(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                     epilog="Beam options: --beam-arg=--runner=DataflowRunner ... or after a lone "
-                                            "--, e.g. -- --runner=FlinkRunner --flink_master=HOST:8081.")
-    parser.add_argument("--dataset", required=True, choices=datasets.names())
-    parser.add_argument("--data-root", required=True, help="dataset root; manifest: the CSV file")
-    parser.add_argument("--output", required=True)
-    owned = cli_options.gather("preprocess_options")
-    cli_options.add(parser, owned)
-    parser.add_argument("--num-shards", type=int, default=None, help="shards per split (default: ~2,000 images each)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a complete output folder")
-    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="ARG",
-                        help=beam_options.BEAM_ARG_HELP)
-    args = parser.parse_args(own_args)
-    cli_options.refuse_foreign(parser, args, owned)
-    options = cli_options.values(args, owned, args.dataset)
-    beam_args = args.beam_args + separated
-    try:
-        beam_options.check_beam_args(beam_args)
-    except beam_options.UnsupportedRunnerError as error:
-        parser.error(str(error))
+    args, options, beam_args = preprocess_args.parse_args(argv)
     if "://" not in args.output:  # beside the output folder (which appears complete or not at all)
         from kdem_tf import console
 

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from kdem_tf import datasets
+from kdem_tf import cli_help, datasets
 
 
 def write_montage(cells: List[List[str]], path: str, zoom: int = 2) -> str:
@@ -45,15 +45,15 @@ def _size(text: str) -> Tuple[int, int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     layouts = [name for name in datasets.names() if datasets.get(name).synthetic_defaults]
     defaults = {name: datasets.get(name).synthetic_defaults for name in layouts}
-    parser = argparse.ArgumentParser(prog="python -m kdem_tf.data.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--layout", choices=layouts, required=True)
-    parser.add_argument("--out", required=True, help="output folder (absent or empty)")
+    parser = cli_help.parser("kdem_tf.data.synthetic", __doc__.split("\n")[0])
+    parser.add_argument("--layout", choices=layouts, **cli_help.required("the dataset whose published layout to write"))
+    parser.add_argument("--out", **cli_help.required("output folder (absent or empty)"))
     parser.add_argument("--identities", type=int, help="number of ids (default: " + ", ".join(
         f"{n} {d['identities']}" for n, d in defaults.items()) + ")")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=_size, default=(64, 32), help="HxW (default 64x32)")
-    parser.add_argument("--images-per-camera", type=int, help="default: " + ", ".join(
-        f"{n} {d['images_per_camera']}" for n, d in defaults.items()))
+    parser.add_argument("--seed", type=int, default=0, help="seed of every image's random draws")
+    parser.add_argument("--image-size", type=_size, default=(64, 32), help="HxW of the written images (default 64x32)")
+    parser.add_argument("--images-per-camera", type=int, help="images per id and camera (default: " + ", ".join(
+        f"{n} {d['images_per_camera']}" for n, d in defaults.items()) + ")")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--montage", help="also write a PNG montage of the first ids here (layouts that draw one)")
     args = parser.parse_args(argv)
