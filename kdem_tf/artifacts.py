@@ -33,6 +33,7 @@ CONFIG_FILE = "config.yaml"
 IMAGE_CONTRACT_FILE = "image_contract.json"
 INFLUENCE_FACTORS_FILE = "influence_factors.npy"
 TRAIN_SUMMARY_FILE = "train_summary.json"
+CLASSIFIER_FILE = "classifier.npy"  # an imported run's identity classifier (Dense kernel [D, classes])
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_CHECKPOINT_FILE = "latest.json"  # in CHECKPOINTS_DIR
 LOGS_DIR = "logs"

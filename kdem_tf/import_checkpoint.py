@@ -21,7 +21,6 @@ offending key and its expected shape, and leaves nothing.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -33,9 +32,10 @@ import numpy as np
 
 from kdem_tf import config as config_lib
 from kdem_tf import datasets
-from kdem_tf.artifacts import CONFIG_FILE, INFERENCE_MODEL_FILE, RUN_INFO_FILE, atomic_write_text, publish_folder
+from kdem_tf import cli_help
+from kdem_tf.artifacts import (CLASSIFIER_FILE, CONFIG_FILE, INFERENCE_MODEL_FILE, RUN_INFO_FILE, atomic_write_text,
+                               publish_folder)
 from kdem_tf.image_contract import ImageContract
-from kdem_tf.model.init_from import CLASSIFIER_FILE
 
 FORMATS = ("agw",)
 # AGW's training identities per dataset (its data_manager): a class count names the dataset.
@@ -139,13 +139,14 @@ def import_agw_checkpoint(checkpoint: str, out_dir: str, dataset: Optional[str] 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Import a released PyTorch re-ID model as a kdem-tf run folder.")
-    parser.add_argument("--from", dest="source_format", required=True, choices=FORMATS,
-                        help="the checkpoint's code base (agw: mangye16/Cross-Modal-Re-ID-baseline's embed_net)")
+    parser = cli_help.parser("kdem_tf.import_checkpoint", "Import a released PyTorch re-ID model as a kdem-tf run folder.")
+    parser.add_argument("--from", dest="source_format", choices=FORMATS, **cli_help.required(
+        "the checkpoint's code base (agw: mangye16/Cross-Modal-Re-ID-baseline's embed_net)"))
     parser.add_argument("checkpoint", help="the checkpoint file: .t/.pth (torch zip or legacy format) or .safetensors")
-    parser.add_argument("--out", required=True, help="the run folder to write (must not exist)")
-    parser.add_argument("--dataset", help="the data it was trained on (default from the class count: 395 sysu, "
-                                          "206 regdb)")
+    parser.add_argument("--out", **cli_help.required("the run folder to write (must not exist)"))
+    parser.add_argument("--dataset", choices=datasets.names(),
+                        help="the data it was trained on (default: from the class count, the registered datasets' "
+                             "training identities)")
     args = parser.parse_args(argv)
     try:
         info = import_agw_checkpoint(args.checkpoint, args.out, args.dataset)

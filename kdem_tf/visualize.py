@@ -247,11 +247,13 @@ def run(args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m kdem_tf.visualize", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="run folder, or a SavedModel version folder")
-    parser.add_argument("--dataset", choices=datasets.names(), default=datasets.DEFAULT)
-    parser.add_argument("--data-root", required=True)
-    parser.add_argument("--out", required=True, help="folder for activation_maps.png")
+    from kdem_tf import cli_help
+
+    parser = cli_help.parser("kdem_tf.visualize", __doc__.split("\n")[0])
+    parser.add_argument("--model", **cli_help.required("run folder, or a SavedModel version folder"))
+    parser.add_argument("--dataset", choices=datasets.names(), default=datasets.DEFAULT, help="a registered dataset")
+    parser.add_argument("--data-root", **cli_help.required("the dataset's root in its published layout"))
+    parser.add_argument("--out", **cli_help.required("folder for activation_maps.png"))
     parser.add_argument("--queries", type=int, default=4, help="infrared query identities (rows)")
     parser.add_argument("--top-k", type=int, default=3, help="visible matches per query")
     args = parser.parse_args(argv)

@@ -28,6 +28,11 @@ ENTRY_POINTS: Dict[str, List[str]] = {
     "pipeline.local_runner": [],
     "pipeline.kubeflow_v2_runner": ["--output", "nowhere.json"],
     "pipeline.demo": [],
+    "kdem_tf.visualize": ["--model", "nowhere", "--data-root", "nowhere", "--out", "nowhere"],
+    "kdem_tf.import_checkpoint": ["--from", "agw", "nowhere.t", "--out", "nowhere"],
+    "serving.export": ["--run", "nowhere", "--out", "nowhere"],
+    "serving.index": ["--model", "nowhere", "--gallery", "nowhere", "--out", "nowhere"],
+    "serving.client": ["status", "--url", "http://127.0.0.1:9"],
 }
 
 
@@ -59,7 +64,8 @@ def parser_of(module: str, monkeypatch) -> argparse.ArgumentParser:
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
     with pytest.raises(_Captured) as captured:
-        importlib.import_module(module).main([])
+        found = importlib.import_module(module)  # a package's command line is its cli module (its __main__ runs it)
+        (getattr(found, "main", None) or importlib.import_module(f"{module}.cli").main)([])
     return captured.value.parser
 
 
@@ -81,9 +87,9 @@ def test_help_describes_every_flag_and_default(module, monkeypatch):
     assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
     text = parser.format_help()
     for action in parser._actions:
-        flag = action.option_strings[-1]
+        flag = (action.option_strings or [action.dest])[-1]
         assert action.help, f"{module} {flag} has no help text"
-        if action.required or action.help.startswith(cli_help.REQUIRED):
+        if action.option_strings and (action.required or action.help.startswith(cli_help.REQUIRED)):
             assert action.help.startswith(cli_help.REQUIRED), f"{module} {flag} is required but not marked"
         elif action.default not in (None, False, [], argparse.SUPPRESS):
             shown = parser.formatter_class(parser.prog)._get_help_string(action)
@@ -112,12 +118,16 @@ def test_unknown_flag_is_an_error_naming_it(module):
 def test_abbreviated_flag_is_an_error(module, monkeypatch):
     parser = parser_of(module, monkeypatch)
     monkeypatch.undo()
+    args = ENTRY_POINTS[module]
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if subcommands:  # the flags are the command's (ENTRY_POINTS names it first)
+        parser, args = subcommands[0].choices[args[0]], args[1:]
     long_flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and len(s) > 6
                   and a.nargs != 0 and not any(o != s and o.startswith(s[:-1]) for o in parser._option_string_actions)]
     assert long_flags, module
     abbreviated = long_flags[0][:-1]
     with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args([*ENTRY_POINTS[module], abbreviated, "1"])
+        parser.parse_args([*args, abbreviated, "1"])
     assert exit_info.value.code == 2
 
 
@@ -154,3 +164,23 @@ def test_the_tfx_cli_module_is_the_tfx_command():
     assert result.returncode == 2
     assert "No such option '--frobnicate'" in result.stderr
     assert run_module("pipeline.tfx_cli", "--help").stdout.startswith("Usage: tfx ")
+
+
+def test_every_client_command_is_described_with_its_flags_and_defaults(monkeypatch):
+    """`python -m serving.client COMMAND --help`: a description, every flag described, defaults shown, the
+    images' modality required (no silent default)."""
+    parser = parser_of("serving.client", monkeypatch)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(commands) == ["embed", "metadata", "predict", "search", "status"]
+    for name, sub in commands.items():
+        assert sub.description and sub.prog == f"python -m serving.client {name}" and sub.allow_abbrev is False
+        for action in sub._actions:
+            flag = action.option_strings[-1]
+            assert action.help, f"{name} {flag} has no help text"
+            if action.default not in (None, False, [], argparse.SUPPRESS) and not action.help.startswith(cli_help.REQUIRED):
+                assert "default" in sub.formatter_class(sub.prog)._get_help_string(action).lower(), (name, flag)
+        modality = [a for a in sub._actions if "--modality" in a.option_strings]
+        if name in ("predict", "search", "embed"):
+            assert modality and modality[0].required, name
+    result = run_module("serving.client", "search", "--image", "q.jpg")
+    assert result.returncode == 2 and "--modality" in result.stderr

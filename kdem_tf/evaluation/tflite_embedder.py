@@ -20,6 +20,7 @@ INFO_FILE = TFLITE_INFO_FILE  # the file name is kdem_tf.artifacts'
 # none: float32; float16: float16 weights; int8: integer stem + trunk, float head (pooling, BN-neck,
 # L2: the layers TFLite's quantisation debugger found sensitive); int8-full: every op in int8.
 QUANTIZATIONS = ("none", "float16", "int8", "int8-full")
+DEFAULT_CALIBRATION_IMAGES = 64  # per modality, for the int8 quantisations
 
 
 class TFLiteEmbedderError(ValueError):

@@ -25,11 +25,11 @@ from typing import List
 import keras
 import numpy as np
 
+from kdem_tf.artifacts import CLASSIFIER_FILE
 from kdem_tf.image_contract import CONTRACT_FILE, ImageContract
 
 TRANSFERRED_LAYERS = ("visible_stem", "infrared_stem", "trunk", "bn_neck")
 INFERENCE_MODEL_FILE = "inference_model.keras"
-CLASSIFIER_FILE = "classifier.npy"  # written by kdem_tf.import_checkpoint: the Dense kernel [D, classes]
 AGW_NORMALIZATION = "torchvision"  # AGW's loaders normalise with torchvision's ImageNet mean/std
 _CLASSIFIER_KEY = re.compile(r"^classifier\.")
 

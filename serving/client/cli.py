@@ -21,11 +21,8 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
-import requests
 
-from kdem_tf.image_contract import INFRARED, MODALITIES
-from serving.client.grpc_client import GrpcClient, GrpcClientError
-from serving.client.rest_client import ServingClient, ServingClientError
+from kdem_tf.image_contract import MODALITIES
 
 
 def embed_tflite(folder: str, image_paths: Sequence[str], modality: str) -> int:
@@ -55,37 +52,63 @@ def _token(args) -> Optional[str]:
     return args.token
 
 
+COMMANDS = {
+    "status": "the served model's versions and their state (TF Serving's GetModelStatus)",
+    "metadata": "the served model's signatures (TF Serving's GetModelMetadata)",
+    "predict": "embed image files with the served model (REST :predict or gRPC Predict)",
+    "search": "search the server's gallery index with image files (REST :search, gRPC `search`)",
+    "embed": "embed image files with a TFLite export on this machine (no server)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m serving.client COMMAND [flags]`: one subcommand each, its own flags and help."""
+    from kdem_tf import cli_help
+
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", default="http://127.0.0.1:8501", help="the REST server")
+    server.add_argument("--grpc", default=None, metavar="HOST:PORT", help="use TF Serving's gRPC API there instead")
+    server.add_argument("--model", default="kdem", help="the served model's name")
+    server.add_argument("--version", type=int, default=None, help="a model version (default: the latest)")
+    auth = server.add_mutually_exclusive_group()
+    auth.add_argument("--token", default=None, help="bearer token (default: none)")
+    auth.add_argument("--token-file", default=None, help="file holding the bearer token (default: none)")
+    server.add_argument("--ca-cert", default=None, help="CA / self-signed certificate to trust (TLS; default: none)")
+    images = argparse.ArgumentParser(add_help=False)
+    images.add_argument("--image", action="append", **cli_help.required("image file (repeatable)"))
+    images.add_argument("--modality", choices=MODALITIES, **cli_help.required("the images' modality"))
+    parser = cli_help.parser("serving.client", "Client for the kdem REST server / TF Serving (REST or gRPC).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="one of:")
+    for name, text in COMMANDS.items():
+        parents = [] if name == "embed" else [server]
+        parents += [images] if name in ("predict", "search", "embed") else []
+        sub = commands.add_parser(name, parents=parents, help=text, description=text, allow_abbrev=False,
+                                  formatter_class=cli_help.DefaultsHelpFormatter)
+        if name == "search":
+            sub.add_argument("--k", type=int, default=10, help="results per query")
+        if name == "embed":
+            sub.add_argument("--tflite", metavar="OUT_DIR", **cli_help.required("the TFLite folder "
+                                                                               "(python -m serving.export --tflite)"))
+    return parser
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serving.client",
-                                     description="Client for the kdem REST server / TF Serving.")
-    parser.add_argument("command", choices=("status", "metadata", "predict", "search", "embed"))
-    parser.add_argument("--tflite", metavar="OUT_DIR", help="embed: run this TFLite folder locally (no server)")
-    parser.add_argument("--url", default="http://127.0.0.1:8501")
-    parser.add_argument("--model", default="kdem")
-    parser.add_argument("--version", type=int, default=None)
-    parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
-    parser.add_argument("--modality", default=INFRARED, choices=MODALITIES)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--grpc", default=None, metavar="HOST:PORT", help="use TF Serving's gRPC API there")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", default=None, help="bearer token")
-    auth.add_argument("--token-file", default=None, help="file holding the bearer token")
-    parser.add_argument("--ca-cert", default=None, help="CA / self-signed certificate to trust (TLS)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "embed":
-        if not args.tflite or not args.image:
-            parser.error("embed needs --tflite OUT_DIR and at least one --image")
         sys.exit(embed_tflite(args.tflite, args.image, args.modality))
+    import requests
+
+    from serving.client.grpc_client import GrpcClient, GrpcClientError
+    from serving.client.rest_client import ServingClient, ServingClientError
+
     if args.grpc:
         client = GrpcClient(args.grpc, args.model, args.version, token=_token(args), ca_cert=args.ca_cert)
     else:
         client = ServingClient(args.url, args.model, args.version, token=_token(args), ca_cert=args.ca_cert)
     images = []
-    for path in args.image:
+    for path in getattr(args, "image", []):
         with open(path, "rb") as f:
             images.append(f.read())
-    if args.command in ("predict", "search") and not images:
-        parser.error(f"{args.command} needs at least one --image")
     try:
         if args.command == "status":
             print(json.dumps(client.status(), indent=2))

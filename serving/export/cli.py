@@ -8,27 +8,38 @@ The SavedModel: `serving.export.saved_model`; the TFLite models: `serving.export
 """
 from __future__ import annotations
 
-import argparse
+from kdem_tf import cli_help
+from kdem_tf.evaluation.match_threshold import FMR_TARGETS
+from kdem_tf.evaluation.tflite_embedder import DEFAULT_CALIBRATION_IMAGES, QUANTIZATIONS
 
-from kdem_tf.evaluation import match_threshold
-from serving.export import saved_model, tflite
+
+def build_parser():
+    parser = cli_help.parser("serving.export", "Exports a training run's inference model as a TF Serving embedder "
+                                               "SavedModel version, or as per-modality TFLite models.")
+    parser.add_argument("--run", **cli_help.required("training run folder (inference_model.keras, run_info.json)"))
+    parser.add_argument("--out", help="TF Serving model base path (required unless --tflite)")
+    parser.add_argument("--version", type=int, default=None, help="the version number (default: max existing + 1)")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="SavedModel compute dtype (float32 whatever the run trained in)")
+    parser.add_argument("--match-threshold-from", metavar="METRICS_JSON",
+                        help="record the same-person threshold kdem_tf.evaluate calibrated (its metrics.json)")
+    parser.add_argument("--fmr", type=float, default=FMR_TARGETS[-1], help="false-match rate of that threshold")
+    parser.add_argument("--tflite", metavar="OUT_DIR", help="write per-modality TFLite models here instead")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="--tflite: none (float32), float16 (weights), int8 (integer stem + trunk, float head) "
+                             "or int8-full (every op integer); the int8 ones need --calibration")
+    parser.add_argument("--calibration", metavar="TFRECORDS", help="--tflite int8: TFRecords folder (train split)")
+    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                        help="--tflite int8: calibration images per modality")
+    return parser
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m serving.export",
-                                     description="Exports the KDEM inference model as a TF Serving embedder "
-                                                 "SavedModel.")
-    parser.add_argument("--run", required=True, help="training run folder (inference_model.keras, run_info.json)")
-    parser.add_argument("--out", help="TF Serving model base path (required unless --tflite)")
-    parser.add_argument("--version", type=int, default=None, help="default: max existing + 1")
-    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="SavedModel compute dtype (default float32, whatever the run trained in)")
-    parser.add_argument("--match-threshold-from", metavar="METRICS_JSON",
-                        help="record the same-person threshold kdem_tf.evaluate calibrated (its metrics.json)")
-    parser.add_argument("--fmr", type=float, default=match_threshold.FMR_TARGETS[-1],
-                        help="false-match rate of that threshold (default %(default)g)")
-    tflite.add_arguments(parser)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    from kdem_tf.evaluation import match_threshold
+    from serving.export import saved_model, tflite
+
     extra = {}
     if args.match_threshold_from:
         try:

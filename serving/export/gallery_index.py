@@ -20,7 +20,6 @@ INDEX_DIR (written to a temporary folder beside it, then renamed: `kdem_tf.artif
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import json
@@ -294,25 +293,3 @@ def build_index(model: str, gallery: str, out: str, modality: str = schema.VISIB
     save_index(out, embeddings, entries, params, embedder.path, embedder.version,
                image_contract=embedder.contract.to_dict(), flip=flip)
     return load_index(out)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Embeds a gallery and builds its ScaNN index.")
-    parser.add_argument("--model", required=True, help="embedder base path (or SavedModel folder)")
-    parser.add_argument("--gallery", required=True, help="image folder, TFRecord folder or glob pattern")
-    parser.add_argument("--out", required=True, help="index folder to create")
-    parser.add_argument("--modality", default=schema.VISIBLE, choices=schema.MODALITIES)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--flip", action="store_true",
-                        help="flip test-time augmentation: each gallery embedding averaged with its mirror's")
-    parser.add_argument("--params", default=None, help="ScaNN parameters as JSON (default: auto_params)")
-    parser.add_argument("--retrieval-model", default=None,
-                        help="also export the retrieval SavedModel (embedder + ScaNN ops) as OUT/<version>")
-    args = parser.parse_args(argv)
-    index = build_index(args.model, args.gallery, args.out, args.modality, args.batch_size,
-                        json.loads(args.params) if args.params else None, flip=args.flip)
-    print(f"index {args.out}: {len(index)} entries, {index.manifest['embedding_dim']}-d, params {index.params}")
-    if args.retrieval_model:
-        from serving.export.retrieval import export_retrieval_model
-        path = export_retrieval_model(args.model, args.out, args.retrieval_model)
-        print(f"retrieval model {path}")

@@ -45,12 +45,11 @@ import tensorflow as tf
 
 from kdem_tf.artifacts import IMAGE_CONTRACT_FILE, TFLITE_INFO_FILE, publish_folder
 from kdem_tf.image_contract import INFRARED, MODALITIES, VISIBLE, ContractError, ImageContract
-from kdem_tf.evaluation.tflite_embedder import QUANTIZATIONS, model_file
+from kdem_tf.evaluation.tflite_embedder import DEFAULT_CALIBRATION_IMAGES, QUANTIZATIONS, model_file
 from serving.export.run_folder import load_run
 
 BATCH = 1  # the batch dimension of the exported models (static: see the module docstring)
 
-DEFAULT_CALIBRATION_IMAGES = 64  # per modality
 
 # Layer names of kdem_tf.model.model's inference model; `find_embedder_parts` is the only reader.
 STEM_LAYER_NAMES = {VISIBLE: "visible_stem", INFRARED: "infrared_stem"}
@@ -315,17 +314,6 @@ def export_run_tflite(run_dir: str, out_dir: str, quantize: str = "none", calibr
     extra["run_dir"] = os.path.abspath(run_dir)
     return export_tflite(model, contract, out_dir, quantize, calibration_dir, calibration_per_modality, extra,
                          modalities)
-
-
-def add_arguments(parser) -> None:
-    """The --tflite flags of `python -m serving.export`."""
-    parser.add_argument("--tflite", metavar="OUT_DIR", help="write per-modality TFLite models here instead")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
-                        help="--tflite: none (float32), float16 (weights), int8 (integer stem + trunk, float head) "
-                             "or int8-full (every op integer); the int8 ones need --calibration")
-    parser.add_argument("--calibration", metavar="TFRECORDS", help="--tflite int8: TFRecords folder (train split)")
-    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
-                        help=f"--tflite int8: calibration images per modality (default {DEFAULT_CALIBRATION_IMAGES})")
 
 
 def run_cli(args) -> int:
