@@ -147,6 +147,32 @@ def query_server(server: BackgroundServer, data_root: str, out_dir: str) -> dict
     return {"queries": len(picks), "top1_correct": hits, "seconds": round(seconds, 3), "montage": montage}
 
 
+def _write_report(args, home: str, out_dir: str, data_root: str, dataset: str, report: dict, run_dir, model_version,
+                  index_dir: str, metrics: dict, served: dict, started: float) -> str:
+    """Step 5: the paper's Fig. 3 maps and the HTML report; returns its path."""
+    from kdem_tf import visualize
+    from kdem_tf.report import write_report
+
+    # The paper's Fig. 3 maps (they need the run folder: a SavedModel exposes embeddings only).
+    visualize.main(["--model", run_dir or model_version, "--dataset", dataset, "--data-root", data_root,
+                    "--out", out_dir])
+
+    notes = [f"REST search: {served['top1_correct']} of {served['queries']} infrared queries have a correct "
+             f"top-1 visible match (montage below, built from the server's responses)."]
+    evaluation = (report.get("ReidEvaluator", {}).get("outputs", {}).get("evaluation") or [None])[0]
+    if evaluation and os.path.exists(os.path.join(evaluation, "metrics.json")):
+        with open(os.path.join(evaluation, "metrics.json")) as f:
+            decision = json.load(f)
+        if not decision.get("blessed"):
+            # The curves come from the latest training run; the metrics from the served version.
+            notes.append(f"The latest training run (curves below) was not blessed ({'; '.join(decision['reasons'])}); "
+                         f"the served and evaluated model is the earlier blessed version {model_version}.")
+    return write_report(out_dir, run_dir or "", metrics, montage=served["montage"],
+                        cmc_png=os.path.join(out_dir, "cmc.png"), notes=notes,
+                        extra_settings={"home": home, "identities": args.identities, "model": model_version,
+                                        "index": index_dir, "minutes": round((time.time() - started) / 60, 1)})
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from kdem_tf import cli_help
 
@@ -217,27 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     served = query_server(server, data_root, out_dir)
 
     steps.start(5, "report")
-    from kdem_tf import visualize
-    from kdem_tf.report import write_report
-
-    # The paper's Fig. 3 maps (they need the run folder: a SavedModel exposes embeddings only).
-    visualize.main(["--model", run_dir or model_version, "--dataset", demo.name, "--data-root", data_root,
-                    "--out", out_dir])
-
-    notes = [f"REST search: {served['top1_correct']} of {served['queries']} infrared queries have a correct "
-             f"top-1 visible match (montage below, built from the server's responses)."]
-    evaluation = (report.get("ReidEvaluator", {}).get("outputs", {}).get("evaluation") or [None])[0]
-    if evaluation and os.path.exists(os.path.join(evaluation, "metrics.json")):
-        with open(os.path.join(evaluation, "metrics.json")) as f:
-            decision = json.load(f)
-        if not decision.get("blessed"):
-            # The curves come from the latest training run; the metrics from the served version.
-            notes.append(f"The latest training run (curves below) was not blessed ({'; '.join(decision['reasons'])}); "
-                         f"the served and evaluated model is the earlier blessed version {model_version}.")
-    path = write_report(out_dir, run_dir or "", metrics, montage=served["montage"],
-                        cmc_png=os.path.join(out_dir, "cmc.png"), notes=notes,
-                        extra_settings={"home": home, "identities": args.identities, "model": model_version,
-                                        "index": index_dir, "minutes": round((time.time() - started) / 60, 1)})
+    path = _write_report(args, home, out_dir, data_root, demo.name, report, run_dir, model_version, index_dir,
+                         metrics, served, started)
     print(f"\nreport: {path}\n(open it in a browser; every picture is a PNG beside it)")
     print(f"\ntime per step:\n{steps.summary()}")
     print(f"demo finished in {(time.time() - started) / 60:.1f} min (library messages: {console.log_path() or 'shown'})")
