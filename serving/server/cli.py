@@ -34,6 +34,8 @@ import sys
 
 from kdem_tf.artifacts import atomic_write_text
 from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
+from serving.server.index_fit import IndexMismatch
+from serving.server.limits import add_connection_flags, connection_settings
 from serving.server.rest_audit import TrustedProxies
 from serving.server.settings import ServingLimits
 
@@ -89,7 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="requests waiting for a batch; beyond, 429 / RESOURCE_EXHAUSTED at once")
     parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / (1 << 20))
     parser.add_argument("--max-instances", type=int, default=limits.max_instances)
+    add_connection_flags(parser, limits)
     args = parser.parse_args(argv)
+    try:
+        args.connection_settings = connection_settings(args)
+    except ValueError as e:
+        parser.error(str(e))
     args.extra = _pairs(args.extra_model, parser, "--extra-model")
     args.labels = _pairs(args.version_label, parser, "--version-label", int)
     if args.grpc_port != GRPC_AUTO and not args.grpc_port.isdigit():
@@ -110,17 +117,21 @@ async def serve(args: argparse.Namespace, auth) -> None:
     from serving.server.audit import AuditLog, NoAudit
     from serving.server.core import ServingCore
     from serving.server.grpc_service import start_grpc_server
+    from serving.server.limits import uvicorn_options
+    from serving.server.metrics import instrument
     from serving.server.rest_app import create_app
     from serving.server.rest_audit import AuditedApp
 
     limits = ServingLimits(poll_seconds=args.poll_seconds, window_ms=args.batch_window_ms, max_batch=args.max_batch,
                            max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
                            max_instances=args.max_instances, audit_fsync=args.audit_fsync,
-                           audit_fsync_seconds=args.audit_fsync_seconds)
+                           audit_fsync_seconds=args.audit_fsync_seconds, **args.connection_settings)
     core = ServingCore(args.model_base, args.model_name, args.index, args.extra, args.labels, limits)
     await asyncio.get_running_loop().run_in_executor(None, core.load)
     audit = (AuditLog(args.audit_log, fsync=limits.audit_fsync, fsync_interval_s=limits.audit_fsync_seconds)
              if args.audit_log else NoAudit())
+    audit, rest_app = instrument(core, audit, auth,  # Prometheus metrics (serving.server.metrics)
+                                 lambda metered: create_app(core, auth, metered, args.api_docs))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, audit.reopen)
     tls = None
     if args.tls_cert:
@@ -137,10 +148,11 @@ async def serve(args: argparse.Namespace, auth) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
         rest_port = sock.getsockname()[1]
-        app = AuditedApp(create_app(core, auth, audit, args.api_docs), audit, args.proxies)
+        app = AuditedApp(rest_app, audit, args.proxies)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                                 proxy_headers=False,  # the client address is the socket's: serving.server.rest_audit
-                                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_graceful_shutdown=5)
+                                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_graceful_shutdown=5,
+                                **uvicorn_options(limits))
         server = uvicorn.Server(config)
         rest = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started and not rest.done():
@@ -174,4 +186,8 @@ def main(argv=None) -> None:
             print(f"serving.server: {e}", file=sys.stderr)
             sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(args, auth))
+    try:
+        asyncio.run(serve(args, auth))
+    except IndexMismatch as e:  # the index does not fit the served model: refused at start
+        print(f"serving.server: {e}", file=sys.stderr)
+        sys.exit(2)

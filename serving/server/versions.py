@@ -9,6 +9,7 @@ from kdem_tf.artifacts import list_versions, version_of
 from serving.export.embedder import Embedder
 from serving.server.errors import failed_precondition, not_found
 from serving.server.rest import signature_def_map
+from serving.server.warmup import replay_warmup
 
 log = logging.getLogger("serving")
 
@@ -34,6 +35,7 @@ class LoadedVersion:
             self.signatures = dict(self.saved_model.signatures)
         self.input_specs = {key: fn.structured_input_signature[1] for key, fn in self.signatures.items()}
         self.signature_defs = signature_def_map(path)
+        self.warmup_replayed = replay_warmup(self)  # TF Serving's warm-up records, before it is served
 
 
 class ServedModel:
@@ -41,7 +43,8 @@ class ServedModel:
 
     `refresh()` (called by the server's poll loop) loads a new highest version and then
     swaps it in; requests in flight keep the version they started with. A version that
-    fails to load is remembered and skipped, and the current one keeps serving.
+    fails to load is skipped (the current one keeps serving) until its folder changes; when the
+    served version's folder is deleted, the highest remaining version is served (a rollback).
 
     Args:
         name: model name in URLs and model specs.
@@ -55,23 +58,46 @@ class ServedModel:
         self.embedder = embedder
         self.current: Optional[LoadedVersion] = None
         self.pinned: Dict[int, LoadedVersion] = {}  # versions kept for an index built with them
-        self._failed: set = set()
+        self._failed: Dict[int, tuple] = {}  # version -> folder fingerprint when it failed to load
 
     def refresh(self) -> bool:
-        """Loads the highest version when newer than the current one; True when it swapped."""
-        versions = [v for v in list_versions(self.base_path) if v not in self._failed]
-        if not versions or (self.current is not None and versions[-1] <= self.current.version):
+        """Serves the highest loadable version; True when it swapped.
+
+        A newer version is loaded and swapped in; when the served version's folder is gone (a
+        rollback: the newest deleted) the highest remaining one is. A version that failed to load
+        is tried again once its folder changed (`folder_fingerprint`), e.g. a copy that completed.
+        """
+        on_disk = list_versions(self.base_path)
+        current = self.current.version if self.current is not None else None
+        gone = current is not None and current not in on_disk
+        for version in reversed(on_disk):
+            if current is not None and not gone and version <= current:
+                return False
+            if self.failed_unchanged(version):
+                continue
+            path = os.path.join(self.base_path, str(version))
+            try:
+                loaded = self.pinned.get(version) or LoadedVersion(path, self.embedder)
+            except Exception as e:  # keep serving the current version
+                self._failed[version] = folder_fingerprint(path)
+                log.error("model %s: cannot load version %d (tried again once its folder changes): %s",
+                          self.name, version, e)
+                continue
+            self._failed.pop(version, None)
+            self.current = loaded  # one reference swap: atomic for the event loop
+            log.info("model %s: serving version %d%s", self.name, version,
+                     f" (version {current} was removed: rolled back)" if gone else "")
+            return True
+        if gone:
+            log.warning("model %s: version %d was removed and no other version loads: still serving it",
+                        self.name, current)
+        return False
+
+    def failed_unchanged(self, version: int) -> bool:
+        """Whether `version` failed to load and its folder has not changed since."""
+        if version not in self._failed:
             return False
-        version = versions[-1]
-        try:
-            loaded = LoadedVersion(os.path.join(self.base_path, str(version)), self.embedder)
-        except Exception as e:  # keep serving the current version
-            log.error("model %s: cannot load version %d: %s", self.name, version, e)
-            self._failed.add(version)
-            return False
-        self.current = loaded  # one reference swap: atomic for the event loop
-        log.info("model %s: serving version %d", self.name, version)
-        return True
+        return self._failed[version] == folder_fingerprint(os.path.join(self.base_path, str(version)))
 
     def pin(self, version: int) -> LoadedVersion:
         """Keeps a specific version loaded (the one a gallery index was embedded with)."""
@@ -91,3 +117,18 @@ class ServedModel:
         if version is not None and version != self.current.version:
             raise not_found(f"Servable not found for request: Specific({self.name}, {version})")
         return self.current
+
+
+def folder_fingerprint(path: str) -> tuple:
+    """(relative path, size, mtime in ns) of every file under `path`, sorted: changes when a file is
+    added, removed, rewritten or grows (a copy in progress). () when the folder is gone."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                stat = os.stat(full)
+            except OSError:  # removed while walking
+                continue
+            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))

@@ -206,3 +206,19 @@ def secure_server(model_base, index_dir, tls_files, tmp_path_factory):
         yield dict(server, tokens_file=str(tokens_file), audit_log=str(audit_log), ca_cert=tls_files[0])
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def ops_server(model_base, index_dir, tmp_path_factory):
+    """A live server with tight connection limits over its own copy of the model base (the version
+    tests add and delete versions there): headers and body chunks within 1.5 s, 16 REST connections,
+    2 concurrent gRPC calls, polled every 0.5 s (issue #24 items 5-7)."""
+    base = str(tmp_path_factory.mktemp("ops-served") / "kdem")
+    shutil.copytree(model_base, base)
+    server = start_server(["--model-base", base, "--index", index_dir, "--poll-seconds", "0.5",
+                           "--header-timeout-s", "1.5", "--body-timeout-s", "1.5", "--max-connections", "16",
+                           "--max-concurrent-rpcs", "2"], tmp_path_factory.mktemp("ops-server"))
+    try:
+        yield dict(server, base=base)
+    finally:
+        stop_server(server)
