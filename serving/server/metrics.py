@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import time
 
+from fastapi import Request
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -135,9 +137,6 @@ class MeteredAudit:
 
 def add_metrics_route(app, metrics: ServerMetrics, auth) -> None:
     """GET /monitoring/prometheus/metrics on the FastAPI app; a token is needed when tokens are on."""
-    from fastapi import Request
-    from fastapi.responses import Response
-
     @app.get(METRICS_PATH, include_in_schema=False)
     async def prometheus_metrics(request: Request):
         auth.check(request.headers.get("authorization"))
