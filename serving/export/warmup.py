@@ -4,7 +4,9 @@ TF Serving's format (tensorflow_serving/servables/tensorflow/saved_model_warmup)
 `tensorflow.serving.PredictionLog` protos, each a `predict_log.request` (a PredictRequest) that the
 model server runs once per record after it loads the version and before it marks it AVAILABLE. The
 stock `tensorflow_model_server` replays this file by itself; `serving.server` replays it too
-(serving.server.warmup) before it reports ready or swaps a new version in.
+(serving.server.versions) before it reports ready or swaps a new version in.
+
+`read_warmup_requests` reads such a file back (the server's replay: serving.server.versions).
 
 The records: one `serving_default` request per modality, each with one mid-grey PNG at the image
 contract's size, and the same for `serving_flip`, so the first client request finds every traced
@@ -23,6 +25,7 @@ from kdem_tf.image_contract import MODALITIES, ImageContract
 
 WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving's file name in assets.extra/
 WARMUP_SIGNATURES = (SERVING_SIGNATURE, FLIP_SIGNATURE)
+MAX_RECORDS = 1000  # TF Serving's bound on the records it replays
 
 
 def warmup_image(contract: ImageContract) -> bytes:
@@ -57,3 +60,29 @@ def write_warmup_file(export_dir: str, contract: ImageContract) -> str:
             writer.write(record.SerializeToString())
     os.replace(temporary, path)
     return path
+
+
+class WarmupError(ValueError):
+    """The warm-up file cannot be replayed (the message names the file and the record)."""
+
+
+def read_warmup_requests(version_dir: str) -> list:
+    """The PredictRequests of a version's warm-up file ([] when it has none)."""
+    path = os.path.join(version_dir, ASSETS_EXTRA_DIR, WARMUP_FILE)
+    if not os.path.exists(path):
+        return []
+    requests = []
+    try:
+        for number, record in enumerate(tf.data.TFRecordDataset(path).take(MAX_RECORDS + 1).as_numpy_iterator()):
+            if number == MAX_RECORDS:
+                raise WarmupError(f"{path}: more than {MAX_RECORDS} warm-up records")
+            entry = prediction_log_pb2.PredictionLog.FromString(record)
+            if not entry.HasField("predict_log"):
+                raise WarmupError(f"{path}: record {number} is not a predict_log (only Predict is replayed)")
+            requests.append(entry.predict_log.request)
+    except (tf.errors.OpError, ValueError) as e:
+        if isinstance(e, WarmupError):
+            raise
+        raise WarmupError(f"{path}: not a TFRecord file of PredictionLog protos ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]})") from None
+    return requests

@@ -5,6 +5,8 @@
         [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM] [--audit-log FILE]
         [--audit-fsync every|interval] [--trusted-proxy CIDR ...] [--api-docs]
         [--max-queue 64] [--version-label LABEL=VERSION ...] [--ready-file FILE]
+        [--header-timeout-s 10] [--body-timeout-s 30] [--keep-alive-s 5] [--max-connections 128]
+        [--max-concurrent-rpcs 128] [--request-timeout-s 60]            (serving.server.limits)
 
 REST (serving.server.rest_app) and gRPC (serving.server.grpc_service) run in one process, on one event
 loop, over one `ServingCore`: the same loaded versions and the same micro-batcher, so
@@ -15,8 +17,11 @@ free port; `--grpc-port 0` turns gRPC off. Once both listen, the process prints 
 from it: no free-port races).
 
 The highest version under each base path is served; a new version is loaded in the
-background (polled every `--poll-seconds`) and swapped in without a restart; a version
-that fails to load is skipped and the current one keeps serving. A search uses the
+background (polled every `--poll-seconds`), warmed up (serving.server.versions) and swapped in
+without a restart; a version that fails to load is skipped (tried again once its folder changes)
+and the current one keeps serving; deleting the served version rolls back to the next one. An
+index that does not fit the served model is refused at start (exit 2). Prometheus metrics at
+/monitoring/prometheus/metrics (serving.server.metrics). A search uses the
 version its index was built with. On an address outside loopback the server refuses to
 start without `--auth-tokens`, unless `--allow-unauthenticated`. SIGHUP reopens the audit log
 (it is also reopened by itself when renamed away, as logrotate does).
@@ -34,7 +39,6 @@ import sys
 
 from kdem_tf.artifacts import atomic_write_text
 from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
-from serving.server.index_fit import IndexMismatch
 from serving.server.limits import add_connection_flags, connection_settings
 from serving.server.rest_audit import TrustedProxies
 from serving.server.settings import ServingLimits
@@ -186,6 +190,7 @@ def main(argv=None) -> None:
             print(f"serving.server: {e}", file=sys.stderr)
             sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from serving.server.versions import IndexMismatch  # TensorFlow: imported once the flags are read
     try:
         asyncio.run(serve(args, auth))
     except IndexMismatch as e:  # the index does not fit the served model: refused at start

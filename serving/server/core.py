@@ -20,7 +20,7 @@ from kdem_tf.artifacts import IMAGES_SIGNATURE, SEARCH_SIGNATURE, SERVING_SIGNAT
 from serving.export import search_signature
 from serving.server.batching import MicroBatcher, embed_batch
 from serving.server.errors import ServingError, failed_precondition, invalid, not_found
-from serving.server.index_fit import index_version
+from serving.server.versions import index_version
 from serving.server.settings import ServingLimits
 from serving.server.versions import LoadedVersion, ServedModel
 

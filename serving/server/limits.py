@@ -65,7 +65,7 @@ class TimedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self.arm_read_timer(self.header_timeout_s)  # the next request's headers, if any
 
     def connection_lost(self, exc) -> None:
@@ -73,15 +73,14 @@ class TimedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def read_timed_out(self) -> None:
-        """The client sent a part of a request and then stalled: the connection is closed."""
+        """The client sent a part of a request (or nothing) and then stalled: the connection is closed."""
         self.read_timer = None
-        if self.transport.is_closing():
-            return
-        if self.flow.read_paused:  # the server, not the client, stopped reading: wait on
+        state = self.conn.their_state
+        if self.transport.is_closing() or state not in (h11.IDLE, h11.SEND_BODY):
+            return  # the request was read whole (e.g. a pipelined one): the server's turn, not a stall
+        if state is h11.SEND_BODY and self.flow.read_paused:  # the server, not the client, stopped reading
             self.arm_read_timer(self.body_timeout_s)
             return
-        if self.conn.their_state is h11.IDLE and self.cycle is not None and not self.cycle.response_complete:
-            return  # a response is being written (pipelining): on_response_complete re-arms
         self.transport.close()
 
 

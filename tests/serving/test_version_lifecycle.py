@@ -72,7 +72,7 @@ def _manifest(index_dir: str, **changes) -> dict:
 
 
 def test_a_fitting_index_is_searched_with_its_version(served_model, index_dir):
-    from serving.server.index_fit import index_version
+    from serving.server.versions import index_version
     assert index_version(index_dir, _manifest(index_dir), served_model).version == 1
 
 
@@ -81,7 +81,7 @@ def test_a_fitting_index_is_searched_with_its_version(served_model, index_dir):
     ({"model_version": 7}, "built with model version 7, which is not under"),
 ])
 def test_an_index_that_does_not_fit_is_refused_naming_both(served_model, index_dir, change, named):
-    from serving.server.index_fit import IndexMismatch, index_version
+    from serving.server.versions import IndexMismatch, index_version
     with pytest.raises(IndexMismatch) as refusal:
         index_version(index_dir, _manifest(index_dir, **change), served_model)
     message = str(refusal.value)
@@ -89,7 +89,7 @@ def test_an_index_that_does_not_fit_is_refused_naming_both(served_model, index_d
 
 
 def test_an_index_with_another_image_contract_is_refused(served_model, index_dir):
-    from serving.server.index_fit import IndexMismatch, index_version
+    from serving.server.versions import IndexMismatch, index_version
     manifest = _manifest(index_dir)
     contract = dict(manifest["image_contract"], image_size=[128, 64])
     with pytest.raises(IndexMismatch, match="image contract .*128, 64.* but model .* uses .*64, 32"):

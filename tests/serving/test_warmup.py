@@ -9,7 +9,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from kdem_tf.artifacts import ASSETS_EXTRA_DIR, SERVING_SIGNATURE
 from serving.export.warmup import WARMUP_FILE, WARMUP_SIGNATURES
 from serving.server.rest import signature_def_map
-from serving.server.warmup import WarmupError, read_warmup_requests
+from serving.export.warmup import WarmupError, read_warmup_requests
 
 
 def test_the_warmup_file_holds_prediction_logs_with_the_signatures_inputs(model_base, embedder):
