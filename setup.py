@@ -23,6 +23,7 @@ setup(
         "matplotlib",
         "fastapi",
         "uvicorn",
+        "prometheus-client==0.26.0",  # serving.server.metrics (as in constraints.txt)
         "requests",
         "orjson",
     ],

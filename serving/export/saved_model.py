@@ -23,6 +23,7 @@ size and the embedding dimension; `read_contract` reads it back. With
 `--match-threshold-from metrics.json [--fmr 1e-3]` it also records `match_threshold`: the
 same-person threshold `kdem_tf.evaluate` calibrated at that false-match rate, with its
 provenance (`kdem_tf.evaluation.match_threshold.threshold_record`).
+`assets.extra/tf_serving_warmup_requests` holds TF Serving's warm-up records (serving.export.warmup).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from kdem_tf.artifacts import (ASSETS_EXTRA_DIR, FLIP_IMAGES_SIGNATURE, FLIP_SIG
 from kdem_tf.data import schema
 from kdem_tf.image_contract import ImageContract, as_contract
 from serving.export.run_folder import compute_dtype_of, load_run, run_contract
+from serving.export.warmup import write_warmup_file
 
 
 def modality_ids(modality: tf.Tensor) -> tf.Tensor:
@@ -127,6 +129,7 @@ def export_saved_model(inference_model: keras.Model, image_size: Union[ImageCont
     os.makedirs(os.path.join(export_dir, ASSETS_EXTRA_DIR), exist_ok=True)
     with open(os.path.join(export_dir, ASSETS_EXTRA_DIR, KDEM_INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
+    write_warmup_file(export_dir, contract)  # assets.extra/tf_serving_warmup_requests (serving.export.warmup)
     return export_dir
 
 

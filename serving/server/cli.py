@@ -5,6 +5,8 @@
         [--auth-tokens FILE] [--tls-cert PEM --tls-key PEM] [--audit-log FILE]
         [--audit-fsync every|interval] [--trusted-proxy CIDR ...] [--api-docs]
         [--max-queue 64] [--version-label LABEL=VERSION ...] [--ready-file FILE]
+        [--header-timeout-s 10] [--body-timeout-s 30] [--keep-alive-s 5] [--max-connections 128]
+        [--max-concurrent-rpcs 128] [--request-timeout-s 60]            (serving.server.limits)
 
 REST (serving.server.rest_app) and gRPC (serving.server.grpc_service) run in one process, on one event
 loop, over one `ServingCore`: the same loaded versions and the same micro-batcher, so
@@ -15,8 +17,11 @@ free port; `--grpc-port 0` turns gRPC off. Once both listen, the process prints 
 from it: no free-port races).
 
 The highest version under each base path is served; a new version is loaded in the
-background (polled every `--poll-seconds`) and swapped in without a restart; a version
-that fails to load is skipped and the current one keeps serving. A search uses the
+background (polled every `--poll-seconds`), warmed up (serving.server.versions) and swapped in
+without a restart; a version that fails to load is skipped (tried again once its folder changes)
+and the current one keeps serving; deleting the served version rolls back to the next one. An
+index that does not fit the served model is refused at start (exit 2). Prometheus metrics at
+/monitoring/prometheus/metrics (serving.server.metrics). A search uses the
 version its index was built with. On an address outside loopback the server refuses to
 start without `--auth-tokens`, unless `--allow-unauthenticated`. SIGHUP reopens the audit log
 (it is also reopened by itself when renamed away, as logrotate does).
@@ -34,6 +39,7 @@ import sys
 
 from kdem_tf.artifacts import atomic_write_text
 from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
+from serving.server.limits import add_connection_flags, connection_settings
 from serving.server.rest_audit import TrustedProxies
 from serving.server.settings import ServingLimits
 
@@ -95,7 +101,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="images queued or being decoded; beyond, 429 / RESOURCE_EXHAUSTED at once")
     parser.add_argument("--worker-threads", type=int, default=limits.worker_threads,
                         help="threads that parse JSON bodies and decode images, off the event loop")
+    add_connection_flags(parser, limits)
     args = parser.parse_args(argv)
+    try:
+        args.connection_settings = connection_settings(args)
+    except ValueError as e:
+        parser.error(str(e))
     args.extra = _pairs(args.extra_model, parser, "--extra-model")
     args.labels = _pairs(args.version_label, parser, "--version-label", int)
     if args.grpc_port != GRPC_AUTO and not args.grpc_port.isdigit():
@@ -116,6 +127,8 @@ async def serve(args: argparse.Namespace, auth) -> None:
     from serving.server.audit import AuditLog, NoAudit
     from serving.server.core import ServingCore
     from serving.server.grpc_service import start_grpc_server
+    from serving.server.limits import uvicorn_options
+    from serving.server.metrics import instrument
     from serving.server.rest_app import create_app
     from serving.server.rest_audit import AuditedApp
 
@@ -123,11 +136,14 @@ async def serve(args: argparse.Namespace, auth) -> None:
                            max_queue=args.max_queue, max_body_bytes=int(args.max_body_mb * (1 << 20)),
                            max_instances=args.max_instances, audit_fsync=args.audit_fsync,
                            audit_fsync_seconds=args.audit_fsync_seconds, max_image_pixels=args.max_image_pixels,
-                           max_queue_images=args.max_queue_images, worker_threads=args.worker_threads)
+                           max_queue_images=args.max_queue_images, worker_threads=args.worker_threads,
+                           **args.connection_settings)
     core = ServingCore(args.model_base, args.model_name, args.index, args.extra, args.labels, limits)
     await asyncio.get_running_loop().run_in_executor(None, core.load)
     audit = (AuditLog(args.audit_log, fsync=limits.audit_fsync, fsync_interval_s=limits.audit_fsync_seconds)
              if args.audit_log else NoAudit())
+    audit, rest_app = instrument(core, audit, auth,  # Prometheus metrics (serving.server.metrics)
+                                 lambda metered: create_app(core, auth, metered, args.api_docs))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, audit.reopen)
     tls = None
     if args.tls_cert:
@@ -144,10 +160,11 @@ async def serve(args: argparse.Namespace, auth) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
         rest_port = sock.getsockname()[1]
-        app = AuditedApp(create_app(core, auth, audit, args.api_docs), audit, args.proxies)
+        app = AuditedApp(rest_app, audit, args.proxies)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                                 proxy_headers=False,  # the client address is the socket's: serving.server.rest_audit
-                                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_graceful_shutdown=5)
+                                ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, timeout_graceful_shutdown=5,
+                                **uvicorn_options(limits))
         server = uvicorn.Server(config)
         rest = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started and not rest.done():
@@ -181,4 +198,9 @@ def main(argv=None) -> None:
             print(f"serving.server: {e}", file=sys.stderr)
             sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(args, auth))
+    from serving.server.versions import IndexMismatch  # TensorFlow: imported once the flags are read
+    try:
+        asyncio.run(serve(args, auth))
+    except IndexMismatch as e:  # the index does not fit the served model: refused at start
+        print(f"serving.server: {e}", file=sys.stderr)
+        sys.exit(2)

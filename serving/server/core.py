@@ -23,6 +23,7 @@ from serving.export import search_signature
 from serving.server.batching import MicroBatcher, SoloCall, embed_batch
 from serving.server.errors import ServingError, failed_precondition, invalid, not_found
 from serving.server.request_checks import check_image_pixels, check_k, excerpt
+from serving.server.versions import index_version
 from serving.server.settings import ServingLimits
 from serving.server.versions import LoadedVersion, ServedModel
 
@@ -75,8 +76,8 @@ class ServingCore:
         if self.index_dir:
             from serving.export.gallery_index import load_index
             self.index = load_index(self.index_dir)
-            built_with = self.index.manifest.get("model_version")
-            self.index_version = self.models[self.model_name].pin(built_with) if built_with else None
+            self.index_version = index_version(self.index_dir, self.index.manifest,  # refuses a misfit
+                                               self.models[self.model_name])
 
     async def start(self) -> None:
         self.batcher.start()

@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
 from serving.server.core import ServingCore, check_inputs
 from serving.server.errors import ServingError, invalid, new_request_id
+from serving.server.limits import deadline_seconds, grpc_server_kwargs, within_deadline
 from serving.server.request_checks import excerpt, tensor_arrays
 
 log = logging.getLogger("serving")
@@ -84,9 +85,9 @@ class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServ
             inputs = check_inputs(tensor_arrays(request.inputs, specs, self.core.limits.max_instances), specs)
             entry["instances"] = max((len(a) for a in inputs.values() if a.ndim > 0), default=1)
             wanted = list(request.output_filter)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-            outputs = await self.core.predict(loaded, signature, inputs, deadline)
+            budget = deadline_seconds(self.core.limits, context.time_remaining())
+            deadline = asyncio.get_running_loop().time() + budget
+            outputs = await within_deadline(self.core.predict(loaded, signature, inputs, deadline), budget)
             unknown = sorted(set(wanted) - set(outputs))
             if unknown:
                 raise invalid(f"output tensor alias not found in signature: {excerpt(unknown[0])}")
@@ -168,9 +169,11 @@ async def start_grpc_server(core: ServingCore, auth, audit, host: str, port: int
         (server, bound port).
     """
     limit = core.limits.max_body_bytes
+    connection = grpc_server_kwargs(core.limits)  # concurrent RPCs, idle connections (serving.server.limits)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),  # a port in use is an error, not shared
                                       ("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit)])
+                                      ("grpc.max_send_message_length", limit)] + connection["options"],
+                             maximum_concurrent_rpcs=connection["maximum_concurrent_rpcs"])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, auth, audit), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, auth, audit), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -27,11 +27,14 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from kdem_tf.artifacts import SEARCH_SIGNATURE, SERVING_SIGNATURE
 from serving.server.auth import READER, PermissionDenied
 from serving.server.core import ServingCore
 from serving.server.errors import ServingError, invalid
+from serving.server.limits import within_deadline
+from serving.server.settings import ServingLimits
 from serving.server.rest_audit import audit_entry
 from serving.server.request_checks import check_k, excerpt, parse_version
 from serving.server.rest_errors import InternalErrors
@@ -57,11 +60,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > limit:
         raise ServingError("INVALID_ARGUMENT", f"request body of {length} bytes: at most {limit}", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServingError("INVALID_ARGUMENT", f"request body over {limit} bytes", 413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServingError("INVALID_ARGUMENT", f"request body over {limit} bytes", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone mid-body, or cut by --body-timeout-s (serving.server.limits)
+        raise ServingError("CANCELLED", f"client disconnected after {size} bytes of the body",
+                           CLIENT_CLOSED) from None
     return b"".join(chunks)
 
 
@@ -101,7 +108,7 @@ def create_app(core: ServingCore, auth, audit, api_docs: bool = False) -> FastAP
     app = FastAPI(title="kdem serving", docs_url=None, redoc_url=None, openapi_url=None)
     add_error_handlers(app)
     add_health_routes(app, core, audit)
-    gate = RequestGate(auth)
+    gate = RequestGate(auth, core.limits.request_timeout_s)
     if api_docs:
         add_api_docs_routes(app, gate.principal)
     add_model_routes(app, core, gate)
@@ -133,8 +140,9 @@ def add_error_handlers(app: FastAPI) -> None:
 class RequestGate:
     """What every model route does around its work: the token check, the request's audit fields."""
 
-    def __init__(self, auth):
+    def __init__(self, auth, request_timeout_s: float = ServingLimits.request_timeout_s):
         self.auth = auth
+        self.request_timeout_s = request_timeout_s  # each request's deadline (serving.server.limits)
 
     def principal(self, request: Request, model: Optional[str] = None, role: str = READER) -> str:
         """The token's name (noted for the audit line); 401 / 403 otherwise."""
@@ -148,7 +156,7 @@ class RequestGate:
         """Runs the request's coroutine `work(entry)`, which adds its fields to the audit entry."""
         entry = audit_entry(request)
         entry.update(model=name, signature=signature)
-        response = await unless_disconnected(request, work(entry))
+        response = await unless_disconnected(request, within_deadline(work(entry), self.request_timeout_s))
         if response is None:
             entry["status"] = "CANCELLED"
             return Response(status_code=CLIENT_CLOSED)

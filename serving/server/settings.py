@@ -22,3 +22,10 @@ class ServingLimits:
     worker_threads: int = 2          # the pool that parses JSON bodies and decodes images, off the event loop
     max_json_depth: int = 16         # nesting of a REST body ([[[[...]]]] images need 5)
     max_echo_chars: int = 64         # at most this much of an offending value is echoed in an error message
+    # connections and timeouts (serving.server.limits; docs/serving.md "Connections, timeouts, deadlines")
+    header_timeout_s: float = 10.0   # a REST request's header block must arrive whole within this
+    body_timeout_s: float = 30.0     # most seconds between two chunks of a REST request body
+    keep_alive_s: float = 5.0        # idle keep-alive connections (REST) / idle gRPC connections closed after
+    max_connections: int = 128       # REST: open connections or requests in flight; beyond, 503 at once
+    max_concurrent_rpcs: int = 128   # gRPC: RPCs in flight; beyond, RESOURCE_EXHAUSTED at once
+    request_timeout_s: float = 60.0  # a request's deadline on both transports (a gRPC client's own if sooner)

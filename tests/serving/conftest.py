@@ -250,3 +250,19 @@ def grpc_codes(futures) -> list:
         except grpc.RpcError as e:
             codes.append(e.code())
     return codes
+
+
+@pytest.fixture(scope="session")
+def ops_server(model_base, index_dir, tmp_path_factory):
+    """A live server with tight connection limits over its own copy of the model base (the version
+    tests add and delete versions there): headers and body chunks within 1.5 s, 16 REST connections,
+    2 concurrent gRPC calls, polled every 0.5 s (issue #24 items 5-7)."""
+    base = str(tmp_path_factory.mktemp("ops-served") / "kdem")
+    shutil.copytree(model_base, base)
+    server = start_server(["--model-base", base, "--index", index_dir, "--poll-seconds", "0.5",
+                           "--header-timeout-s", "1.5", "--body-timeout-s", "1.5", "--max-connections", "16",
+                           "--max-concurrent-rpcs", "2"], tmp_path_factory.mktemp("ops-server"))
+    try:
+        yield dict(server, base=base)
+    finally:
+        stop_server(server)
