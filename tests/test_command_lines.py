@@ -33,6 +33,7 @@ ENTRY_POINTS: Dict[str, List[str]] = {
     "serving.export": ["--run", "nowhere", "--out", "nowhere"],
     "serving.index": ["--model", "nowhere", "--gallery", "nowhere", "--out", "nowhere"],
     "serving.client": ["status", "--url", "http://127.0.0.1:9"],
+    "serving.server": ["--model-base", "nowhere"],
 }
 
 

@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 
+from kdem_tf import cli_help
 from kdem_tf.artifacts import atomic_write_text
 from serving.server.auth import OpenAccess, TokenFileError, TokenStore, refuse_open_bind
 from serving.server.limits import add_connection_flags, connection_settings
@@ -62,39 +63,43 @@ def _pairs(items, parser, flag: str, value_type=str) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     limits = ServingLimits()
-    parser = argparse.ArgumentParser(prog="python -m serving.server",
-                                     description="TF Serving-compatible REST + gRPC server with gallery search.")
-    parser.add_argument("--model-base", required=True, help="embedder base path (numbered versions)")
-    parser.add_argument("--model-name", default="kdem")
+    parser = cli_help.parser("serving.server", "TF Serving-compatible REST + gRPC server with gallery search.")
+    parser.add_argument("--model-base", **cli_help.required("embedder base path (numbered versions)"))
+    parser.add_argument("--model-name", default="kdem", help="the name clients ask for (/v1/models/NAME)")
     parser.add_argument("--index", default=None, help="gallery index folder (serving.index) for search")
     parser.add_argument("--extra-model", action="append", default=[], metavar="NAME=BASE_DIR",
                         help="another SavedModel base path to serve (e.g. the retrieval model)")
     parser.add_argument("--version-label", action="append", default=[], metavar="LABEL=VERSION",
                         help="a TF Serving version label of the embedder (e.g. stable=3)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind (tokens needed beyond loopback)")
     parser.add_argument("--port", type=int, default=8501, help="REST port (0: a free port)")
     parser.add_argument("--grpc-port", default="8500", help="gRPC port (0: off, 'auto': a free port)")
     parser.add_argument("--auth-tokens", default=None, metavar="FILE",
                         help="'name:token[:role]' lines; re-read on change; fails closed (docs/serving.md)")
     parser.add_argument("--allow-unauthenticated", action="store_true",
                         help="serve without tokens on a non-loopback address")
-    parser.add_argument("--tls-cert", default=None, metavar="PEM")
-    parser.add_argument("--tls-key", default=None, metavar="PEM")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM", help="serve REST and gRPC over TLS (with --tls-key)")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
     parser.add_argument("--audit-log", default=None, metavar="FILE", help="JSON lines, one per request")
     parser.add_argument("--audit-fsync", choices=("every", "interval"), default=limits.audit_fsync,
                         help="sync the audit log after every line, or at most --audit-fsync-seconds late")
-    parser.add_argument("--audit-fsync-seconds", type=float, default=limits.audit_fsync_seconds)
+    parser.add_argument("--audit-fsync-seconds", type=float, default=limits.audit_fsync_seconds,
+                        help="--audit-fsync interval: the most a line waits for its fsync")
     parser.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
                         help="a proxy network whose X-Forwarded-For names the client (default: none trusted)")
     parser.add_argument("--api-docs", action="store_true", help="serve /docs, /redoc, /openapi.json (token needed)")
     parser.add_argument("--ready-file", default=None, metavar="FILE", help="write the bound ports here (JSON)")
-    parser.add_argument("--poll-seconds", type=float, default=limits.poll_seconds)
-    parser.add_argument("--batch-window-ms", type=float, default=limits.window_ms)
-    parser.add_argument("--max-batch", type=int, default=limits.max_batch)
+    parser.add_argument("--poll-seconds", type=float, default=limits.poll_seconds,
+                        help="how often the model base is checked for new or removed versions")
+    parser.add_argument("--batch-window-ms", type=float, default=limits.window_ms,
+                        help="how long a batch waits for more images")
+    parser.add_argument("--max-batch", type=int, default=limits.max_batch, help="images per model call")
     parser.add_argument("--max-queue", type=int, default=limits.max_queue,
                         help="requests waiting for a batch; beyond, 429 / RESOURCE_EXHAUSTED at once")
-    parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / (1 << 20))
-    parser.add_argument("--max-instances", type=int, default=limits.max_instances)
+    parser.add_argument("--max-body-mb", type=float, default=limits.max_body_bytes / (1 << 20),
+                        help="a REST body or gRPC message; beyond, 413 / RESOURCE_EXHAUSTED")
+    parser.add_argument("--max-instances", type=int, default=limits.max_instances,
+                        help="images (rows, queries) per request; beyond, 400 / INVALID_ARGUMENT")
     parser.add_argument("--max-image-pixels", type=int, default=limits.max_image_pixels,
                         help="decoded pixels per image, read from its header; more: 400")
     parser.add_argument("--max-queue-images", type=int, default=limits.max_queue_images,
