@@ -37,8 +37,12 @@ def _float32_policy_after_each_test():
 # ran them while the other idled).
 SLOW_FILES_FIRST = (
     "tests/pipeline/test_pipeline.py",
+    "tests/pipeline/test_console.py",
     "tests/training/test_resume.py",
     "tests/pipeline/test_pipeline_datasets.py",
+    "tests/test_readme_walkthrough.py",
+    "tests/datasets/test_plugin.py",
+    "tests/test_command_lines.py",
     "tests/training/test_distributed.py",
     "tests/serving/test_tflite.py",
     "tests/training/test_train.py",
