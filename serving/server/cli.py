@@ -202,7 +202,8 @@ def main(argv=None) -> None:
         except TokenFileError as e:
             print(f"serving.server: {e}", file=sys.stderr)
             sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # force: the console filter (kdem_tf/console.py) gave the root logger its handler at start-up
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     from serving.server.versions import IndexMismatch  # TensorFlow: imported once the flags are read
     try:
         asyncio.run(serve(args, auth))
